@@ -1,0 +1,1 @@
+"""Shared kernels for directed KV-cache and soft-prefix experiments."""
