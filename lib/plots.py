@@ -1,0 +1,201 @@
+"""Standard figures for paired NLL comparisons.
+
+Conventions follow ``lib.stats``: values are per-sample answer NLLs (lower is better) and
+``delta = ref - cond``, so positive delta / d means the condition is better. Every function
+draws on its own ``matplotlib.figure.Figure`` rendered by the Agg canvas (no pyplot, no global
+backend switch, no ``show``), creates the parent folder of ``path``, saves, closes, and returns
+the saved ``Path``. The format follows the suffix of ``path`` (.png, .pdf or .svg).
+Non-finite numbers are never dropped silently: they are skipped in the drawing and written into
+the label or cell text instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+
+__all__ = ["plot_delta_hist", "plot_effects", "plot_hardness_heatmap", "plot_mean_nll"]
+
+_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def _out_path(path) -> Path:
+    p = Path(path)
+    if p.suffix.lower() not in _SUFFIXES:
+        close = difflib.get_close_matches(p.suffix.lower(), _SUFFIXES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unsupported figure suffix {p.suffix!r} in {str(p)!r}; choose from {_SUFFIXES}.{hint}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=120)
+    fig.clear()
+    return path
+
+
+def _values(x, name: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {arr.shape}")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        raise ValueError(f"{name} has non-finite value {arr[bad[0]]!r} at index {bad[0]}")
+    return arr
+
+
+def _stars(p) -> str:
+    if p is None or not math.isfinite(p):
+        return ""
+    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else ""
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2f}" if math.isfinite(x) else str(x)
+
+
+def plot_effects(rows: list[dict], path, title: str = "") -> Path:
+    """Horizontal bars of Cohen's d with bootstrap-CI whiskers, one per comparison.
+
+    ``rows`` come from ``lib.stats.compare_conditions`` (keys ``d``, ``ci_low``, ``ci_high``,
+    ``p_holm``, and ``label`` or ``ref``/``cond``). Stars after the value mark Holm-adjusted
+    p < 0.05 / 0.01 / 0.001. Non-finite d is not drawn and is written into the label.
+    """
+    if not rows:
+        raise ValueError("rows is empty; nothing to plot")
+    for i, row in enumerate(rows):
+        missing = [k for k in ("d", "ci_low", "ci_high", "p_holm") if k not in row]
+        if "label" not in row and not ("ref" in row and "cond" in row):
+            missing.append("label (or ref and cond)")
+        if missing:
+            raise ValueError(f"rows[{i}] lacks key(s) {missing}; rows come from compare_conditions")
+    labels = [row.get("label", f"{row.get('cond')} vs {row.get('ref')}") for row in rows]
+    d = np.array([float(r["d"]) for r in rows])
+    lo = np.array([float(r["ci_low"]) for r in rows])
+    hi = np.array([float(r["ci_high"]) for r in rows])
+    y = np.arange(len(rows))[::-1]  # first row on top
+
+    fig = _new_figure(7.0, 1.2 + 0.45 * len(rows))
+    ax = fig.add_subplot()
+    finite = np.isfinite(d)
+    colors = np.where(d >= 0, "tab:blue", "tab:red")
+    ax.barh(y[finite], d[finite], color=colors[finite], alpha=0.75)
+    whisk = finite & np.isfinite(lo) & np.isfinite(hi)
+    ax.errorbar(
+        d[whisk], y[whisk], xerr=[d[whisk] - lo[whisk], hi[whisk] - d[whisk]],
+        fmt="none", ecolor="black", capsize=3, lw=1,
+    )
+    ax.axvline(0.0, color="black", lw=0.8)
+    ticks = [f"{lab}  (d={_fmt(v)}{_stars(r['p_holm'])})" for lab, v, r in zip(labels, d, rows)]
+    ax.set_yticks(y, ticks)
+    ax.set_xlabel("Cohen's d of ref - cond (positive: condition better)")
+    ax.set_title(title or "Paired effect sizes, 95% bootstrap CI; * Holm p")
+    return _save(fig, _out_path(path))
+
+
+def plot_delta_hist(deltas: Mapping[str, object], path, title: str = "") -> Path:
+    """One histogram panel per comparison of per-sample deltas (ref - cond), with zero and mean lines."""
+    if not isinstance(deltas, Mapping) or not deltas:
+        raise ValueError("deltas must be a non-empty mapping of label -> per-sample deltas")
+    arrays = {k: _values(v, f"deltas[{k!r}]") for k, v in deltas.items()}
+    k = len(arrays)
+    ncols = min(3, k)
+    nrows = math.ceil(k / ncols)
+    fig = _new_figure(4.0 * ncols, 3.0 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax, (label, v) in zip(axes.flat, arrays.items()):
+        ax.hist(v, bins=min(40, max(5, v.size // 5)), color="tab:gray", alpha=0.8)
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.axvline(v.mean(), color="tab:blue", lw=1.5, ls="--", label=f"mean {v.mean():.3f}")
+        ax.set_title(f"{label} (n={v.size})", fontsize=9)
+        ax.set_xlabel("ref - cond NLL (positive: cond better)", fontsize=8)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[k:]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, _out_path(path))
+
+
+def plot_hardness_heatmap(table: list[dict], path, title: str = "") -> Path:
+    """Grid of d per (hardness bin, condition) from ``lib.stats.hardness_table``.
+
+    Diverging colormap centred at 0 (blue: condition better), every cell annotated with d;
+    non-finite d is left uncoloured and annotated with its value, absent cells with "n/a".
+    """
+    if not table:
+        raise ValueError("table is empty; nothing to plot")
+    cells: dict[tuple[int, str], float] = {}
+    ranges: dict[int, tuple[float, float]] = {}
+    conds: list[str] = []
+    for i, row in enumerate(table):
+        missing = [k for k in ("bin", "cond", "d") if k not in row]
+        if missing:
+            raise ValueError(f"table[{i}] lacks key(s) {missing}; the table comes from hardness_table")
+        key = (int(row["bin"]), str(row["cond"]))
+        if key in cells:
+            raise ValueError(f"table has (bin, cond) = {key!r} twice")
+        cells[key] = float(row["d"])
+        if key[1] not in conds:
+            conds.append(key[1])
+        if "hardness_low" in row and "hardness_high" in row:
+            ranges[key[0]] = (float(row["hardness_low"]), float(row["hardness_high"]))
+    bins = sorted({b for b, _ in cells})
+    grid = np.full((len(bins), len(conds)), np.nan)  # (bins, conds)
+    for (b, c), v in cells.items():
+        grid[bins.index(b), conds.index(c)] = v
+    finite = np.isfinite(grid)
+    vmax = float(np.max(np.abs(grid[finite]))) if finite.any() else 1.0
+    vmax = vmax if vmax > 0 else 1.0
+
+    fig = _new_figure(1.6 + 1.3 * len(conds), 1.4 + 0.6 * len(bins))
+    ax = fig.add_subplot()
+    im = ax.imshow(
+        np.ma.masked_invalid(grid), cmap="RdBu", aspect="auto",
+        norm=TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax),
+    )
+    for i, b in enumerate(bins):
+        for j, c in enumerate(conds):
+            text = _fmt(grid[i, j]) if (b, c) in cells else "n/a"
+            dark = np.isfinite(grid[i, j]) and abs(grid[i, j]) > 0.6 * vmax
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set_xticks(range(len(conds)), conds, rotation=30, ha="right")
+    ylabels = [f"{b} [{ranges[b][0]:.2f}, {ranges[b][1]:.2f}]" if b in ranges else str(b) for b in bins]
+    ax.set_yticks(range(len(bins)), ylabels)
+    ax.set_ylabel("hardness bin (0 easiest) [range]")
+    fig.colorbar(im, ax=ax, label="d (positive: condition better)")
+    ax.set_title(title or "Paired d by hardness bin")
+    return _save(fig, _out_path(path))
+
+
+def plot_mean_nll(nll: Mapping[str, object], path, title: str = "") -> Path:
+    """Mean NLL per condition with 95% CI bars (1.96 * sd/sqrt(n), ddof=1; zero-length for n == 1)."""
+    if not isinstance(nll, Mapping) or not nll:
+        raise ValueError("nll must be a non-empty mapping of condition -> per-sample NLL")
+    arrays = {k: _values(v, f"nll[{k!r}]") for k, v in nll.items()}
+    names = list(arrays)
+    means = np.array([v.mean() for v in arrays.values()])
+    half = np.array([1.96 * v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else 0.0 for v in arrays.values()])
+    x = np.arange(len(names))
+
+    fig = _new_figure(1.5 + 0.9 * len(names), 4.0)
+    ax = fig.add_subplot()
+    ax.bar(x, means, yerr=half, capsize=4, color="tab:gray", alpha=0.8, ecolor="black")
+    ax.set_xticks(x, [f"{k}\n(n={arrays[k].size})" for k in names], rotation=30, ha="right")
+    ax.set_ylabel("mean answer NLL (lower is better)")
+    ax.set_title(title or "Mean NLL per condition, 95% CI")
+    return _save(fig, _out_path(path))
