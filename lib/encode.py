@@ -87,23 +87,22 @@ def _embed(model, ids: torch.Tensor) -> torch.Tensor:
     return model.get_input_embeddings()(ids)
 
 
-def encode(
+def encode_full(
     model,
     arch,
     doc_ids: list[int],
     prefix_ids: list[int] | None = None,
     *,
     prefix_embeds: torch.Tensor | None = None,
-    keep_prefix: bool = False,
-    compact: bool = True,
     condition: str = "",
-) -> kv.DocCache:
-    """Phase A for one item: forward ``[anchor] + prefix + doc`` and return the shaped DocCache.
+) -> tuple[kv.DocCache, Encoded]:
+    """Phase A forward of ``[anchor] + prefix + doc``; the cache keeps every entry at its position.
 
-    prefix_embeds: (P, hidden) soft prefix in the input-embedding space; gradients flow to it when
-      called under ``torch.enable_grad()`` (the caller decides; this function adds no no_grad).
-    keep_prefix: keep the prefix entries (visible to Phase B), e.g. a full-oracle cache.
-    compact: re-position the kept entries to 0..L-1 (close the gap the prefix left).
+    prefix_embeds: (P, hidden) soft prefix in the input-embedding space. The forward tracks
+      gradients only when ``prefix_embeds.requires_grad`` (and grad mode is on); otherwise it runs
+      under no_grad.
+    Several conditions can be derived from one full cache with ``shape`` (e.g. a full-oracle cache
+    and a truncated-oracle cache come from the same ``[query + doc]`` forward).
     """
     if prefix_ids and prefix_embeds is not None:
         raise ValueError("give prefix_ids or prefix_embeds, not both")
@@ -116,28 +115,57 @@ def encode(
     positions = torch.arange(n, device=dev)[None]
     mask = torch.ones(1, n, dtype=torch.long, device=dev)
     past = DynamicCache()
-    if prefix_embeds is None:
-        ids = torch.tensor([enc.input_ids], device=dev)
-        model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
-    else:
-        a, d = enc.n_anchor, enc.doc_start
-        head = _embed(model, torch.tensor([enc.input_ids[:a]], device=dev, dtype=torch.long))
-        tail = _embed(model, torch.tensor([enc.input_ids[d:]], device=dev))
-        soft = prefix_embeds.to(dtype=tail.dtype, device=dev)[None]
-        embeds = torch.cat([head, soft, tail], dim=1)
-        model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
+    track = prefix_embeds is not None and prefix_embeds.requires_grad and torch.is_grad_enabled()
+    with torch.set_grad_enabled(track):
+        if prefix_embeds is None:
+            ids = torch.tensor([enc.input_ids], device=dev)
+            model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
+        else:
+            a, d = enc.n_anchor, enc.doc_start
+            head = _embed(model, torch.tensor([enc.input_ids[:a]], device=dev, dtype=torch.long))
+            tail = _embed(model, torch.tensor([enc.input_ids[d:]], device=dev))
+            soft = prefix_embeds.to(dtype=tail.dtype, device=dev)[None]
+            embeds = torch.cat([head, soft, tail], dim=1)
+            model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
     meta = {
         "condition": condition,
         "n_anchor": enc.n_anchor,
         "n_prefix": enc.n_prefix,
         "n_doc": enc.n_doc,
         "soft_prefix": prefix_embeds is not None,
-        "prefix_kept": keep_prefix,
     }
-    full = kv.from_model_cache(past, positions, meta)
+    return kv.from_model_cache(past, positions, meta), enc
+
+
+def shape(full: kv.DocCache, enc: Encoded, arch, *, keep_prefix: bool = False, compact: bool = True) -> kv.DocCache:
+    """Derive a condition's cache from a full Phase A cache.
+
+    keep_prefix: keep the prefix entries (visible to Phase B), e.g. a full-oracle cache.
+    compact: re-position the kept entries to 0..L-1 (close the gap the prefix left); with
+      compact=False the document keeps its original positions (Phase B then needs
+      ``allow_position_gap=True``).
+    """
     keep = enc.keep_index(keep_prefix)
-    if len(keep) == n:
-        return full
-    if compact:
-        return kv.compact(full, keep, arch.rope)
-    return kv.select(full, keep)
+    if len(keep) == full.length:
+        out = full
+    elif compact:
+        out = kv.compact(full, keep, arch.rope)
+    else:
+        out = kv.select(full, keep)
+    return kv.DocCache(out.keys, out.values, out.positions, {**full.meta, "prefix_kept": keep_prefix})
+
+
+def encode(
+    model,
+    arch,
+    doc_ids: list[int],
+    prefix_ids: list[int] | None = None,
+    *,
+    prefix_embeds: torch.Tensor | None = None,
+    keep_prefix: bool = False,
+    compact: bool = True,
+    condition: str = "",
+) -> kv.DocCache:
+    """Phase A for one item: ``encode_full`` then ``shape`` (see both)."""
+    full, enc = encode_full(model, arch, doc_ids, prefix_ids, prefix_embeds=prefix_embeds, condition=condition)
+    return shape(full, enc, arch, keep_prefix=keep_prefix, compact=compact)

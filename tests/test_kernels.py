@@ -23,6 +23,7 @@ def _ids(n, seed):
     return torch.randint(3, VOCAB, (n,), generator=g).tolist()
 
 
+@torch.no_grad()
 def _keys_at_offset(model, ids, offset):
     past = DynamicCache()
     t = torch.tensor([ids])
@@ -157,6 +158,17 @@ def test_lm_logits_equal_model_logits(tiny):
         ref = m(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         got = lm_logits(m, m.base_model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state)
     assert (got - ref).abs().max() < 1e-5
+
+
+def test_soft_prefix_gradients_reach_only_the_prefix():
+    m = build("gemma3").requires_grad_(False)  # a frozen model, as soft-prompt training uses it
+    arch = arch_of(m)
+    soft = (0.02 * torch.randn(4, m.config.hidden_size)).requires_grad_()
+    c = encode(m, arch, _ids(10, 38), prefix_embeds=soft)
+    c.values[2].sum().backward()
+    assert soft.grad is not None and soft.grad.abs().sum() > 0
+    assert all(p.grad is None for p in m.parameters())
+    assert not encode(m, arch, _ids(10, 38), _ids(4, 39)).values[2].requires_grad
 
 
 def test_lookahead_guard(tiny):
