@@ -1,0 +1,130 @@
+"""Build experiments/exp01/exp01_back_to_basics.ipynb: five cache conditions, back to basics."""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lib.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+
+OUT = ROOT / "experiments" / "exp01" / "exp01_back_to_basics.ipynb"
+
+PARAMS = [
+    Param("MODEL", str, "mistralai/Mistral-7B-Instruct-v0.2", "hub id, local folder, or bundled name (smollm2-135m-instruct, gemma-3-270m)"),
+    Param("LOAD_IN_4BIT", bool, True, "bitsandbytes nf4 (CUDA only)"),
+    Param("DTYPE", str, "auto", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16"),
+    Param("DATASET", str, "ms_marco", "ms_marco, squad_v2, triviaqa, hotpotqa, synthetic"),
+    Param("DATA_SOURCE", str, "", "empty: the data set's hub copy; or a local .jsonl/.json/.parquet in its schema"),
+    Param("SPLIT", str, "", "empty: the loader's default split"),
+    Param("N_SAMPLES", int, 200, "samples to score (first N eligible rows)"),
+    Param("MIN_PASSAGE_WORDS", int, 20, "skip passages shorter than this (0: no limit)"),
+    Param("MAX_PASSAGE_WORDS", int, 150, "skip passages longer than this (0: no limit)"),
+    Param("SEED", int, 42, "seed for the random-query assignment, synthetic data and bootstrap"),
+    Param("BATCH_SIZE", int, 16, "Phase B items per forward"),
+    Param("CHUNK", int, 4, "samples per store append (resume granularity)"),
+    Param("N_BOOT", int, 2000, "bootstrap resamples for the CI of d"),
+    Param("OUT_DIR", str, "results/exp01", "results folder, relative to the repo root"),
+    Param("FRESH", bool, False, "move an existing store aside and start over"),
+    Param("PROGRESS", bool, True, "show a progress bar"),
+    Param("SMOKE", bool, False, "small offline run: bundled SmolLM2 on synthetic QA (explicit -p values still win)"),
+]
+SMOKE = {"MODEL": "smollm2-135m-instruct", "LOAD_IN_4BIT": False, "DATASET": "synthetic", "N_SAMPLES": 48}
+
+CELLS = [
+    stamp("builders/build_exp01.py", "Exp 01: back to basics (five cache conditions)", """
+        Where does the benefit of a query-primed document cache go? Five conditions per sample:
+        **A** bare `[doc]`; **B** full oracle `[query + doc]` scored without repeating the query;
+        **C** the same cache with the query repeated; **D** truncated oracle (query entries dropped,
+        document keys re-positioned); **E** truncated random (another sample's query). Paired
+        comparisons B-A, C-A, D-A, D-E, D-B. Positive d means the second-named condition has the
+        LOWER answer NLL. Defaults are the seed setting (Mistral-7B-Instruct-v0.2, 4-bit, MS MARCO,
+        N=200); `SMOKE=True` runs the bundled SmolLM2 on offline synthetic QA.
+    """),
+    parameters(PARAMS),
+    setup(PARAMS, SMOKE),
+    md("## Model"),
+    code("""
+        from lib.models import load_model
+
+        lm = load_model(MODEL, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT)
+        print(lm.source, lm.device, lm.dtype)
+        print(lm.arch)
+    """),
+    md("## Data"),
+    code("""
+        from lib.data import load_samples
+
+        data = load_samples(DATASET, N_SAMPLES, split=SPLIT or None, source=DATA_SOURCE or None, seed=SEED,
+                            min_passage_words=MIN_PASSAGE_WORDS or None, max_passage_words=MAX_PASSAGE_WORDS or None)
+        samples = data.samples
+        print(f"{len(samples)} samples from {data.name}/{data.split}; rows skipped: {data.skip_counts()}")
+        print(samples[0])
+    """),
+    md("## Sanity check: a one-fact document\nNLL of ` Paris` for *What is the capital of France?* under the five conditions."),
+    code("""
+        from lib import priming
+
+        sanity = priming.sanity_example(lm)
+        for name, value in sanity.items():
+            print(f"{name:16s} NLL = {value:.4f}")
+    """),
+    md("## Cache-shape check\nA's and D's caches must have the same length by construction (the seed notebook's were 121 vs 120)."),
+    code("""
+        cache_lengths = priming.cache_lengths(lm, samples[0], samples[1].query)
+        print(cache_lengths)
+    """),
+    md("## Run\nResumable: rerunning with the same parameters scores only what is missing; different parameters are refused."),
+    code("""
+        from lib.runs import RunStore
+
+        store = RunStore(ROOT / OUT_DIR / "_store", priming.store_config(CONFIG, lm), fresh=FRESH)
+        print(f"{len(store)} rows already stored")
+        rows = priming.run(lm, samples, store, seed=SEED, chunk=CHUNK, batch_size=BATCH_SIZE, progress=PROGRESS)
+        ids = [s.id for s in samples]
+        rows = [r for r in rows if r["sample_id"] in set(ids)]
+        print(f"{len(rows)} rows for {len(ids)} samples")
+    """),
+    md("## Analysis"),
+    code("""
+        summary = priming.analyse(rows, ids, n_boot=N_BOOT, seed=SEED)
+        for name, value in summary["mean_nll"].items():
+            print(f"{name:16s} mean NLL {value:.4f} (sd {summary['sd_nll'][name]:.4f})")
+        print()
+        for r in summary["comparisons"]:
+            print(f"{r['label']:36s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  "
+                  f"win={r['win_rate']:.2f}  p={r['p_t']:.3g}  Holm p={r['p_holm']:.3g}  Wilcoxon p={r['p_wilcoxon']:.3g}")
+        print()
+        print("\\n".join(summary["diagnosis"]))
+    """),
+    md("## Figures"),
+    code("""
+        nll = priming.nll_table(rows, list(summary["mean_nll"]), ids)
+        figs = priming.figures(summary, nll, ROOT / OUT_DIR, title=f"exp01 {MODEL} {DATASET} N={len(ids)}")
+        print([str(p.relative_to(ROOT)) for p in figs])
+    """),
+    md("## Save"),
+    code("""
+        from lib.runs import provenance, write_per_item_csv, write_results_json
+
+        flags = {k: sum(bool(r[k]) for r in rows if r["condition"] == "A_bare")
+                 for k in ("doc_truncated", "prefix_boundary_drift", "answer_boundary_drift")}
+        out = write_results_json(
+            ROOT / OUT_DIR, config=store.config,
+            summary=summary, provenance=provenance(seeds={"seed": SEED}),
+            extra={"data": {"name": data.name, "split": data.split, "n_samples": len(ids),
+                            "skipped": data.skip_counts()},
+                   "flags": flags, "arch": lm.arch.to_dict(), "sanity": sanity, "cache_lengths": cache_lengths,
+                   "figures": [p.name for p in figs], "runtime": {k: CONFIG[k] for k in priming.RUNTIME_KNOBS if k in CONFIG}})
+        write_per_item_csv(ROOT / OUT_DIR, rows)
+        print(out.relative_to(ROOT), flags)
+    """),
+    md("## Cleanup"),
+    code("""
+        del lm
+        import gc
+        gc.collect()
+    """),
+]
+
+if __name__ == "__main__":
+    print(write_notebook(CELLS, OUT).relative_to(ROOT))

@@ -1,0 +1,304 @@
+"""Two-phase priming conditions (exp01 "back to basics"): prepare, encode once, score in batches.
+
+A condition says which prefix Phase A sees, whether the prefix entries stay in the cache, and
+which prompt Phase B feeds::
+
+    A_bare            [anchor, doc]                          prompt with query
+    B_full_oracle     [anchor, query, doc] (prefix kept)     prompt without query
+    C_full_repeat     [anchor, query, doc] (prefix kept)     prompt with query
+    D_trunc_oracle    [anchor, query, doc] -> [anchor, doc]  prompt with query
+    E_trunc_random    [anchor, other, doc] -> [anchor, doc]  prompt with query
+
+B, C and D derive from ONE ``[query + doc]`` forward; A and D have the same cache length by
+construction (the seed notebook's D was one entry short of A). Every condition of a sample scores
+the same document ids and the same answer ids (matched tokenization, see ``lib.encode``).
+"other" is another sample's query, assigned by a seeded derangement, so it is stable across
+reruns and resumes.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lib import encode as enc_mod
+from lib import scoring
+
+PROMPT_QUERY = "\n\nQuestion: {query}\nAnswer:"
+PROMPT_NO_QUERY = "\n\nAnswer:"
+PREFIX_SEP = "\n"
+PREFIX_SOURCES = ("none", "query", "other_query")
+PROMPTS = ("query", "no_query")
+
+
+@dataclass(frozen=True)
+class CacheCondition:
+    name: str
+    prefix: str  # one of PREFIX_SOURCES
+    keep_prefix: bool
+    prompt: str  # one of PROMPTS
+    description: str = ""
+
+    def __post_init__(self):
+        if self.prefix not in PREFIX_SOURCES:
+            raise ValueError(f"condition {self.name!r}: prefix {self.prefix!r} not in {PREFIX_SOURCES}")
+        if self.prompt not in PROMPTS:
+            raise ValueError(f"condition {self.name!r}: prompt {self.prompt!r} not in {PROMPTS}")
+        if self.keep_prefix and self.prefix == "none":
+            raise ValueError(f"condition {self.name!r}: keep_prefix needs a prefix")
+
+
+EXP01_CONDITIONS = (
+    CacheCondition("A_bare", "none", False, "query", "bare [doc]; query at scoring"),
+    CacheCondition("B_full_oracle", "query", True, "no_query", "[query + doc] kept whole; query not repeated"),
+    CacheCondition("C_full_repeat", "query", True, "query", "[query + doc] kept whole; query repeated"),
+    CacheCondition("D_trunc_oracle", "query", False, "query", "[query + doc], query entries dropped, doc re-positioned"),
+    CacheCondition("E_trunc_random", "other_query", False, "query", "[other query + doc], prefix dropped, doc re-positioned"),
+)
+EXP01_COMPARISONS = (  # (reference, condition): positive d means the condition has the lower NLL
+    ("A_bare", "B_full_oracle"),
+    ("A_bare", "C_full_repeat"),
+    ("A_bare", "D_trunc_oracle"),
+    ("E_trunc_random", "D_trunc_oracle"),
+    ("B_full_oracle", "D_trunc_oracle"),
+)
+
+
+def assign_other(ids: list[str], seed: int) -> dict[str, str]:
+    """Map each id to a different id (seeded derangement); needs at least two ids."""
+    if len(ids) < 2:
+        raise ValueError(f"need at least 2 samples to assign another sample's query, got {len(ids)}")
+    if len(set(ids)) != len(ids):
+        raise ValueError("sample ids are not unique")
+    order = list(ids)
+    random.Random(seed).shuffle(order)
+    # rotate the shuffled order by one: a derangement whatever the shuffle gave
+    return {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
+
+
+@dataclass
+class Prepared:
+    """Token ids of one sample, shared by all its conditions."""
+
+    sample_id: str
+    doc_ids: list[int]
+    prefix_ids: dict[str, list[int]]  # "query" / "other_query" -> ids of text + PREFIX_SEP
+    prompt_ids: dict[str, list[int]]  # "query" / "no_query"
+    answer_ids: list[int]
+    other_id: str
+    flags: dict = field(default_factory=dict)
+
+
+def _answer_ids(tokenizer, prompt_text: str, prompt_ids: list[int], answer: str) -> tuple[list[int], bool]:
+    """Answer ids as the tokenizer splits them after the prompt; flag when the join merged tokens."""
+    joint = enc_mod.tokenize(tokenizer, prompt_text + " " + answer)
+    if joint[: len(prompt_ids)] == prompt_ids and len(joint) > len(prompt_ids):
+        return joint[len(prompt_ids):], False
+    return enc_mod.tokenize(tokenizer, " " + answer), True
+
+
+def prepare(tokenizer, arch, sample, other_query: str, other_id: str) -> Prepared:
+    q_prompt = PROMPT_QUERY.format(query=sample.query)
+    prompt_ids = {"query": enc_mod.tokenize(tokenizer, q_prompt), "no_query": enc_mod.tokenize(tokenizer, PROMPT_NO_QUERY)}
+    answer_ids, answer_drift = _answer_ids(tokenizer, q_prompt, prompt_ids["query"], sample.answer)
+    if not answer_ids:
+        raise ValueError(f"sample {sample.id!r}: answer {sample.answer!r} tokenizes to nothing")
+    prefix_ids = {
+        "query": enc_mod.tokenize(tokenizer, sample.query + PREFIX_SEP),
+        "other_query": enc_mod.tokenize(tokenizer, other_query + PREFIX_SEP),
+    }
+    reserve = max(len(v) for v in prefix_ids.values()) + max(len(v) for v in prompt_ids.values()) + len(answer_ids)
+    doc_ids, truncated = enc_mod.fit_document(enc_mod.tokenize(tokenizer, sample.passage), arch, reserve)
+    drift = enc_mod.boundary_drift(tokenizer, sample.query + PREFIX_SEP, sample.passage, prefix_ids["query"], doc_ids) if not truncated else None
+    flags = {"doc_truncated": truncated, "prefix_boundary_drift": drift, "answer_boundary_drift": answer_drift}
+    return Prepared(sample.id, doc_ids, prefix_ids, prompt_ids, answer_ids, other_id, flags)
+
+
+def score_prepared(lm, items: list[Prepared], conditions=EXP01_CONDITIONS, *, batch_size: int = 16) -> list[dict]:
+    """Rows (one per item x condition). Phase A once per distinct prefix of an item; Phase B batched."""
+    model, arch = lm.model, lm.arch
+    caches, prompts, answers, rows = [], [], [], []
+    for it in items:
+        needed = {c.prefix for c in conditions}
+        full = {}
+        for src in needed:
+            pre = None if src == "none" else it.prefix_ids[src]
+            full[src] = enc_mod.encode_full(model, arch, it.doc_ids, pre)
+        for c in conditions:
+            cache_full, enc = full[c.prefix]
+            dc = enc_mod.shape(cache_full, enc, arch, keep_prefix=c.keep_prefix)
+            caches.append(dc)
+            prompts.append(it.prompt_ids[c.prompt])
+            answers.append(it.answer_ids)
+            rows.append({
+                "sample_id": it.sample_id,
+                "condition": c.name,
+                "n_doc_tokens": len(it.doc_ids),
+                "n_prefix_tokens": enc.n_prefix,
+                "cache_len": dc.length,
+                "n_prompt_tokens": len(it.prompt_ids[c.prompt]),
+                "n_answer_tokens": len(it.answer_ids),
+                "other_id": it.other_id if c.prefix == "other_query" else None,
+                **it.flags,
+            })
+    nlls = scoring.score(model, caches, prompts, answers, batch_size=batch_size)
+    for row, tok in zip(rows, nlls):
+        row["token_nlls"] = [round(float(x), 6) for x in tok]
+        row["nll"] = float(tok.mean())
+    return rows
+
+
+def run(lm, samples, store, *, conditions=EXP01_CONDITIONS, seed: int = 42, chunk: int = 4, batch_size: int = 16,
+        progress: bool = True) -> list[dict]:
+    """Score every (sample, condition) not yet in ``store``; append each chunk as it finishes.
+
+    Resumable: a killed run rerun with the same store finishes the missing items only. Returns all rows.
+    """
+    from tqdm.auto import tqdm
+
+    by_id = {s.id: s for s in samples}
+    other = assign_other([s.id for s in samples], seed)
+    names = [c.name for c in conditions]
+    todo = [s for s in samples if not all(store.is_done(s.id, n) for n in names)]
+    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="samples", disable=not progress)
+    for i in range(0, len(todo), chunk):
+        part = todo[i : i + chunk]
+        prepared = [prepare(lm.tokenizer, lm.arch, s, by_id[other[s.id]].query, other[s.id]) for s in part]
+        rows = score_prepared(lm, prepared, conditions, batch_size=batch_size)
+        store.append([r for r in rows if not store.is_done(r["sample_id"], r["condition"])])
+        bar.update(len(part))
+    bar.close()
+    return store.rows()
+
+
+def nll_table(rows: list[dict], names: list[str], sample_ids: list[str]) -> dict[str, np.ndarray]:
+    """{condition: NLL array in ``sample_ids`` order}; raises if any (sample, condition) is missing."""
+    got = {(r["sample_id"], r["condition"]): r["nll"] for r in rows}
+    missing = [(s, n) for s in sample_ids for n in names if (s, n) not in got]
+    if missing:
+        raise ValueError(f"{len(missing)} (sample, condition) items have no row, e.g. {missing[:3]}")
+    return {n: np.array([got[(s, n)] for s in sample_ids]) for n in names}
+
+
+def diagnose(comparisons: list[dict], alpha: float = 0.05) -> list[str]:
+    """Plain-language reading of exp01's comparisons, from their d and Holm-adjusted p."""
+    by = {(r["ref"], r["cond"]): r for r in comparisons}
+
+    def verdict(ref, cond):
+        r = by[(ref, cond)]
+        if r["p_holm"] < alpha:
+            word = "better than" if r["d"] > 0 else "worse than"
+        else:
+            word = "not distinguishable from"
+        return f"{cond} is {word} {ref} (d={r['d']:+.3f}, 95% CI [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], Holm p={r['p_holm']:.3g}, win {r['win_rate']:.0%})", word
+
+    lines = []
+    b, wb = verdict("A_bare", "B_full_oracle")
+    lines.append(f"Query in context, not repeated: {b}.")
+    c, _ = verdict("A_bare", "C_full_repeat")
+    lines.append(f"Query in context and repeated: {c}.")
+    d, wd = verdict("A_bare", "D_trunc_oracle")
+    lines.append(f"KEY, truncated oracle: {d}.")
+    e, we = verdict("E_trunc_random", "D_trunc_oracle")
+    lines.append(f"Semantic signal: {e}.")
+    f, _ = verdict("B_full_oracle", "D_trunc_oracle")
+    lines.append(f"Truncation vs full context: {f}.")
+    if wd == "better than" and we == "better than":
+        lines.append("Reading: truncation keeps a benefit, and it depends on the prefix being the real query.")
+    elif wd == "better than":
+        lines.append("Reading: truncation keeps a benefit, but a random query gives a similar one (not semantic).")
+    elif wd == "worse than":
+        lines.append("Reading: the truncated oracle cache hurts; priming with the query does not survive truncation here.")
+    else:
+        lines.append("Reading: no detectable effect of truncated oracle priming at this N.")
+    return lines
+
+
+def analyse(rows: list[dict], sample_ids: list[str], conditions=EXP01_CONDITIONS, comparisons=EXP01_COMPARISONS,
+            *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Summary of an exp01-style run: mean NLL, paired comparisons (Holm), hardness, ranks, diagnosis."""
+    from lib import stats
+
+    names = [c.name for c in conditions]
+    nll = nll_table(rows, names, sample_ids)
+    comps = stats.compare_conditions(nll, None, pairs=list(comparisons), n_boot=n_boot, seed=seed)
+    ref = names[0]
+    return {
+        "n_samples": len(sample_ids),
+        "mean_nll": {n: float(v.mean()) for n, v in nll.items()},
+        "sd_nll": {n: float(v.std(ddof=1)) if len(v) > 1 else float("nan") for n, v in nll.items()},
+        "comparisons": comps,
+        "hardness": stats.hardness_table(nll, ref, names[1:], seed=seed) if len(sample_ids) >= 10 else [],
+        "ranks": stats.ranks_per_sample(nll),
+        "diagnosis": diagnose(comps) if set(comparisons) == set(EXP01_COMPARISONS) else [],
+    }
+
+
+def figures(summary: dict, nll: dict[str, np.ndarray], out_dir, title: str = "") -> list:
+    """Effect sizes with CI, per-sample delta histograms, hardness heatmap, mean NLL."""
+    from pathlib import Path
+
+    from lib import plots
+
+    out = Path(out_dir)
+    paths = [
+        plots.plot_effects(summary["comparisons"], out / "effects.png", title=title),
+        plots.plot_delta_hist({r["label"]: nll[r["ref"]] - nll[r["cond"]] for r in summary["comparisons"]},
+                              out / "delta_hist.png", title=title),
+        plots.plot_mean_nll(nll, out / "mean_nll.png", title=title),
+    ]
+    if summary["hardness"]:
+        paths.append(plots.plot_hardness_heatmap(summary["hardness"], out / "hardness_heatmap.png", title=title))
+    return paths
+
+
+SANITY = dict(
+    passage="The capital of France is Paris. It is known for the Eiffel Tower.",
+    query="What is the capital of France?",
+    answer="Paris",
+    other_query="What is the population of Japan?",
+)
+
+
+def sanity_example(lm) -> dict[str, float]:
+    """NLL of ' Paris' under the five conditions on a one-fact document (printed by exp01)."""
+    from lib.data import Sample
+
+    s = Sample("sanity", SANITY["query"], SANITY["passage"], SANITY["answer"])
+    item = prepare(lm.tokenizer, lm.arch, s, SANITY["other_query"], "sanity-other")
+    return {r["condition"]: r["nll"] for r in score_prepared(lm, [item])}
+
+
+def cache_lengths(lm, sample, other_query: str) -> dict[str, int]:
+    """Cache length of every condition for one sample (A and D must be equal by construction)."""
+    item = prepare(lm.tokenizer, lm.arch, sample, other_query, "other")
+    out = {}
+    for c in EXP01_CONDITIONS:
+        pre = None if c.prefix == "none" else item.prefix_ids[c.prefix]
+        full, enc = enc_mod.encode_full(lm.model, lm.arch, item.doc_ids, pre)
+        out[c.name] = enc_mod.shape(full, enc, lm.arch, keep_prefix=c.keep_prefix).length
+    if out["A_bare"] != out["D_trunc_oracle"]:
+        raise AssertionError(f"A and D caches differ in length: {out}")
+    return out
+
+
+RUNTIME_KNOBS = ("BATCH_SIZE", "CHUNK", "OUT_DIR", "FRESH", "SMOKE", "N_BOOT", "PROGRESS")
+
+
+def store_config(params: dict, lm, conditions=EXP01_CONDITIONS) -> dict:
+    """What makes a run's rows comparable: every knob that changes a number, plus the templates.
+
+    Runtime knobs (batch size, output folder, ...) are left out, so changing them resumes the
+    same run; anything else differing makes ``RunStore`` refuse to mix rows.
+    """
+    return {
+        **{k: v for k, v in params.items() if k not in RUNTIME_KNOBS},
+        "model_source": lm.source,
+        "dtype": str(lm.dtype),
+        "bos": {"id": lm.arch.bos_id, "source": lm.arch.bos_source},
+        "conditions": [c.__dict__ for c in conditions],
+        "prompt_query": PROMPT_QUERY,
+        "prompt_no_query": PROMPT_NO_QUERY,
+        "prefix_sep": PREFIX_SEP,
+    }
