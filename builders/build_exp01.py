@@ -100,7 +100,7 @@ CELLS = [
     code("""
         nll = priming.nll_table(rows, list(summary["mean_nll"]), ids)
         figs = priming.figures(summary, nll, ROOT / OUT_DIR, title=f"exp01 {MODEL} {DATASET} N={len(ids)}")
-        print([str(p.relative_to(ROOT)) for p in figs])
+        print([str(p) for p in figs])
     """),
     md("## Save"),
     code("""
@@ -116,7 +116,7 @@ CELLS = [
                    "flags": flags, "arch": lm.arch.to_dict(), "sanity": sanity, "cache_lengths": cache_lengths,
                    "figures": [p.name for p in figs], "runtime": {k: CONFIG[k] for k in priming.RUNTIME_KNOBS if k in CONFIG}})
         write_per_item_csv(ROOT / OUT_DIR, rows)
-        print(out.relative_to(ROOT), flags)
+        print(out, flags)
     """),
     md("## Cleanup"),
     code("""

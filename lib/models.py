@@ -290,7 +290,7 @@ def text_config(config):
     return get(decoder=True)
 
 
-def _layer_types(cfg) -> tuple[tuple[str, ...], int | None]:
+def attention_layout(cfg) -> tuple[tuple[str, ...], int | None]:
     """Per-layer attention types and the window (None when no layer slides).
 
     Without ``layer_types`` a set ``sliding_window`` makes every layer sliding, as transformers
@@ -326,7 +326,7 @@ def arch_info(model, tokenizer, name: str = "") -> ArchInfo:
     cfg = text_config(model.config)
     n_heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
-    types, window = _layer_types(cfg)
+    types, window = attention_layout(cfg)
     bos_id, bos_source = _bos_policy(tokenizer)
     return ArchInfo(
         name=name or getattr(model, "name_or_path", "") or cfg.model_type,

@@ -80,19 +80,14 @@ def _text_model(model):
     return inner
 
 
-def _text_config(config):
-    get = getattr(config, "get_text_config", None)
-    return get() if get is not None else config
-
-
 def layer_ropes(model) -> tuple[LayerRope, ...]:
     """One ``LayerRope`` per decoder layer, read from the model's rotary module(s)."""
-    cfg = _text_config(model.config)
-    inner = _text_model(model)
-    rot = inner.rotary_emb
-    n_layers = cfg.num_hidden_layers
+    from lib.models import attention_layout, text_config
+
+    cfg = text_config(model.config)
+    rot = _text_model(model).rotary_emb
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    layer_types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * n_layers)
+    layer_types, _ = attention_layout(cfg)
     out = []
     for i, lt in enumerate(layer_types):
         if hasattr(rot, f"{lt}_inv_freq"):  # per-layer-type module (Gemma 3)

