@@ -81,7 +81,8 @@ CELLS = [
         print(f"{len(store)} rows already stored")
         rows = priming.run(lm, samples, store, seed=SEED, chunk=CHUNK, batch_size=BATCH_SIZE, progress=PROGRESS)
         ids = [s.id for s in samples]
-        rows = [r for r in rows if r["sample_id"] in set(ids)]
+        wanted = set(ids)
+        rows = [r for r in rows if r["sample_id"] in wanted]
         print(f"{len(rows)} rows for {len(ids)} samples")
     """),
     md("## Analysis"),
