@@ -5,7 +5,9 @@ from dataclasses import dataclass
 
 import torch
 from transformers import (
+    Gemma3Config,
     Gemma3ForCausalLM,
+    Gemma3ForConditionalGeneration,
     Gemma3TextConfig,
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
@@ -53,6 +55,16 @@ def build(kind: str, attn: str = "sdpa"):
             final_logit_softcapping=(30.0 if kind == "gemma3_softcap" else None),
         )
         m = Gemma3ForCausalLM(cfg)
+    elif kind == "gemma3_mm":  # multimodal wrapper: the kernels must reach its text decoder
+        text = dict(**{**COMMON, "vocab_size": VOCAB + 4, "num_hidden_layers": 4}, head_dim=16, sliding_window=12,
+                    layer_types=["sliding_attention"] * 3 + ["full_attention"],
+                    rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                     "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0}})
+        vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      image_size=28, patch_size=14)
+        m = Gemma3ForConditionalGeneration(Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                                        image_token_index=VOCAB + 3, boi_token_index=VOCAB + 1,
+                                                        eoi_token_index=VOCAB + 2))
     elif kind == "neox":
         m = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96,
                                              num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=512,
@@ -61,10 +73,11 @@ def build(kind: str, attn: str = "sdpa"):
     else:
         raise ValueError(kind)
     m.config._attn_implementation = attn
+    m.config.get_text_config(decoder=True)._attn_implementation = attn
     return m.float().eval()
 
 
-KINDS = ("llama", "llama3", "yarn", "linear", "mistral", "qwen2", "gemma3", "gemma3_softcap", "neox")
+KINDS = ("llama", "llama3", "yarn", "linear", "mistral", "qwen2", "gemma3", "gemma3_softcap", "gemma3_mm", "neox")
 
 
 @dataclass(frozen=True)
@@ -80,4 +93,5 @@ class TinyArch:
 
 def arch_of(model, bos_id: int | None = 1) -> TinyArch:
     ropes = layer_ropes(model)
-    return TinyArch(ropes, bos_id, "bos_token" if bos_id is not None else "none", model.config.max_position_embeddings, len(ropes))
+    cfg = model.config.get_text_config(decoder=True)
+    return TinyArch(ropes, bos_id, "bos_token" if bos_id is not None else "none", cfg.max_position_embeddings, len(ropes))
