@@ -26,7 +26,7 @@ PARAMS = [
     Param("OUT_DIR", str, "results/exp01", "results folder, relative to the repo root"),
     Param("FRESH", bool, False, "move an existing store aside and start over"),
     Param("PROGRESS", bool, True, "show a progress bar"),
-    Param("SMOKE", bool, False, "small offline run: bundled SmolLM2 on synthetic QA (explicit -p values still win)"),
+    Param("SMOKE", bool, False, "small offline run: bundled SmolLM2 on synthetic QA (a -p value that differs from the default wins)"),
 ]
 SMOKE = {"MODEL": "smollm2-135m-instruct", "LOAD_IN_4BIT": False, "DATASET": "synthetic", "N_SAMPLES": 48}
 

@@ -7,8 +7,10 @@ builder made it; never edit by hand), then ONE code cell tagged ``parameters`` w
 finds the repo root and applies the SMOKE values. Building twice gives byte-identical files:
 cell ids are positional, metadata is fixed, JSON is written with sorted keys.
 
-SMOKE: ``smoke_values`` replaces a knob only where it still holds its default, so explicit
-``-p NAME value`` on the papermill command line always wins.
+SMOKE: ``smoke_values`` replaces a knob only where it still holds its default, so an explicit
+``-p NAME value`` that differs from the default wins. A value EQUAL to the default cannot be told
+apart from no value: in SMOKE mode it takes the smoke value (the setup cell prints every knob SMOKE
+changed). To run a bundled model at a default-valued knob, use SMOKE=False and pass the knobs.
 """
 from __future__ import annotations
 
@@ -91,9 +93,11 @@ def setup(params: list[Param], smoke: dict) -> nbformat.NotebookNode:
 
         DEFAULTS = {defaults!r}
         SMOKE_VALUES = {smoke!r}
-        globals().update(smoke_values(SMOKE, {{k: globals()[k] for k in DEFAULTS}}, DEFAULTS, SMOKE_VALUES))
-        CONFIG = {{k: globals()[k] for k in DEFAULTS}}
+        _given = {{k: globals()[k] for k in DEFAULTS}}
+        CONFIG = smoke_values(SMOKE, _given, DEFAULTS, SMOKE_VALUES)
+        globals().update(CONFIG)
         print("\\n".join(f"{{k}} = {{v!r}}" for k, v in CONFIG.items()))
+        print("set by SMOKE:", {{k: v for k, v in CONFIG.items() if v != _given[k]}})
         """
     )
 
