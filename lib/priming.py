@@ -219,14 +219,18 @@ def diagnose(comparisons: list[dict], alpha: float = 0.05) -> list[str]:
     lines.append(f"Semantic signal: {e}.")
     f, _ = verdict("B_full_oracle", "D_trunc_oracle")
     lines.append(f"Truncation vs full context: {f}.")
-    if wd == "better than" and we == "better than":
-        lines.append("Reading: truncation keeps a benefit, and it depends on the prefix being the real query.")
-    elif wd == "better than":
-        lines.append("Reading: truncation keeps a benefit, but a random query gives a similar one (not semantic).")
-    elif wd == "worse than":
+    readings = {
+        ("better than", "better than"): "truncation keeps a benefit, and it depends on the prefix being the real query.",
+        ("better than", "not distinguishable from"): "truncation keeps a benefit, but a random query gives a similar one (not semantic).",
+        ("better than", "worse than"): "truncation keeps a benefit, and a random query gives an even larger one (not semantic).",
+        ("not distinguishable from", "better than"): "no net benefit over bare, but the real query beats a random one: a random prefix hurts more than the query does.",
+        ("not distinguishable from", "not distinguishable from"): "no detectable effect of truncated priming at this N.",
+        ("not distinguishable from", "worse than"): "no net benefit over bare, and a random prefix does better than the query.",
+    }
+    if wd == "worse than":
         lines.append("Reading: the truncated oracle cache hurts; priming with the query does not survive truncation here.")
     else:
-        lines.append("Reading: no detectable effect of truncated oracle priming at this N.")
+        lines.append("Reading: " + readings[(wd, we)])
     return lines
 
 

@@ -385,8 +385,9 @@ def _device() -> str:
 def provenance(seeds: dict | None = None, extra: dict | None = None) -> dict:
     """Git commit/dirty flag of the repo holding ``lib/``, versions, seeds, date, device, host.
 
-    ``commit`` is 40 hex digits or "unknown" (``dirty`` is then None); ``dirty`` ignores untracked
-    files. Package versions are None for packages that are not installed. ``extra`` keys are
+    ``commit`` is 40 hex digits or "unknown" (``dirty`` is then None); ``dirty`` says whether
+    tracked files outside ``results/`` differ from the commit (untracked files and the results a
+    run is rewriting do not count). Package versions are None for packages that are not installed. ``extra`` keys are
     added at top level and may not shadow the standard keys.
     """
     if seeds is not None and not isinstance(seeds, dict):
@@ -396,7 +397,7 @@ def provenance(seeds: dict | None = None, extra: dict | None = None) -> dict:
     if commit is None or len(commit) != 40:
         commit, dirty = "unknown", None
     else:
-        status = _git(root, "status", "--porcelain", "--untracked-files=no")
+        status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
         dirty = None if status is None else bool(status)
     packages = {}
     for name in PROVENANCE_PACKAGES:

@@ -70,3 +70,13 @@ def test_store_config_drops_runtime_knobs_only():
     assert cfg["MODEL"] == "m" and cfg["N_SAMPLES"] == 5
     assert not {"BATCH_SIZE", "OUT_DIR", "SMOKE"} & set(cfg)
     assert cfg["prompt_query"] == priming.PROMPT_QUERY and len(cfg["conditions"]) == 5
+
+
+def test_diagnosis_separates_no_net_benefit_from_no_effect():
+    rng = np.random.default_rng(1)
+    a = rng.normal(2.0, 0.5, 80)
+    nll = {"A_bare": a, "B_full_oracle": a + rng.normal(0, 0.1, 80), "C_full_repeat": a + rng.normal(0, 0.1, 80),
+           "D_trunc_oracle": a + rng.normal(0, 0.1, 80), "E_trunc_random": a + 0.4 + rng.normal(0, 0.1, 80)}
+    text = "\n".join(priming.analyse(_rows(nll), [f"s{i}" for i in range(80)], n_boot=200)["diagnosis"])
+    assert "D_trunc_oracle is not distinguishable from A_bare" in text
+    assert "no net benefit over bare, but the real query beats a random one" in text
