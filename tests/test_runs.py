@@ -267,3 +267,15 @@ def test_provenance_outside_git_is_unknown(tmp_path):
                          capture_output=True, text=True).stdout
     prov = json.loads(out)
     assert prov["commit"] == "unknown" and prov["dirty"] is None
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        p = write_json_atomic(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644
