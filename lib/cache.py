@@ -93,18 +93,12 @@ def from_model_cache(cache, positions: torch.Tensor, meta: dict | None = None) -
 
 def to_dynamic(dc: DocCache) -> DynamicCache:
     """A fresh single-use ``DynamicCache`` around the DocCache's tensors (no copy)."""
-    layers = []
+    cache = DynamicCache()
     for k, v in zip(dc.keys, dc.values):
         layer = DynamicLayer()
         layer.lazy_initialization(k, v)
-        layer.keys, layer.values = k, v
-        layers.append(layer)
-    return _cache_with_layers(layers)
-
-
-def _cache_with_layers(layers: list) -> DynamicCache:
-    cache = DynamicCache()
-    cache.layers = layers
+        layer.keys, layer.values = k, v  # bind, do not torch.cat into an empty tensor (a copy)
+        cache.layers.append(layer)
     return cache
 
 

@@ -67,7 +67,7 @@ def build_inputs(arch, doc_ids: list[int], prefix_ids: list[int] | None = None, 
         raise ValueError("give prefix_ids or n_soft, not both")
     anchor = [] if arch.bos_id is None else [int(arch.bos_id)]
     n_prefix = len(prefix_ids) or n_soft
-    ids = anchor + prefix_ids + ([-1] * n_soft) + list(doc_ids)
+    ids = anchor + prefix_ids + ([-1] * n_soft) + list(doc_ids)  # -1: a soft-prefix slot (fed as embeddings)
     return Encoded(ids, len(anchor), n_prefix, len(doc_ids), {"bos_source": arch.bos_source})
 
 

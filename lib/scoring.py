@@ -100,16 +100,12 @@ def _score_batch(model, caches, prompt_ids, answer_ids, pad_id) -> list[torch.Te
     hidden = model.base_model(
         input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=past, use_cache=True
     ).last_hidden_state  # (B, Tmax, hidden)
-    rows, cols, tgts, owner = [], [], [], []
-    for b, (p, a) in enumerate(zip(prompt_ids, answer_ids)):
-        n_p = len(p)
-        for t, tok in enumerate(a):
-            rows.append(b)
-            cols.append(n_p - 1 + t)
-            tgts.append(tok)
-    rows_t = torch.tensor(rows, device=dev)
-    nll = _answer_nll(model, hidden, rows_t, torch.tensor(cols, device=dev), torch.tensor(tgts, device=dev))
-    nll = nll.cpu()
+    # the last prompt token predicts answer[0]; answer[t-1] predicts answer[t] (the one label shift)
+    rows = [b for b, a in enumerate(answer_ids) for _ in a]
+    cols = [len(p) - 1 + t for p, a in zip(prompt_ids, answer_ids) for t in range(len(a))]
+    tgts = [tok for a in answer_ids for tok in a]
+    rows_t, cols_t, tgts_t = (torch.tensor(x, device=dev) for x in (rows, cols, tgts))
+    nll = _answer_nll(model, hidden, rows_t, cols_t, tgts_t).cpu()
     res, k = [], 0
     for a in answer_ids:
         res.append(nll[k : k + len(a)])
