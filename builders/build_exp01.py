@@ -20,8 +20,9 @@ PARAMS = [
     Param("MIN_PASSAGE_WORDS", int, 20, "skip passages shorter than this (0: no limit)"),
     Param("MAX_PASSAGE_WORDS", int, 150, "skip passages longer than this (0: no limit)"),
     Param("SEED", int, 42, "seed for the random-query assignment, synthetic data and bootstrap"),
-    Param("BATCH_SIZE", int, 16, "Phase B items per forward"),
-    Param("CHUNK", int, 4, "samples per store append (resume granularity)"),
+    Param("BATCH_SIZE", int, 32, "Phase B items per forward (at most)"),
+    Param("CHUNK", int, 8, "samples per engine wave and store append (resume granularity)"),
+    Param("MEM_BUDGET_GB", float, 2.0, "memory the engine may use for one batch (sets Phase A/B batch sizes)"),
     Param("N_BOOT", int, 2000, "bootstrap resamples for the CI of d"),
     Param("OUT_DIR", str, "results/exp01", "results folder, relative to the repo root"),
     Param("FRESH", bool, False, "move an existing store aside and start over"),
@@ -79,7 +80,8 @@ CELLS = [
 
         store = RunStore(ROOT / OUT_DIR / "_store", priming.store_config(CONFIG, lm), fresh=FRESH)
         print(f"{len(store)} rows already stored")
-        rows = priming.run(lm, samples, store, seed=SEED, chunk=CHUNK, batch_size=BATCH_SIZE, progress=PROGRESS)
+        rows = priming.run(lm, samples, store, seed=SEED, chunk=CHUNK, batch_size=BATCH_SIZE,
+                           mem_budget_gb=MEM_BUDGET_GB, progress=PROGRESS)
         ids = [s.id for s in samples]
         wanted = set(ids)
         rows = [r for r in rows if r["sample_id"] in wanted]

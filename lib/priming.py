@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lib import encode as enc_mod
-from lib import scoring
 
 PROMPT_QUERY = "\n\nQuestion: {query}\nAnswer:"
 PROMPT_NO_QUERY = "\n\nAnswer:"
@@ -130,61 +129,40 @@ def prepare(tokenizer, arch, sample, other_query: str, other_id: str) -> Prepare
     return Prepared(sample.id, doc_ids, prefix_ids, prompt_ids, answer_ids, other_id, flags)
 
 
-def score_prepared(lm, items: list[Prepared], conditions=EXP01_CONDITIONS, *, batch_size: int = 16) -> list[dict]:
-    """Rows (one per item x condition). Phase A once per distinct prefix of an item; Phase B batched."""
-    model, arch = lm.model, lm.arch
-    caches, prompts, answers, rows = [], [], [], []
+def work_items(items: list[Prepared], conditions=EXP01_CONDITIONS) -> list:
+    """One ``engine.WorkItem`` per (prepared sample, condition)."""
+    from lib.engine import WorkItem
+
+    out = []
     for it in items:
-        needed = {c.prefix for c in conditions}
-        full = {}
-        for src in needed:
-            pre = None if src == "none" else it.prefix_ids[src]
-            full[src] = enc_mod.encode_full(model, arch, it.doc_ids, pre)
         for c in conditions:
-            cache_full, enc = full[c.prefix]
-            dc = enc_mod.shape(cache_full, enc, arch, keep_prefix=c.keep_prefix)
-            caches.append(dc)
-            prompts.append(it.prompt_ids[c.prompt])
-            answers.append(it.answer_ids)
-            rows.append({
-                "sample_id": it.sample_id,
-                "condition": c.name,
-                "n_doc_tokens": len(it.doc_ids),
-                "n_prefix_tokens": enc.n_prefix,
-                "cache_len": dc.length,
-                "n_prompt_tokens": len(it.prompt_ids[c.prompt]),
-                "n_answer_tokens": len(it.answer_ids),
-                "other_id": it.other_id if c.prefix == "other_query" else None,
-                **it.flags,
-            })
-    nlls = scoring.score(model, caches, prompts, answers, batch_size=batch_size)
-    for row, tok in zip(rows, nlls):
-        row["token_nlls"] = [round(float(x), 6) for x in tok]
-        row["nll"] = float(tok.mean())
-    return rows
+            prefix = () if c.prefix == "none" else tuple(it.prefix_ids[c.prefix])
+            extra = {"other_id": it.other_id if c.prefix == "other_query" else None, **it.flags}
+            out.append(WorkItem(it.sample_id, c.name, tuple(it.doc_ids), prefix, c.keep_prefix,
+                                tuple(it.prompt_ids[c.prompt]), tuple(it.answer_ids), extra))
+    return out
+
+
+def score_prepared(lm, items: list[Prepared], conditions=EXP01_CONDITIONS, *, batch_size: int = 16) -> list[dict]:
+    """Rows (one per item x condition), through the engine (Phase A once per distinct encoding)."""
+    from lib.engine import Engine
+
+    return Engine(lm, phase_b_batch=batch_size).score_items(work_items(items, conditions))
 
 
 def run(lm, samples, store, *, conditions=EXP01_CONDITIONS, seed: int = 42, chunk: int = 4, batch_size: int = 16,
-        progress: bool = True) -> list[dict]:
-    """Score every (sample, condition) not yet in ``store``; append each chunk as it finishes.
+        mem_budget_gb: float = 2.0, progress: bool = True) -> list[dict]:
+    """Score every (sample, condition) not yet in ``store``; append each wave of ``chunk`` samples as it finishes.
 
     Resumable: a killed run rerun with the same store finishes the missing items only. Returns all rows.
     """
-    from tqdm.auto import tqdm
+    from lib.engine import Engine
 
     by_id = {s.id: s for s in samples}
     other = assign_other([s.id for s in samples], seed)
-    names = [c.name for c in conditions]
-    todo = [s for s in samples if not all(store.is_done(s.id, n) for n in names)]
-    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="samples", disable=not progress)
-    for i in range(0, len(todo), chunk):
-        part = todo[i : i + chunk]
-        prepared = [prepare(lm.tokenizer, lm.arch, s, by_id[other[s.id]].query, other[s.id]) for s in part]
-        rows = score_prepared(lm, prepared, conditions, batch_size=batch_size)
-        store.append([r for r in rows if not store.is_done(r["sample_id"], r["condition"])])
-        bar.update(len(part))
-    bar.close()
-    return store.rows()
+    prepared = [prepare(lm.tokenizer, lm.arch, s, by_id[other[s.id]].query, other[s.id]) for s in samples]
+    engine = Engine(lm, mem_budget_gb=mem_budget_gb, phase_b_batch=batch_size)
+    return engine.run(work_items(prepared, conditions), store, wave=chunk, progress=progress)
 
 
 def nll_table(rows: list[dict], names: list[str], sample_ids: list[str]) -> dict[str, np.ndarray]:
@@ -302,7 +280,7 @@ def cache_lengths(lm, sample, other_query: str) -> dict[str, int]:
     return out
 
 
-RUNTIME_KNOBS = ("BATCH_SIZE", "CHUNK", "OUT_DIR", "FRESH", "SMOKE", "N_BOOT", "PROGRESS")
+RUNTIME_KNOBS = ("BATCH_SIZE", "CHUNK", "MEM_BUDGET_GB", "OUT_DIR", "FRESH", "SMOKE", "N_BOOT", "PROGRESS")
 
 
 def store_config(params: dict, lm, conditions=EXP01_CONDITIONS) -> dict:
