@@ -87,15 +87,28 @@ def token_budget(model, mem_budget_gb: float) -> int:
     return max(64, int(mem_budget_gb * 2**30 / (2 * (kv_bytes + act_bytes))))
 
 
-def _batches(lengths: list[int], budget: int, max_batch: int) -> list[list[int]]:
-    """Indices grouped into batches, longest first, each with batch * longest <= budget."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    out, cur = [], []
+def _batches(lengths: list[int], budget: int, max_batch: int, *, cost: list[int] | None = None,
+             min_tokens: int = 512, slack: float = 0.05) -> list[list[int]]:
+    """Indices grouped into batches, longest ``lengths`` first (the padded dimension).
+
+    A batch closes when adding the next item would make ``items * max(cost)`` exceed ``budget``
+    (``cost`` defaults to ``lengths``) or exceed ``max_batch`` items, or, once it holds
+    ``min_tokens`` real tokens (enough for efficient matmuls), when the next item is more than
+    ``slack`` shorter than the batch's longest (to keep padding waste low).
+    """
+    cost = lengths if cost is None else cost
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], -cost[i]))
+    out, cur, real, top = [], [], 0, 0
     for i in order:
-        if cur and ((len(cur) + 1) * lengths[cur[0]] > budget or len(cur) >= max_batch):
-            out.append(cur)
-            cur = []
+        if cur:
+            full = (len(cur) + 1) * max(top, cost[i]) > budget or len(cur) >= max_batch
+            ragged = real >= min_tokens and lengths[i] < (1 - slack) * lengths[cur[0]]
+            if full or ragged:
+                out.append(cur)
+                cur, real, top = [], 0, 0
         cur.append(i)
+        real += lengths[i]
+        top = max(top, cost[i])
     if cur:
         out.append(cur)
     return out
@@ -177,9 +190,11 @@ class Engine:
             dc, enc = full[it.encoding]
             caches.append(enc_mod.shape(dc, enc, self.arch, keep_prefix=it.keep_prefix))
         nlls: list = [None] * len(items)
-        lengths = [c.length + len(it.prompt_ids) + len(it.answer_ids) for c, it in zip(caches, items)]
-        # Phase B holds a padded copy of its batch's caches; its activations are small (a few tokens per item)
-        for idx in _batches(lengths, self.budget, self.phase_b_batch or self.max_batch):
+        # Phase B pads the new tokens (what the linear layers pay for) and holds a padded copy of the
+        # batch's caches (what memory pays for): batch by new-token length, budget on the total
+        new_len = [len(it.prompt_ids) + len(it.answer_ids) for it in items]
+        total = [c.length + n for c, n in zip(caches, new_len)]
+        for idx in _batches(new_len, self.budget, self.phase_b_batch or self.max_batch, cost=total, min_tokens=256):
             self._score_batch(idx, items, caches, nlls)
         rows = []
         for it, c, tok in zip(items, caches, nlls):
