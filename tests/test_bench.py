@@ -1,0 +1,48 @@
+"""The benchmark's pieces: designs, FLOP counting, and the reference loop's agreement with the engine.
+
+Speed itself is never asserted here: it comes from `python -m lib.bench` (a ratio measured in one process).
+"""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lib import bench
+from lib.engine import Engine
+
+
+def test_forward_flops_counts_visible_keys_and_window():
+    arch = SimpleNamespace(layer_types=("full_attention", "sliding_attention"), sliding_window=4, n_heads=2,
+                           head_dim=8, hidden_size=16, vocab_size=10)
+    lm = SimpleNamespace(arch=arch, model=object())
+    bench._LINEAR_CACHE[id(lm.model)] = 1000
+    got = bench.forward_flops(lm, n_new=3, n_cache=2, n_logits=1)
+    full_keys = 3 + 4 + 5  # each new token sees the cache and the new tokens up to itself
+    slide_keys = 3 + 4 + 4  # capped at the window
+    assert got == 2 * 1000 * 3 + 4 * 2 * 8 * (full_keys + slide_keys) + 2 * 16 * 10 * 1
+
+
+@pytest.mark.slow
+def test_matched13_design_is_token_matched(smollm2):
+    items = bench.design_items(smollm2, "matched13", 3)
+    by = {}
+    for it in items:
+        by.setdefault(it.sample_id, []).append(it)
+    for sid, its in by.items():
+        assert len(its) == 13 and len({it.encoding for it in its}) == 13
+        q = {len(it.prefix_ids) for it in its if it.condition != "bare"}
+        oracle = next(it for it in its if it.condition == "oracle")
+        assert q == {len(oracle.prefix_ids)}  # every prefixed condition uses exactly Q tokens
+        assert len({it.doc_ids for it in its}) == 1 and len({it.answer_ids for it in its}) == 1
+    with pytest.raises(ValueError, match="unknown design"):
+        bench.design_items(smollm2, "exp99", 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("design", bench.DESIGNS)
+def test_reference_loop_agrees_with_engine(smollm2, design):
+    items = bench.design_items(smollm2, design, 2)
+    ref = bench.reference_loop(smollm2, items)
+    rows = Engine(smollm2).score_items(items)
+    assert max(float((r - torch.tensor(row["token_nlls"])).abs().max()) for r, row in zip(ref, rows)) <= 1e-4
+    assert bench.useful_flops(smollm2, items) > 0
