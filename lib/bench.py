@@ -229,6 +229,11 @@ class PeakMemory:
 
 
 # ---- the benchmark -----------------------------------------------------------------------------
+def _nll_limit(lm) -> float:
+    """1e-4 nats in float32; batched and unbatched 16-bit forwards differ by far more, so 5e-2 there."""
+    return 1e-4 if next(lm.model.parameters()).dtype == torch.float32 else 5e-2
+
+
 def memory_probe(model: str, dtype, design: str, n: int, which: str, mem_budget_gb: float, seed: int = 42) -> int:
     """Peak memory of one method, measured in a fresh process (see ``_probe_main``)."""
     import os
@@ -307,7 +312,8 @@ def bench(lm, design: str, n: int, repeats: int = 2, mem_budget_gb: float = 2.0,
         "pairs_per_s": {"reference": n_pairs / t_ref, "engine": n_pairs / t_eng},
         "speedup": t_ref / t_eng,
         "max_abs_nll_diff": diff,
-        "nll_agreement_ok": diff <= 1e-4,
+        "nll_limit": _nll_limit(lm),
+        "nll_agreement_ok": diff <= _nll_limit(lm),
         "matmul_peak_flops": peak,
         "useful_flops": useful,
         "engine_useful_flops_per_s": useful / t_eng,
@@ -329,7 +335,7 @@ def report(res: dict) -> str:
         f"  pairs/s: reference {res['pairs_per_s']['reference']:.2f}, engine {res['pairs_per_s']['engine']:.2f}, "
         f"ratio {res['speedup']:.2f}x (best of {res['repeats']} interleaved repeats)",
         f"  per-item NLL agreement: max |dNLL| = {res['max_abs_nll_diff']:.2e} nats "
-        f"({'OK' if res['nll_agreement_ok'] else 'FAIL'}, limit 1e-4)",
+        f"({'OK' if res['nll_agreement_ok'] else 'FAIL'}, limit {res['nll_limit']:g} for {res['dtype']})",
         f"  matmul peak (timed now): {res['matmul_peak_flops'] / 1e9:.1f} GFLOP/s; engine useful "
         f"{res['engine_useful_flops_per_s'] / 1e9:.1f} GFLOP/s = {res['engine_useful_fraction_of_peak']:.0%} of peak "
         f"(executed, Phase A padding included, est. {res['engine_executed_flops_per_s'] / 1e9:.1f} GFLOP/s; reference useful "
