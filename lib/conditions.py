@@ -1,0 +1,172 @@
+"""Registry of named cache conditions: how each prefix is made and what the cache keeps.
+
+Every condition of a sample scores the same document ids and the same ``PROMPT_QUERY`` prompt and
+answer ids (matched tokenization, ``lib.priming.prepare``). A prefix is ``text_ids + sep_ids`` with
+``sep_ids = tokenize(PREFIX_SEP)``. Token-matched conditions (``matched=True``) use exactly Q text
+tokens, Q = the number of tokens of the sample's query alone: their source ids are tiled or cut
+to Q, then the separator follows; so the prefix length is the same across the whole family.
+
+Sources (``Condition.source``):
+  none           the bare cache
+  query          the sample's query
+  other_query    another sample's query (seeded derangement, ``priming.assign_other``)
+  static:<key>   a fixed framing from ``surrogates.STATIC``
+  keywords:<k>   the document's top-k TF-IDF keywords; ``other_keywords:<k>`` another document's
+  first_sentence the document's first sentence
+  random_tokens  Q ids drawn uniformly (seeded per sample) from the vocabulary, special ids excluded
+  repeat_token   one common token (" the") repeated
+  scrambled      the query's tokens in a seeded random order
+  generated:<kind>  a model-generated text (``surrogates.generate``)
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import random
+from dataclasses import dataclass
+
+from lib import encode as enc_mod
+from lib import priming, surrogates
+from lib.engine import WorkItem
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    source: str
+    keep_prefix: bool = False
+    matched: bool = False
+    family: str = ""
+    description: str = ""
+
+
+def _reg(*conds: Condition) -> dict[str, Condition]:
+    return {c.name: c for c in conds}
+
+
+REGISTRY = _reg(
+    Condition("bare", "none", family="reference", description="[anchor, doc]"),
+    Condition("oracle", "query", family="reference", description="the query, dropped and re-positioned"),
+    Condition("oracle_full", "query", keep_prefix=True, family="reference", description="the query kept in the cache"),
+    *[Condition(k, f"static:{k}", family="static", description=v) for k, v in surrogates.STATIC.items()],
+    *[Condition(f"kw{k}", f"keywords:{k}", family="keyword", description=f"top-{k} TF-IDF keywords of the document") for k in (5, 10, 20)],
+    *[Condition(f"kw{k}_other", f"other_keywords:{k}", family="keyword", description=f"top-{k} keywords of another document") for k in (5, 10, 20)],
+    Condition("first_sentence", "first_sentence", family="keyword", description="the document's first sentence"),
+    # the token-matched family: exactly Q prefix tokens
+    Condition("random_tokens", "random_tokens", matched=True, family="matched"),
+    Condition("repeat_token", "repeat_token", matched=True, family="matched"),
+    Condition("scrambled_oracle", "scrambled", matched=True, family="matched"),
+    Condition("unrelated_query", "other_query", matched=True, family="matched"),
+    Condition("extractor_matched", "static:extractor", matched=True, family="matched"),
+    Condition("adversarial_matched", "static:adversarial", matched=True, family="matched"),
+    Condition("llm_extract", "generated:llm_extract", matched=True, family="matched"),
+    Condition("llm_question", "generated:llm_question", matched=True, family="matched"),
+    Condition("llm_summarize", "generated:llm_summarize", matched=True, family="matched"),
+    Condition("same_topic", "generated:same_topic", matched=True, family="matched"),
+    Condition("paraphrase", "generated:paraphrase", matched=True, family="matched"),
+    Condition("oracle_matched", "query", matched=True, family="matched", description="the query itself (Q tokens by definition)"),
+)
+TOKEN_MATCHED = ("random_tokens", "repeat_token", "scrambled_oracle", "unrelated_query", "same_topic", "paraphrase",
+                 "extractor_matched", "adversarial_matched", "llm_extract", "llm_question", "llm_summarize",
+                 "oracle_matched")
+
+
+def get(names) -> tuple[Condition, ...]:
+    """Conditions by name; an unknown name raises with the known names and a did-you-mean."""
+    out = []
+    for n in names:
+        if n not in REGISTRY:
+            close = difflib.get_close_matches(n, list(REGISTRY), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown condition {n!r}; known conditions: {sorted(REGISTRY)}.{hint}")
+        out.append(REGISTRY[n])
+    return tuple(out)
+
+
+def generated_kinds(conds) -> list[str]:
+    return sorted({c.source.split(":", 1)[1] for c in conds if c.source.startswith("generated:")})
+
+
+def fit(ids: list[int], q: int, what: str) -> list[int]:
+    """Tile or cut ``ids`` to exactly ``q`` tokens."""
+    if not ids:
+        raise ValueError(f"{what}: empty source text, cannot make a {q}-token prefix")
+    return (list(ids) * (q // len(ids) + 1))[:q]
+
+
+def _seed(*parts) -> int:
+    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:12], 16)
+
+
+def prefix_ids(cond: Condition, ctx: dict) -> list[int] | None:
+    """Prefix ids (text + separator) of ``cond`` for one sample; None for the bare cache.
+
+    ctx: tokenizer, arch, sample, other (another Sample), keywords {k: {id: [...]}}, generated
+    {kind: {id: text}}, seed.
+    """
+    tok, s = ctx["tokenizer"], ctx["sample"]
+    t = lambda text: enc_mod.tokenize(tok, text)  # noqa: E731
+    src = cond.source
+    if src == "none":
+        return None
+    q = len(t(s.query))
+    kind, _, arg = src.partition(":")
+    rng = random.Random(_seed(ctx["seed"], cond.name, s.id))
+    if kind == "query":
+        ids = t(s.query)
+    elif kind == "other_query":
+        ids = t(ctx["other"].query)
+    elif kind == "static":
+        ids = t(surrogates.STATIC[arg])
+    elif kind == "keywords":
+        ids = t(" ".join(ctx["keywords"][int(arg)][s.id]))
+    elif kind == "other_keywords":
+        ids = t(" ".join(ctx["keywords"][int(arg)][ctx["other"].id]))
+    elif kind == "first_sentence":
+        ids = t(surrogates.first_sentence(s.passage))
+    elif kind == "random_tokens":
+        special = set(getattr(tok, "all_special_ids", []))
+        ids = []
+        while len(ids) < q:
+            i = rng.randrange(ctx["arch"].vocab_size)
+            if i not in special and i < len(tok):
+                ids.append(i)
+    elif kind == "repeat_token":
+        ids = t(" the")
+    elif kind == "scrambled":
+        ids = t(s.query)
+        rng.shuffle(ids)
+    elif kind == "generated":
+        text = ctx["generated"][arg][s.id]
+        if not text:
+            raise ValueError(f"sample {s.id!r}: the generated {arg!r} surrogate is empty; delete it from the cache to regenerate")
+        ids = t(text)
+    else:
+        raise ValueError(f"condition {cond.name!r}: unknown source {src!r}")
+    if cond.matched:
+        ids = fit(ids, q, f"{cond.name} on {s.id}")
+    return list(ids) + t(priming.PREFIX_SEP)
+
+
+def build_items(lm, samples, conds, *, seed: int = 42, generated: dict | None = None, keyword_docs: dict | None = None) -> list[WorkItem]:
+    """WorkItems for every sample x condition (all scored with the query prompt)."""
+    need_kw = sorted({int(c.source.split(":")[1]) for c in conds if "keywords:" in c.source})
+    docs = keyword_docs or {s.id: s.passage for s in samples}
+    keywords = {k: surrogates.tfidf_keywords(docs, k) for k in need_kw}
+    kinds = generated_kinds(conds)
+    missing = [k for k in kinds if not generated or k not in generated]
+    if missing:
+        raise ValueError(f"generated surrogates {missing} are needed; run surrogates.generate first")
+    by_id = {s.id: s for s in samples}
+    other = priming.assign_other([s.id for s in samples], seed)
+    items = []
+    for s in samples:
+        p = priming.prepare(lm.tokenizer, lm.arch, s, by_id[other[s.id]].query, other[s.id])
+        ctx = {"tokenizer": lm.tokenizer, "arch": lm.arch, "sample": s, "other": by_id[other[s.id]],
+               "keywords": keywords, "generated": generated or {}, "seed": seed}
+        for c in conds:
+            pre = prefix_ids(c, ctx)
+            items.append(WorkItem(s.id, c.name, tuple(p.doc_ids), tuple(pre or ()), c.keep_prefix,
+                                  tuple(p.prompt_ids["query"]), tuple(p.answer_ids),
+                                  {"family": c.family, "q_tokens": len(enc_mod.tokenize(lm.tokenizer, s.query)), **p.flags}))
+    return items

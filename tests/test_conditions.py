@@ -1,0 +1,94 @@
+"""The condition registry: exact token matching, surrogates, generation cache, unknown names."""
+import pytest
+
+from lib import conditions as C
+from lib import surrogates
+from lib.data import synthetic_qa
+from lib.encode import tokenize
+from lib.engine import Engine
+
+
+def test_unknown_condition_lists_known_names():
+    with pytest.raises(ValueError, match="Did you mean 'oracle'") as e:
+        C.get(["oracel"])
+    assert "extractor_matched" in str(e.value)
+
+
+def test_fit_tiles_and_cuts():
+    assert C.fit([1, 2, 3], 7, "x") == [1, 2, 3, 1, 2, 3, 1]
+    assert C.fit([1, 2, 3], 2, "x") == [1, 2]
+    with pytest.raises(ValueError, match="empty source"):
+        C.fit([], 3, "x")
+
+
+def test_tfidf_keywords_are_deterministic_and_document_specific():
+    docs = {s.id: s.passage for s in synthetic_qa(20, 3)}
+    a, b = surrogates.tfidf_keywords(docs, 5), surrogates.tfidf_keywords(docs, 5)
+    assert a == b and all(len(v) == 5 for v in a.values())
+    assert len({tuple(v) for v in a.values()}) > 15  # documents get their own keywords
+    assert all(w not in surrogates.STOPWORDS for v in a.values() for w in v)
+    with pytest.raises(ValueError, match="k must be"):
+        surrogates.tfidf_keywords(docs, 0)
+
+
+def test_first_sentence():
+    assert surrogates.first_sentence("One two. Three four.") == "One two."
+    assert surrogates.first_sentence("No end") == "No end"
+
+
+def _fake_generated(samples):
+    return {k: {s.id: f"{k} text about {s.query}" for s in samples} for k in surrogates.GENERATION_PROMPTS}
+
+
+@pytest.mark.slow
+def test_token_matched_conditions_have_exactly_q_tokens(smollm2):
+    samples = synthetic_qa(12, 5)
+    conds = C.get(C.TOKEN_MATCHED)
+    items = C.build_items(smollm2, samples, conds, generated=_fake_generated(samples))
+    sep = len(tokenize(smollm2.tokenizer, "\n"))
+    by_sample = {}
+    for it in items:
+        by_sample.setdefault(it.sample_id, []).append(it)
+    for s in samples:
+        q = len(tokenize(smollm2.tokenizer, s.query))
+        its = by_sample[s.id]
+        assert len(its) == len(C.TOKEN_MATCHED)
+        assert {len(it.prefix_ids) for it in its} == {q + sep}, s.id
+        assert len({it.doc_ids for it in its}) == 1 and len({it.answer_ids for it in its}) == 1
+    # seeded: the same items again, and random prefixes differ across samples
+    again = C.build_items(smollm2, samples, conds, generated=_fake_generated(samples))
+    assert [it.prefix_ids for it in again] == [it.prefix_ids for it in items]
+    rnd = [it.prefix_ids for it in items if it.condition == "random_tokens"]
+    assert len(set(rnd)) == len(rnd)
+
+
+@pytest.mark.slow
+def test_every_registered_condition_scores(smollm2):
+    samples = synthetic_qa(3, 6)
+    items = C.build_items(smollm2, samples, C.get(list(C.REGISTRY)), generated=_fake_generated(samples))
+    rows = Engine(smollm2).score_items(items)
+    assert len(rows) == 3 * len(C.REGISTRY) and all(r["nll"] > 0 for r in rows)
+    by = {(r["sample_id"], r["condition"]): r for r in rows}
+    s = samples[0].id
+    assert by[(s, "oracle")]["cache_len"] == by[(s, "bare")]["cache_len"] == by[(s, "kw10")]["cache_len"]
+    assert by[(s, "oracle_full")]["cache_len"] > by[(s, "bare")]["cache_len"]
+    with pytest.raises(ValueError, match="run surrogates.generate first"):
+        C.build_items(smollm2, samples, C.get(["llm_question"]))
+
+
+@pytest.mark.slow
+def test_generation_is_cached_and_reused(smollm2, tmp_path, monkeypatch):
+    samples = synthetic_qa(2, 7)
+    cache = surrogates.GeneratedCache(tmp_path / "gen.json")
+    first = surrogates.generate(smollm2, samples, ["llm_question"], cache, max_new_tokens=8)
+    assert set(first["llm_question"]) == {s.id for s in samples}
+    assert all(isinstance(t, str) for t in first["llm_question"].values())
+
+    def no_generation(*a, **k):
+        raise AssertionError("generate() was called although the texts are cached")
+
+    monkeypatch.setattr(smollm2.model, "generate", no_generation)
+    reloaded = surrogates.GeneratedCache(tmp_path / "gen.json")
+    assert surrogates.generate(smollm2, samples, ["llm_question"], reloaded) == first
+    with pytest.raises(ValueError, match="unknown generated surrogate"):
+        surrogates.generate(smollm2, samples, ["llm_poem"], reloaded)
