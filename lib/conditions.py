@@ -170,3 +170,13 @@ def build_items(lm, samples, conds, *, seed: int = 42, generated: dict | None = 
                                   tuple(p.prompt_ids["query"]), tuple(p.answer_ids),
                                   {"family": c.family, "q_tokens": len(enc_mod.tokenize(lm.tokenizer, s.query)), **p.flags}))
     return items
+
+
+def store_config(params: dict, lm, conds) -> dict:
+    """What makes rows comparable (see ``priming.store_config``), plus every condition's recipe."""
+    return {
+        **priming.store_config(params, lm, conditions=()),
+        "conditions": [c.__dict__ for c in conds],
+        "static_texts": surrogates.STATIC,
+        "generation_prompts": {k: surrogates.GENERATION_PROMPTS[k] for k in generated_kinds(conds)},
+    }

@@ -104,3 +104,26 @@ def test_papermill_smoke_run_and_resume_after_kill(tmp_path):
     p = _papermill(cut_dir, n + 1, tmp_path / "mismatch.log")
     assert p.wait(timeout=600) != 0
     assert "N_SAMPLES" in (tmp_path / "mismatch.log").read_text()
+
+
+@pytest.mark.slow
+def test_exp02_smoke_run_writes_every_statistic(tmp_path):
+    nb = ROOT / "experiments/exp02/exp02_surrogate_priming.ipynb"
+    cmd = [sys.executable, "-m", "papermill", str(nb), str(tmp_path / "executed.ipynb"), "-p", "SMOKE", "True",
+           "-p", "N_SAMPLES", "12", "-p", "OUT_DIR", str(tmp_path), "-p", "PROGRESS", "False", "-p", "N_BOOT", "200"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    import json
+
+    r = json.loads((tmp_path / "results.json").read_text())
+    s = r["summary"]
+    names = [c["name"] for c in r["config"]["conditions"]]
+    assert names[0] == "bare" and s["reference"] == "bare" and len(names) == 8
+    assert [c["cond"] for c in s["comparisons"]] == names[1:]
+    for c in s["comparisons"]:
+        assert {"d", "ci_low", "ci_high", "win_rate", "p_t", "p_holm", "p_wilcoxon"} <= set(c)
+    assert set(s["ranks"]["mean_rank"]) == set(names) and abs(sum(s["ranks"]["share_best"].values()) - 1) < 1e-9
+    assert len(s["hardness"]) == 5 * 7 and all("rtm_null_mean_delta" in h for h in s["hardness"])
+    assert len(_rows(tmp_path)) == 12 * 8
+    for name in ("effects.png", "mean_nll.png", "hardness_heatmap.png"):
+        assert (tmp_path / name).is_file()
