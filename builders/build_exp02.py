@@ -3,35 +3,22 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
 
+import common  # noqa: E402
 from lib.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
 
 OUT = ROOT / "experiments" / "exp02" / "exp02_surrogate_priming.ipynb"
 CONDITIONS = "bare,oracle,oracle_full,extractor,universal,static_fact,adversarial,adv_instruct"
 
 PARAMS = [
-    Param("MODEL", str, "google/gemma-3-12b-it", "hub id, local folder, or bundled name (smollm2-135m-instruct, gemma-3-270m)"),
-    Param("LOAD_IN_4BIT", bool, False, "bitsandbytes nf4 (CUDA only)"),
-    Param("DTYPE", str, "bfloat16", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16"),
-    Param("DATASET", str, "ms_marco", "ms_marco, squad_v2, triviaqa, hotpotqa, synthetic"),
-    Param("DATA_SOURCE", str, "", "empty: the data set's hub copy; or a local .jsonl/.json/.parquet in its schema"),
-    Param("SPLIT", str, "", "empty: the loader's default split"),
-    Param("N_SAMPLES", int, 400, "samples to score (first N eligible rows)"),
-    Param("MIN_PASSAGE_WORDS", int, 20, "skip passages shorter than this (0: no limit)"),
-    Param("MAX_PASSAGE_WORDS", int, 150, "skip passages longer than this (0: no limit)"),
+    *common.model_params("google/gemma-3-12b-it", "bfloat16", "ms_marco", 400),
     Param("CONDITIONS", str, CONDITIONS, "comma-separated condition names (lib/conditions.py); the first is the reference"),
-    Param("SEED", int, 42, "seed for random/other-sample choices, synthetic data and bootstrap"),
-    Param("BATCH_SIZE", int, 32, "Phase B items per forward (at most)"),
-    Param("CHUNK", int, 8, "samples per engine wave and store append (resume granularity)"),
-    Param("MEM_BUDGET_GB", float, 2.0, "memory the engine may use for one batch (sets Phase A/B batch sizes)"),
-    Param("N_BOOT", int, 2000, "bootstrap resamples for the CI of d"),
+    *common.RUNTIME,
     Param("OUT_DIR", str, "results/exp02", "results folder, relative to the repo root"),
-    Param("FRESH", bool, False, "move an existing store aside and start over"),
-    Param("PROGRESS", bool, True, "show a progress bar"),
-    Param("SMOKE", bool, False, "small offline run: bundled SmolLM2 on synthetic QA (a -p value that differs from the default wins)"),
+    *common.TAIL,
 ]
-SMOKE = {"MODEL": "smollm2-135m-instruct", "DTYPE": "auto", "DATASET": "synthetic", "N_SAMPLES": 40}
+SMOKE = {**common.SMOKE, "N_SAMPLES": 40}
 
 CELLS = [
     stamp("builders/build_exp02.py", "Exp 02: surrogate priming", """
@@ -46,23 +33,7 @@ CELLS = [
     """),
     parameters(PARAMS),
     setup(PARAMS, SMOKE),
-    md("## Model"),
-    code("""
-        from lib.models import load_model
-
-        lm = load_model(MODEL, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT)
-        print(lm.source, lm.device, lm.dtype)
-        print(lm.arch)
-    """),
-    md("## Data"),
-    code("""
-        from lib.data import load_samples
-
-        data = load_samples(DATASET, N_SAMPLES, split=SPLIT or None, source=DATA_SOURCE or None, seed=SEED,
-                            min_passage_words=MIN_PASSAGE_WORDS or None, max_passage_words=MAX_PASSAGE_WORDS or None)
-        samples = data.samples
-        print(f"{len(samples)} samples from {data.name}/{data.split}; rows skipped: {data.skip_counts()}")
-    """),
+    *common.MODEL_AND_DATA,
     md("## Conditions"),
     code("""
         from lib import conditions
@@ -70,60 +41,16 @@ CELLS = [
         conds = conditions.get([c.strip() for c in CONDITIONS.split(",") if c.strip()])
         names = [c.name for c in conds]
         items = conditions.build_items(lm, samples, conds, seed=SEED)
-        for c in conds:
-            example = next(it for it in items if it.condition == c.name)
-            print(f"{c.name:14s} {len(example.prefix_ids):3d} prefix tokens  {lm.tokenizer.decode(list(example.prefix_ids))[:70]!r}")
     """),
-    md("## Run\\nResumable: rerunning with the same parameters scores only what is missing; different parameters are refused."),
-    code("""
-        from lib.engine import Engine
-        from lib.runs import RunStore
-
-        store = RunStore(ROOT / OUT_DIR / "_store", conditions.store_config(CONFIG, lm, conds), fresh=FRESH)
-        print(f"{len(store)} rows already stored")
-        engine = Engine(lm, mem_budget_gb=MEM_BUDGET_GB, phase_b_batch=BATCH_SIZE)
-        rows = engine.run(items, store, wave=CHUNK, progress=PROGRESS)
-        ids = [s.id for s in samples]
-        wanted = set(ids)
-        rows = [r for r in rows if r["sample_id"] in wanted]
-        print(f"{len(rows)} rows for {len(ids)} samples")
-    """),
-    md("## Analysis"),
-    code("""
-        from lib import analysis
-
-        summary = analysis.summarize(rows, ids, names, ref=names[0], n_boot=N_BOOT, seed=SEED)
-        for r in summary["comparisons"]:
-            print(f"{r['cond']:14s} mean NLL {r['mean_cond']:.4f}  d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  "
-                  f"win={r['win_rate']:.2f}  Holm p={r['p_holm']:.3g}")
-        print()
-        print("mean rank (1 = lowest NLL):", {k: round(v, 2) for k, v in summary["ranks"]["mean_rank"].items()})
-        print("share best:", {k: round(v, 3) for k, v in summary["ranks"]["share_best"].items()})
-    """),
-    md("## Hardness gradient\\nQuintiles of the reference NLL; `excess` is the mean delta minus what regression to the mean alone gives."),
-    code("""
-        for h in summary["hardness"]:
-            print(f"bin {h['bin']} {h['cond']:14s} d={h['d']:+.3f}  mean delta {h['mean_delta']:+.4f}  RTM null {h['rtm_null_mean_delta']:+.4f}  excess {h['excess_delta']:+.4f}")
-    """),
+    common.SHOW_PREFIXES,
+    *common.RUN,
+    *common.SUMMARY,
     md("## Figures"),
     code("""
-        from lib.priming import nll_table
-
-        nll = nll_table(rows, names, ids)
         figs = analysis.figures(summary, nll, ROOT / OUT_DIR, title=f"exp02 {MODEL} {DATASET} N={len(ids)}")
         print([str(p) for p in figs])
     """),
-    md("## Save"),
-    code("""
-        from lib.runs import provenance, write_per_item_csv, write_results_json
-
-        out = write_results_json(
-            ROOT / OUT_DIR, config=store.config, summary=summary, provenance=provenance(seeds={"seed": SEED}),
-            extra={"data": {"name": data.name, "split": data.split, "n_samples": len(ids), "skipped": data.skip_counts()},
-                   "arch": lm.arch.to_dict(), "engine": engine.stats.__dict__, "figures": [p.name for p in figs]})
-        write_per_item_csv(ROOT / OUT_DIR, rows)
-        print(out)
-    """),
+    *common.SAVE,
 ]
 
 if __name__ == "__main__":
