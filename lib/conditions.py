@@ -71,16 +71,19 @@ TOKEN_MATCHED = ("random_tokens", "repeat_token", "scrambled_oracle", "unrelated
                  "oracle_matched")
 
 
+def unknown_condition(name: str, known) -> ValueError:
+    """The error for an unknown condition name: the known names and a did-you-mean."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ValueError(f"unknown condition {name!r}; known conditions: {sorted(known)}.{hint}")
+
+
 def get(names) -> tuple[Condition, ...]:
     """Conditions by name; an unknown name raises with the known names and a did-you-mean."""
-    out = []
     for n in names:
         if n not in REGISTRY:
-            close = difflib.get_close_matches(n, list(REGISTRY), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown condition {n!r}; known conditions: {sorted(REGISTRY)}.{hint}")
-        out.append(REGISTRY[n])
-    return tuple(out)
+            raise unknown_condition(n, REGISTRY)
+    return tuple(REGISTRY[n] for n in names)
 
 
 def generated_kinds(conds) -> list[str]:
@@ -164,11 +167,12 @@ def build_items(lm, samples, conds, *, seed: int = 42, generated: dict | None = 
         p = priming.prepare(lm.tokenizer, lm.arch, s, by_id[other[s.id]].query, other[s.id])
         ctx = {"tokenizer": lm.tokenizer, "arch": lm.arch, "sample": s, "other": by_id[other[s.id]],
                "keywords": keywords, "generated": generated or {}, "seed": seed}
+        q_tokens = len(enc_mod.tokenize(lm.tokenizer, s.query))
         for c in conds:
             pre = prefix_ids(c, ctx)
             items.append(WorkItem(s.id, c.name, tuple(p.doc_ids), tuple(pre or ()), c.keep_prefix,
                                   tuple(p.prompt_ids["query"]), tuple(p.answer_ids),
-                                  {"family": c.family, "q_tokens": len(enc_mod.tokenize(lm.tokenizer, s.query)), **p.flags}))
+                                  {"family": c.family, "q_tokens": q_tokens, **p.flags}))
     return items
 
 

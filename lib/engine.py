@@ -142,16 +142,20 @@ class Engine:
         self.stats.phase_a_encodings += len(built)
         return out
 
-    def _encode_batch(self, idx: list[int], built, out) -> None:
+    def _halving_on_oom(self, run, idx: list[int]) -> None:
+        """``run(idx)``; on an out-of-memory error, split ``idx`` in half and retry each half."""
         try:
-            self._encode_batch_once(idx, built, out)
+            run(idx)
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not _is_oom(err) or len(idx) == 1:
                 raise
             self.stats.oom_retries += 1
             half = len(idx) // 2
-            self._encode_batch(idx[:half], built, out)
-            self._encode_batch(idx[half:], built, out)
+            self._halving_on_oom(run, idx[:half])
+            self._halving_on_oom(run, idx[half:])
+
+    def _encode_batch(self, idx: list[int], built, out) -> None:
+        self._halving_on_oom(lambda part: self._encode_batch_once(part, built, out), idx)
 
     @torch.no_grad()
     def _encode_batch_once(self, idx: list[int], built, out) -> None:
@@ -213,17 +217,11 @@ class Engine:
         return rows
 
     def _score_batch(self, idx, items, caches, nlls) -> None:
-        try:
-            got = scoring.score(self.model, [caches[i] for i in idx], [list(items[i].prompt_ids) for i in idx],
-                                [list(items[i].answer_ids) for i in idx], batch_size=len(idx))
-        except (torch.OutOfMemoryError, RuntimeError) as err:
-            if not _is_oom(err) or len(idx) == 1:
-                raise
-            self.stats.oom_retries += 1
-            half = len(idx) // 2
-            self._score_batch(idx[:half], items, caches, nlls)
-            self._score_batch(idx[half:], items, caches, nlls)
-            return
+        self._halving_on_oom(lambda part: self._score_batch_once(part, items, caches, nlls), idx)
+
+    def _score_batch_once(self, idx, items, caches, nlls) -> None:
+        got = scoring.score(self.model, [caches[i] for i in idx], [list(items[i].prompt_ids) for i in idx],
+                            [list(items[i].answer_ids) for i in idx], batch_size=len(idx))
         for i, t in zip(idx, got):
             nlls[i] = t
         self.stats.phase_b_forwards += 1

@@ -66,17 +66,13 @@ EXP01_COMPARISONS = (  # (reference, condition): positive d means the condition 
 
 def select_conditions(names) -> tuple[CacheCondition, ...]:
     """Conditions by name, in the order given; unknown names raise with the known ones listed."""
-    import difflib
+    from lib.conditions import unknown_condition  # lib.conditions imports this module
 
     known = {c.name: c for c in EXP01_CONDITIONS}
-    out = []
     for n in names:
         if n not in known:
-            close = difflib.get_close_matches(n, list(known), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown condition {n!r}; known conditions: {sorted(known)}.{hint}")
-        out.append(known[n])
-    return tuple(out)
+            raise unknown_condition(n, known)
+    return tuple(known[n] for n in names)
 
 
 def assign_other(ids: list[str], seed: int) -> dict[str, str]:
