@@ -47,6 +47,7 @@ MODEL_AND_DATA = [
         data = load_samples(DATASET, N_SAMPLES, split=SPLIT or None, source=DATA_SOURCE or None, seed=SEED,
                             min_passage_words=MIN_PASSAGE_WORDS or None, max_passage_words=MAX_PASSAGE_WORDS or None)
         samples = data.samples
+        data_info = {"name": data.name, "split": data.split, "n_samples": len(samples), "skipped": data.skip_counts()}
         print(f"{len(samples)} samples from {data.name}/{data.split}; rows skipped: {data.skip_counts()}")
     """),
 ]
@@ -104,7 +105,7 @@ SAVE = [
 
         out = write_results_json(
             ROOT / OUT_DIR, config=store.config, summary=summary, provenance=provenance(seeds={"seed": SEED}),
-            extra={"data": {"name": data.name, "split": data.split, "n_samples": len(ids), "skipped": data.skip_counts()},
+            extra={"data": data_info,
                    "arch": lm.arch.to_dict(), "engine": engine.stats.__dict__, "figures": [p.name for p in figs]})
         write_per_item_csv(ROOT / OUT_DIR, rows)
         print(out)

@@ -42,6 +42,9 @@ class Param:
             raise ValueError(f"parameter {self.name}: default {self.default!r} is not a {self.type.__name__}")
         if not self.help or "\n" in self.help:
             raise ValueError(f"parameter {self.name}: help must be one non-empty line")
+        if "=" in self.help:
+            raise ValueError(f"parameter {self.name}: help {self.help!r} contains '=', which papermill's "
+                             f"parameter parser cannot read (write ':' instead)")
 
     def line(self) -> str:
         return f"{self.name}: {self.type.__name__} = {self.default!r}  # {self.help}"

@@ -199,3 +199,42 @@ def plot_mean_nll(nll: Mapping[str, object], path, title: str = "") -> Path:
     ax.set_ylabel("mean answer NLL (lower is better)")
     ax.set_title(title or "Mean NLL per condition, 95% CI")
     return _save(fig, _out_path(path))
+
+
+def plot_d_grid(grid: Mapping[str, Mapping[str, float]], path, title: str = "", ylabel: str = "") -> Path:
+    """Heatmap of d per (row, condition), e.g. rows = data sets; diverging at 0 (blue: better).
+
+    ``grid`` maps a row label to {condition: d}; a condition missing from a row shows "n/a".
+    """
+    if not isinstance(grid, Mapping) or not grid:
+        raise ValueError("grid must be a non-empty mapping of row label -> {condition: d}")
+    rows = list(grid)
+    conds: list[str] = []
+    for r in rows:
+        conds += [c for c in grid[r] if c not in conds]
+    if not conds:
+        raise ValueError("grid has no conditions")
+    vals = np.full((len(rows), len(conds)), np.nan)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(conds):
+            if c in grid[r]:
+                vals[i, j] = float(grid[r][c])
+    finite = np.isfinite(vals)
+    vmax = float(np.max(np.abs(vals[finite]))) if finite.any() else 1.0
+    vmax = vmax if vmax > 0 else 1.0
+    fig = _new_figure(1.8 + 1.1 * len(conds), 1.4 + 0.55 * len(rows))
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(vals), cmap="RdBu", aspect="auto",
+                   norm=TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax))
+    for i, r in enumerate(rows):
+        for j, c in enumerate(conds):
+            text = _fmt(vals[i, j]) if c in grid[r] else "n/a"
+            dark = np.isfinite(vals[i, j]) and abs(vals[i, j]) > 0.6 * vmax
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set_xticks(range(len(conds)), conds, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    fig.colorbar(im, ax=ax, label="d (positive: condition better)")
+    ax.set_title(title or "Paired d")
+    return _save(fig, _out_path(path))
