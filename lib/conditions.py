@@ -38,6 +38,24 @@ class Condition:
     matched: bool = False
     family: str = ""
     description: str = ""
+    length: int | None = None  # exactly this many text tokens (source tiled or cut), e.g. exp05's L sweep
+    scramble: bool = False  # shuffle the (fitted) text tokens: same multiset, no order
+
+    def recipe(self) -> dict:
+        """What the run store hashes; the length/scramble fields only when set (older stores stay valid)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("length", "scramble") or v}
+
+
+def at_length(base: str, length: int, *, scramble: bool = False, name: str | None = None) -> Condition:
+    """Registry condition ``base`` with its text tiled or cut to exactly ``length`` tokens (optionally scrambled)."""
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ValueError(f"length must be a positive int, got {length!r}")
+    c = get([base])[0]
+    if c.source == "none":
+        raise ValueError(f"{base!r} has no prefix; it has no length")
+    return Condition(name or f"{'scrambled_' if scramble else ''}{base}_L{length}", c.source, c.keep_prefix, False,
+                     "length", f"{c.description or base} at {length} tokens" + (", scrambled" if scramble else ""),
+                     length, scramble)
 
 
 def _reg(*conds: Condition) -> dict[str, Condition]:
@@ -113,6 +131,7 @@ def prefix_ids(cond: Condition, ctx: dict) -> list[int] | None:
     if src == "none":
         return None
     q = len(t(s.query))
+    n = cond.length or (q if cond.matched else None)  # target text length; None: the text's own
     kind, _, arg = src.partition(":")
     rng = random.Random(_seed(ctx["seed"], cond.name, s.id))
     if kind == "query":
@@ -130,7 +149,7 @@ def prefix_ids(cond: Condition, ctx: dict) -> list[int] | None:
     elif kind == "random_tokens":
         special = set(getattr(tok, "all_special_ids", []))
         ids = []
-        while len(ids) < q:
+        while len(ids) < (n or q):
             i = rng.randrange(ctx["arch"].vocab_size)
             if i not in special and i < len(tok):
                 ids.append(i)
@@ -146,8 +165,11 @@ def prefix_ids(cond: Condition, ctx: dict) -> list[int] | None:
         ids = t(text)
     else:
         raise ValueError(f"condition {cond.name!r}: unknown source {src!r}")
-    if cond.matched:
-        ids = fit(ids, q, f"{cond.name} on {s.id}")
+    if n:
+        ids = fit(ids, n, f"{cond.name} on {s.id}")
+    if cond.scramble:
+        ids = list(ids)
+        rng.shuffle(ids)
     return list(ids) + t(priming.PREFIX_SEP)
 
 
@@ -168,11 +190,14 @@ def build_items(lm, samples, conds, *, seed: int = 42, generated: dict | None = 
         ctx = {"tokenizer": lm.tokenizer, "arch": lm.arch, "sample": s, "other": by_id[other[s.id]],
                "keywords": keywords, "generated": generated or {}, "seed": seed}
         q_tokens = len(enc_mod.tokenize(lm.tokenizer, s.query))
-        for c in conds:
-            pre = prefix_ids(c, ctx)
-            items.append(WorkItem(s.id, c.name, tuple(p.doc_ids), tuple(pre or ()), c.keep_prefix,
+        pres = [prefix_ids(c, ctx) or [] for c in conds]
+        # the document is shared by every condition: cut it once so the longest prefix still fits the context
+        doc_ids, cut = enc_mod.fit_document(p.doc_ids, lm.arch, max(map(len, pres)) + len(p.prompt_ids["query"]) + len(p.answer_ids))
+        flags = {**p.flags, "doc_truncated": p.flags["doc_truncated"] or cut}
+        for c, pre in zip(conds, pres):
+            items.append(WorkItem(s.id, c.name, tuple(doc_ids), tuple(pre), c.keep_prefix,
                                   tuple(p.prompt_ids["query"]), tuple(p.answer_ids),
-                                  {"family": c.family, "q_tokens": q_tokens, **p.flags}))
+                                  {"family": c.family, "q_tokens": q_tokens, **flags}))
     return items
 
 
@@ -180,7 +205,7 @@ def store_config(params: dict, lm, conds) -> dict:
     """What makes rows comparable (see ``priming.store_config``), plus every condition's recipe."""
     return {
         **priming.store_config(params, lm, conditions=()),
-        "conditions": [c.__dict__ for c in conds],
+        "conditions": [c.recipe() for c in conds],
         "static_texts": surrogates.STATIC,
         "generation_prompts": {k: surrogates.GENERATION_PROMPTS[k] for k in generated_kinds(conds)},
     }

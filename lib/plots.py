@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Mapping
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
@@ -237,4 +238,66 @@ def plot_d_grid(grid: Mapping[str, Mapping[str, float]], path, title: str = "", 
         ax.set_ylabel(ylabel)
     fig.colorbar(im, ax=ax, label="d (positive: condition better)")
     ax.set_title(title or "Paired d")
+    return _save(fig, _out_path(path))
+
+
+def plot_length_curves(curv: Mapping[str, list[dict]], path, title: str = "", dashed=()) -> Path:
+    """d vs bare against prefix length L (log2 axis), one line per content with its CI band (``dashed``: names drawn dashed)."""
+    if not curv:
+        raise ValueError("no curves to plot")
+    fig = _new_figure(8, 5)
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["tab20"]
+    for i, (c, pts) in enumerate(curv.items()):
+        L = [p["length"] for p in pts]
+        color = cmap((2 * i) % 20 + (i // 10) % 2)  # the 10 dark tab20 colours first, then the light ones
+        ax.plot(L, [p["d"] for p in pts], marker="o", label=c, color=color, linestyle="--" if c in dashed else "-")
+        ax.fill_between(L, [p["ci_low"] for p in pts], [p["ci_high"] for p in pts], color=color, alpha=0.08)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("prefix length L (tokens)")
+    ax.set_ylabel("d vs bare (positive: lower answer NLL)")
+    ax.set_title(title or "effect vs prefix length")
+    ax.legend(fontsize=8, ncol=2)
+    return _save(fig, _out_path(path))
+
+
+def plot_decomposition(rows: list[dict], path, title: str = "") -> Path:
+    """Stacked mean NLL components per L (``lib.prefixlen.decompose`` rows), one panel per content; a black tick marks the total."""
+    if not rows:
+        raise ValueError("no decomposition rows to plot")
+    contents = list(dict.fromkeys(r["content"] for r in rows))
+    ncol = min(4, len(contents))
+    nrow = -(-len(contents) // ncol)
+    fig = _new_figure(4 * ncol, 3.6 * nrow)
+    grid = fig.subplots(nrow, ncol, squeeze=False, sharey=True)
+    axes = [list(grid.ravel())]
+    for ax in axes[0][len(contents):]:
+        ax.set_visible(False)
+    parts = ("structure", "vocabulary", "meaning", "content_effect")
+    colors = {"structure": "tab:gray", "vocabulary": "tab:orange", "meaning": "tab:blue", "content_effect": "tab:green"}
+    for ax, c in zip(axes[0], contents):
+        rs = [r for r in rows if r["content"] == c]
+        x = np.arange(len(rs))
+        pos, neg = np.zeros(len(rs)), np.zeros(len(rs))
+        for part in parts:
+            v = np.array([r[part]["mean"] if part in r else 0.0 for r in rs])
+            if not v.any():
+                continue
+            base = np.where(v >= 0, pos, neg)
+            ax.bar(x, v, bottom=base, color=colors[part], label=part)
+            pos, neg = pos + np.clip(v, 0, None), neg + np.clip(v, None, 0)
+        ax.plot(x, [r["total"]["mean"] for r in rs], "k_", markersize=18, mew=2, label="total")
+        ax.set_xticks(x, [str(r["length"]) for r in rs])
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(c)
+        ax.set_xlabel("L")
+    for row in grid:
+        row[0].set_ylabel("mean NLL reduction vs bare (nats/token)")
+    seen = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    fig.legend(list(seen.values()), list(seen), fontsize=8, loc="outside lower center", ncol=len(seen))
+    fig.suptitle(title or "structure / vocabulary / meaning")
     return _save(fig, _out_path(path))

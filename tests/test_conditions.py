@@ -92,3 +92,62 @@ def test_generation_is_cached_and_reused(smollm2, tmp_path, monkeypatch):
     assert surrogates.generate(smollm2, samples, ["llm_question"], reloaded) == first
     with pytest.raises(ValueError, match="unknown generated surrogate"):
         surrogates.generate(smollm2, samples, ["llm_poem"], reloaded)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("L", [1, 8, 37])
+def test_length_conditions_have_exactly_l_tokens_and_scrambles_keep_the_multiset(smollm2, L):
+    from collections import Counter
+
+    from lib import prefixlen
+
+    samples = synthetic_qa(6, 9)
+    conds = prefixlen.grid(list(prefixlen.CONTENTS), [L])
+    items = C.build_items(smollm2, samples, conds)
+    sep = tokenize(smollm2.tokenizer, "\n")
+    by = {(it.sample_id, it.condition): it for it in items}
+    for s in samples:
+        bare = by[(s.id, "bare")]
+        assert bare.prefix_ids == ()
+        for c in conds[1:]:
+            it = by[(s.id, c.name)]
+            assert len(it.prefix_ids) == L + len(sep) and list(it.prefix_ids[L:]) == sep, (s.id, c.name)
+            assert it.doc_ids == bare.doc_ids and it.answer_ids == bare.answer_ids
+        for ordered, scrambled in prefixlen.SCRAMBLED_OF.items():
+            a = by[(s.id, prefixlen.name(ordered, L))].prefix_ids[:L]
+            b = by[(s.id, prefixlen.name(scrambled, L))].prefix_ids[:L]
+            assert Counter(a) == Counter(b)
+        # the ordered query tiled: starts with the query's own tokens
+        q = tokenize(smollm2.tokenizer, s.query)
+        assert list(by[(s.id, prefixlen.name("oracle", L))].prefix_ids[:L]) == (q * (L // len(q) + 1))[:L]
+    if L == 37:  # long enough that a shuffle of the query almost surely changes the order
+        assert any(by[(s.id, "scrambled_L37")].prefix_ids != by[(s.id, "oracle_L37")].prefix_ids for s in samples)
+
+
+@pytest.mark.slow
+def test_long_prefixes_cut_the_shared_document_to_fit_the_context(smollm2):
+    import dataclasses
+
+    from lib import prefixlen
+
+    samples = synthetic_qa(2, 4)
+    small = dataclasses.replace(smollm2, arch=dataclasses.replace(smollm2.arch, max_positions=120))
+    conds = prefixlen.grid(["random"], [8, 64])
+    items = C.build_items(small, samples, conds)
+    for it in items:
+        assert 1 + len(it.prefix_ids) + len(it.doc_ids) + len(it.prompt_ids) + len(it.answer_ids) <= 120
+        assert it.row["doc_truncated"]
+    assert len({it.doc_ids for it in items if it.sample_id == samples[0].id}) == 1
+
+
+def test_at_length_validates():
+    assert C.at_length("extractor", 16).name == "extractor_L16"
+    assert C.at_length("oracle", 4, scramble=True).name == "scrambled_oracle_L4"
+    with pytest.raises(ValueError, match="positive int"):
+        C.at_length("extractor", 0)
+    with pytest.raises(ValueError, match="no prefix"):
+        C.at_length("bare", 8)
+    with pytest.raises(ValueError, match="unknown condition"):
+        C.at_length("extractr", 8)
+    # recipes of the registry are unchanged by the new fields (older run stores stay valid)
+    assert "length" not in C.REGISTRY["oracle"].recipe() and C.at_length("oracle", 4).recipe()["length"] == 4

@@ -165,3 +165,25 @@ def test_exp04_smoke_run_writes_every_statistic(tmp_path):
     assert len(rows) == 20 * 4 and {row["dataset"] for row in rows} == {"synthetic@1", "synthetic@2"}
     for name in ("semantic_delta_heldout_hard.png", "semantic_delta_all.png", "semantic_delta_pooled.png", "hardness_heatmap.png"):
         assert (tmp_path / name).is_file()
+
+
+@pytest.mark.slow
+def test_exp05_smoke_run_writes_every_statistic(tmp_path):
+    r = _smoke("experiments/exp05/exp05_prefix_length_content.ipynb", tmp_path,
+               "-p", "N_SAMPLES", "10", "-p", "LENGTHS", "8,16", "-p", "CONTENTS", "random,oracle,scrambled,kw5,kw20")
+    s = r["summary"]
+    names = [c["name"] for c in r["config"]["conditions"]]
+    assert names[0] == "bare" and len(names) == 1 + 2 * 5
+    assert all(c["length"] in (8, 16) for c in r["config"]["conditions"][1:])
+    assert set(s["length_curves"]) == {"random", "oracle", "scrambled", "kw5", "kw20"}
+    assert all([p["length"] for p in v] == [8, 16] for v in s["length_curves"].values())
+    oracle = [d for d in s["decomposition"] if d["content"] == "oracle"]
+    assert len(oracle) == 2 and all({"structure", "vocabulary", "meaning", "total"} <= set(d) for d in oracle)
+    for d in oracle:
+        parts = d["structure"]["mean"] + d["vocabulary"]["mean"] + d["meaning"]["mean"]
+        assert abs(parts - d["total"]["mean"]) < 1e-9
+    assert [x["label"] for x in s["keyword_density"]] == ["kw20_L8 vs kw5_L8", "kw20_L16 vs kw5_L16"]
+    assert len(s["hardness"]) == 5 * 10
+    assert len(_rows(tmp_path)) == 10 * 11
+    for name in ("length_curves.png", "decomposition.png", "mean_nll_L16.png", "hardness_heatmap_L16.png"):
+        assert (tmp_path / name).is_file()

@@ -1,0 +1,66 @@
+"""exp05 helpers: length/content grid, decomposition identities, density, parsing."""
+import numpy as np
+import pytest
+
+from lib import plots, prefixlen
+
+
+def test_parse_lengths_and_contents():
+    assert prefixlen.parse_lengths("32, 8,16") == [8, 16, 32]
+    for bad in ("8,x", "0", "8,8", ""):
+        with pytest.raises(ValueError):
+            prefixlen.parse_lengths(bad)
+    assert prefixlen.parse_contents("random,kw5") == ["random", "kw5"]
+    with pytest.raises(ValueError, match="Did you mean 'extractor'"):
+        prefixlen.parse_contents("random,extractr")
+    with pytest.raises(ValueError, match="must include 'random'"):
+        prefixlen.parse_contents("kw5")
+
+
+def test_grid_names_and_lengths():
+    conds = prefixlen.grid(["random", "scrambled", "kw10"], [8, 32])
+    assert [c.name for c in conds] == ["bare", "random_L8", "scrambled_L8", "kw10_L8", "random_L32", "scrambled_L32", "kw10_L32"]
+    assert conds[2].scramble and conds[2].source == "query" and conds[6].length == 32
+
+
+def _fake_nll(contents, lengths, n=50, seed=0):
+    rng = np.random.default_rng(seed)
+    nll = {"bare": rng.normal(2, 0.3, n)}
+    for L in lengths:
+        for i, c in enumerate(contents):
+            nll[prefixlen.name(c, L)] = nll["bare"] - 0.01 * i * np.log2(L) + rng.normal(0, 0.05, n)
+    return nll
+
+
+def test_decomposition_components_add_up_to_the_total():
+    contents, lengths = ["random", "oracle", "scrambled", "kw5", "repeat"], [8, 64]
+    nll = _fake_nll(contents, lengths)
+    rows = prefixlen.decompose(nll, contents, lengths, n_boot=50)
+    assert {(r["content"], r["length"]) for r in rows} == {(c, L) for c in ("oracle", "kw5", "repeat") for L in lengths}
+    for r in rows:
+        parts = ("structure", "vocabulary", "meaning") if r["content"] == "oracle" else ("structure", "content_effect")
+        assert set(parts) <= set(r)
+        assert sum(r[p]["mean"] for p in parts) == pytest.approx(r["total"]["mean"], abs=1e-12)
+        x = nll[prefixlen.name(r["content"], r["length"])]
+        assert r["total"]["mean"] == pytest.approx(float((nll["bare"] - x).mean()))
+
+
+def test_density_pairs_and_curves():
+    contents, lengths = ["random", "kw5", "kw10", "kw20"], [8, 16]
+    nll = _fake_nll(contents, lengths)
+    dens = prefixlen.density(nll, contents, lengths, n_boot=50)
+    assert [r["label"] for r in dens][:3] == ["kw10_L8 vs kw5_L8", "kw20_L8 vs kw5_L8", "kw20_L8 vs kw10_L8"] and len(dens) == 6
+    comps = [{"cond": n, "d": 0.1, "ci_low": 0.0, "ci_high": 0.2, "p_holm": 0.5, "mean_delta": 0.01} for n in nll if n != "bare"]
+    curv = prefixlen.curves(comps, contents, lengths)
+    assert [p["length"] for p in curv["kw5"]] == lengths
+
+
+def test_plots(tmp_path):
+    contents, lengths = ["random", "oracle", "scrambled", "kw5"], [8, 16]
+    nll = _fake_nll(contents, lengths)
+    rows = prefixlen.decompose(nll, contents, lengths, n_boot=50)
+    comps = [{"cond": n, "d": 0.1, "ci_low": 0.0, "ci_high": 0.2, "p_holm": 0.5, "mean_delta": 0.01} for n in nll if n != "bare"]
+    assert plots.plot_decomposition(rows, tmp_path / "d.png").stat().st_size > 1000
+    assert plots.plot_length_curves(prefixlen.curves(comps, contents, lengths), tmp_path / "c.png").stat().st_size > 1000
+    with pytest.raises(ValueError):
+        plots.plot_decomposition([], tmp_path / "e.png")
