@@ -241,7 +241,8 @@ def plot_d_grid(grid: Mapping[str, Mapping[str, float]], path, title: str = "", 
     return _save(fig, _out_path(path))
 
 
-def plot_length_curves(curv: Mapping[str, list[dict]], path, title: str = "", dashed=()) -> Path:
+def plot_length_curves(curv: Mapping[str, list[dict]], path, title: str = "", dashed=(),
+                       xlabel: str = "prefix length L (tokens)", log_x: bool = True) -> Path:
     """d vs bare against prefix length L (log2 axis), one line per content with its CI band (``dashed``: names drawn dashed)."""
     if not curv:
         raise ValueError("no curves to plot")
@@ -254,8 +255,9 @@ def plot_length_curves(curv: Mapping[str, list[dict]], path, title: str = "", da
         ax.plot(L, [p["d"] for p in pts], marker="o", label=c, color=color, linestyle="--" if c in dashed else "-")
         ax.fill_between(L, [p["ci_low"] for p in pts], [p["ci_high"] for p in pts], color=color, alpha=0.08)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("prefix length L (tokens)")
+    if log_x:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("d vs bare (positive: lower answer NLL)")
     ax.set_title(title or "effect vs prefix length")
     ax.legend(fontsize=8, ncol=2)

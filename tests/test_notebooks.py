@@ -187,3 +187,19 @@ def test_exp05_smoke_run_writes_every_statistic(tmp_path):
     assert len(_rows(tmp_path)) == 10 * 11
     for name in ("length_curves.png", "decomposition.png", "mean_nll_L16.png", "hardness_heatmap_L16.png"):
         assert (tmp_path / name).is_file()
+
+
+@pytest.mark.slow
+def test_exp06_smoke_run_writes_every_statistic(tmp_path):
+    r = _smoke("experiments/exp06/exp06_value_contamination.ipynb", tmp_path, "-p", "N_SAMPLES", "8", "-p", "CUTOFFS", "5,15,25")
+    s = r["summary"]
+    assert r["config"]["hybrids"] == ["bare", "primed", "values_only", "keys_only", "values_early_5", "values_early_15",
+                                      "values_early_25", "values_late_5", "values_late_15", "values_late_25"]
+    assert [p["cutoff"] for p in s["cutoff_curve"]["early"]] == [5, 15, 25]
+    for fam in ("early", "late"):
+        b = s["best_cutoff"][fam]
+        assert b["cutoff"] in (5, 15, 25) and len(b["d_ci"]) == 2 and len(b["split_half"]) == 2
+    assert {c["cond"] for c in s["comparisons"]} == set(r["config"]["hybrids"][1:])
+    assert len(_rows(tmp_path)) == 8 * 10
+    for name in ("effects.png", "cutoff_curve.png", "mean_nll.png"):
+        assert (tmp_path / name).is_file()

@@ -1,0 +1,128 @@
+"""exp06 hybrids: identities between conditions, batched == unbatched, bare == single pass, primed == engine."""
+import numpy as np
+import pytest
+
+from lib import contamination as C
+from lib.engine import Engine, WorkItem
+from lib.priming import Prepared
+from lib.scoring import score_single_pass
+from tiny import VOCAB, arch_of, build
+
+TOL = 1e-4
+
+
+class _LM:
+    def __init__(self, model, arch):
+        self.model, self.arch = model, arch
+
+
+def _preps(n=3):
+    rng = np.random.default_rng(0)
+    ids = lambda k: [int(x) for x in rng.integers(3, VOCAB, k)]  # noqa: E731
+    return [Prepared(f"s{i}", ids(9 + 5 * i), {}, {"query": ids(4 + i)}, ids(1 + i), "", {"doc_truncated": False})
+            for i in range(n)]
+
+
+def _by(rows):
+    return {(r["sample_id"], r["condition"]): np.array(r["token_nlls"]) for r in rows}
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "qwen2"])
+def test_hybrid_identities_and_oracles_tiny(kind):
+    m = build(kind)
+    lm = _LM(m, arch_of(m))
+    n = lm.arch.n_layers
+    names = C.condition_names(list(range(1, n))) + ["values_early_0", f"values_early_{n}", "values_late_0"]
+    prefix = [5, 6, 7, 8, 9]
+    preps = _preps()
+    rows = C.score_prepared(Engine(lm), preps, names, prefix, batch_size=64)
+    one = C.score_prepared(Engine(lm), preps, names, prefix, batch_size=1)
+    by, by1 = _by(rows), _by(one)
+    for k in by:  # batching across hybrids changes nothing
+        assert np.abs(by[k] - by1[k]).max() <= TOL, k
+    eng_rows = Engine(lm).score_items([WorkItem(p.sample_id, "trunc", tuple(p.doc_ids), tuple(prefix), False,
+                                                tuple(p.prompt_ids["query"]), tuple(p.answer_ids)) for p in preps])
+    for p, er in zip(preps, eng_rows):
+        s = p.sample_id
+        single = score_single_pass(m, lm.arch, p.doc_ids, p.prompt_ids["query"], p.answer_ids).numpy()
+        assert np.abs(by[(s, "bare")] - single).max() <= TOL  # bare == one forward pass
+        assert np.abs(by[(s, "primed")] - np.array(er["token_nlls"])).max() <= TOL  # primed == the engine's truncated prefix
+        assert np.array_equal(by[(s, "values_early_0")], by[(s, "bare")])
+        assert np.array_equal(by[(s, f"values_early_{n}")], by[(s, "values_only")])
+        assert np.array_equal(by[(s, "values_late_0")], by[(s, "values_only")])
+        assert not np.array_equal(by[(s, "values_only")], by[(s, "bare")])  # the prefix does reach the values
+        assert not np.array_equal(by[(s, "keys_only")], by[(s, "bare")])
+
+
+def test_hybrid_composition_tiny():
+    """keys_only's keys + values_only's values rebuild the primed cache exactly; early + late split the layers."""
+    from lib import cache as kv
+    from lib.encode import encode
+
+    m = build("llama")
+    arch = arch_of(m)
+    doc, prefix = list(range(10, 30)), [5, 6, 7]
+    bare, primed = encode(m, arch, doc), encode(m, arch, doc, prefix)
+    k, v = C.hybrid("keys_only", bare, primed), C.hybrid("values_only", bare, primed)
+    both = kv.splice(k, v, range(arch.n_layers), values=True)
+    assert all(a is b for a, b in zip(both.keys, primed.keys)) and all(a is b for a, b in zip(both.values, primed.values))
+    e, l_ = C.hybrid("values_early_2", bare, primed), C.hybrid("values_late_2", bare, primed)
+    for i in range(arch.n_layers):
+        assert (e.values[i] is primed.values[i]) == (i < 2) and (l_.values[i] is primed.values[i]) == (i >= 2)
+        assert e.keys[i] is bare.keys[i] and l_.keys[i] is bare.keys[i]
+
+
+def test_parse_and_errors():
+    assert C.parse_cutoffs("all", 4) == [1, 2, 3]
+    assert C.parse_cutoffs("3, 1", 6) == [1, 3]
+    for bad in ("0", "6", "x", ""):
+        with pytest.raises(ValueError, match="cutoff|no cutoff"):
+            C.parse_cutoffs(bad, 6)
+    m = build("llama")
+    arch = arch_of(m)
+    from lib.encode import encode
+
+    bare = encode(m, arch, [10, 11, 12])
+    with pytest.raises(ValueError, match="unknown hybrid condition 'values_mid_2'"):
+        C.hybrid("values_mid_2", bare, bare)
+    with pytest.raises(ValueError, match="unknown hybrid"):
+        C.hybrid(f"values_early_{arch.n_layers + 1}", bare, bare)
+
+
+def test_best_cutoff_finds_the_planted_optimum_and_reports_an_honest_split_half():
+    rng = np.random.default_rng(0)
+    n, cutoffs = 300, [1, 2, 3, 4, 5]
+    bare = rng.normal(2, 0.5, n)
+    effect = {1: 0.0, 2: 0.05, 3: 0.15, 4: 0.05, 5: 0.0}
+    nll = {"bare": bare, **{f"values_early_{c}": bare - effect[c] + rng.normal(0, 0.2, n) for c in cutoffs}}
+    r = C.best_cutoff(nll, cutoffs, n_boot=200, seed=0)
+    assert r["cutoff"] == 3 and r["cutoff_ci"][0] <= 3 <= r["cutoff_ci"][1]
+    assert r["d_ci"][0] < r["d"] < r["d_ci"][1] and r["split_half_d"] > 0.3
+    assert abs(sum(r["cutoff_share"].values()) - 1) < 1e-9
+    # with no effect anywhere, the chosen cutoff looks good on its own samples but not on the other half
+    null = {"bare": bare, **{f"values_early_{c}": bare + rng.normal(0, 0.2, n) for c in cutoffs}}
+    z = C.best_cutoff(null, cutoffs, n_boot=200, seed=0)
+    assert z["split_half_d"] < z["d"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_hybrids_real_models(request, name):
+    from lib import conditions
+    from lib.data import synthetic_qa
+
+    lm = request.getfixturevalue(name)
+    samples = synthetic_qa(2, 11)
+    n = lm.arch.n_layers
+    names = ["bare", "primed", "values_only", "keys_only", f"values_early_{n}", "values_late_0", "values_early_0"]
+    prefix = C.prefix_ids(lm.tokenizer, "static_fact")
+    eng = Engine(lm)
+    by = _by(C.score_samples(eng, samples, names, prefix))
+    items = conditions.build_items(lm, samples, conditions.get(["bare", "static_fact"]))
+    ref = _by(Engine(lm).score_items(items))
+    for s in samples:
+        assert np.abs(by[(s.id, "bare")] - ref[(s.id, "bare")]).max() <= TOL
+        assert np.abs(by[(s.id, "primed")] - ref[(s.id, "static_fact")]).max() <= TOL
+        assert np.array_equal(by[(s.id, f"values_early_{n}")], by[(s.id, "values_only")])
+        assert np.array_equal(by[(s.id, "values_late_0")], by[(s.id, "values_only")])
+        assert np.array_equal(by[(s.id, "values_early_0")], by[(s.id, "bare")])
