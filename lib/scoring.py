@@ -43,7 +43,8 @@ def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _answer_nll(model, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = lm_logits(model, hidden[rows, cols]).float()  # (N, V)
+    logits = lm_logits(model, hidden[rows, cols])  # (N, V)
+    logits = logits if logits.dtype == torch.float64 else logits.float()  # at least float32 (float64 stays: gradient checks)
     return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
 
 
@@ -79,6 +80,21 @@ def score(
             sl = slice(s, s + batch_size)
             out.extend(_score_batch(model, caches[sl], prompt_ids[sl], answer_ids[sl], pad_id))
     return out
+
+
+def score_with_grad(model, cache: kv.DocCache, prompt_ids: list[int], answer_ids: list[int]) -> torch.Tensor:
+    """Per-token answer NLL of one item with autograd ON: gradients reach whatever ``cache`` depends on.
+
+    Same computation as ``score`` (one label shift, logits only at answer positions); the cache is
+    wrapped in a fresh ``DynamicCache`` and never modified in place. Model weights should be frozen
+    (``requires_grad_(False)``) by the caller when only the cache's inputs are trained.
+    """
+    _check_item(0, prompt_ids, answer_ids)
+    if cache.batch != 1:
+        raise ValueError(f"score_with_grad takes a batch-1 cache, got batch {cache.batch}")
+    if int(cache.next_position[0]) != cache.length:
+        raise ValueError(f"cache holds {cache.length} entries but its next position is {int(cache.next_position[0])}; compact it first")
+    return _score_batch(model, [cache], [list(prompt_ids)], [list(answer_ids)], 0)[0]
 
 
 def _score_batch(model, caches, prompt_ids, answer_ids, pad_id) -> list[torch.Tensor]:
