@@ -303,3 +303,75 @@ def plot_decomposition(rows: list[dict], path, title: str = "") -> Path:
     fig.legend(list(seen.values()), list(seen), fontsize=8, loc="outside lower center", ncol=len(seen))
     fig.suptitle(title or "structure / vocabulary / meaning")
     return _save(fig, _out_path(path))
+
+
+def plot_training_curves(histories: Mapping[str, list[dict]], path, title: str = "", smooth: int = 10) -> Path:
+    """Loss (raw, light; running mean over ``smooth`` steps, bold), gradient norm and prefix norm per optimizer step."""
+    if not histories or not any(histories.values()):
+        raise ValueError("no training history to plot")
+    fig = _new_figure(14, 4)
+    axes = fig.subplots(1, 3)
+    for i, (name, hist) in enumerate(histories.items()):
+        if not hist:
+            continue
+        color = f"C{i}"
+        x = [h["opt_step"] for h in hist]
+        loss = np.array([h["loss"] for h in hist])
+        k = max(1, min(smooth, len(loss)))
+        run = np.convolve(loss, np.ones(k) / k, mode="valid")
+        axes[0].plot(x, loss, color=color, alpha=0.25)
+        axes[0].plot(x[k - 1:], run, color=color, label=name)
+        axes[1].plot(x, [h["grad_norm"] for h in hist], color=color, label=name)
+        axes[2].plot(x, [h["prefix_norm"] for h in hist], color=color, label=name)
+    for ax, lab in zip(axes, ("answer NLL (training)", "gradient norm (before clipping)", "mean prefix vector norm")):
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(lab)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "soft prefix training")
+    return _save(fig, _out_path(path))
+
+
+def plot_soft_eval(comparisons: list[dict], nll: Mapping[str, object], hardness: list[dict], ref: str, path,
+                   title: str = "", pair: tuple[str, str] | None = None) -> Path:
+    """Four panels: d vs ``ref`` with CI; mean NLL with CI; d by hardness quintile; per-sample deltas of ``pair``."""
+    if not comparisons:
+        raise ValueError("no comparisons to plot")
+    arrays = {k: _values(v, f"nll[{k!r}]") for k, v in nll.items()}
+    fig = _new_figure(13, 9)
+    (a, b), (c, d) = fig.subplots(2, 2)
+    names = [r["cond"] for r in comparisons]
+    y = np.arange(len(names))
+    ds = np.array([r["d"] for r in comparisons])
+    a.barh(y, ds, color=["tab:blue" if v > 0 else "tab:red" for v in ds], alpha=0.8)
+    a.errorbar(ds, y, xerr=[ds - np.array([r["ci_low"] for r in comparisons]), np.array([r["ci_high"] for r in comparisons]) - ds],
+               fmt="none", ecolor="black", capsize=3)
+    a.set_yticks(y, names)
+    a.axvline(0, color="black", lw=0.8)
+    a.set_xlabel(f"d vs {ref} (positive: lower NLL)")
+    a.set_title("effect sizes, 95% bootstrap CI")
+    conds = list(arrays)
+    means = [arrays[k].mean() for k in conds]
+    half = [1.96 * arrays[k].std(ddof=1) / math.sqrt(arrays[k].size) if arrays[k].size > 1 else 0.0 for k in conds]
+    b.bar(range(len(conds)), means, yerr=half, capsize=4, color="tab:gray")
+    b.set_xticks(range(len(conds)), conds, rotation=20, ha="right")
+    b.set_ylabel("mean answer NLL")
+    b.set_title("mean NLL, 95% CI")
+    if hardness:
+        for i, cond in enumerate(dict.fromkeys(h["cond"] for h in hardness)):
+            rows = sorted((h for h in hardness if h["cond"] == cond), key=lambda h: h["bin"])
+            c.plot([h["bin"] for h in rows], [h["d"] for h in rows], marker="o", label=cond, color=f"C{i}")
+        c.axhline(0, color="black", lw=0.8)
+        c.set_xlabel(f"hardness quintile of {ref} NLL (0 easiest)")
+        c.set_ylabel("d within the quintile")
+        c.legend(fontsize=8)
+    c.set_title("hardness interaction")
+    if pair and all(p in arrays for p in pair) and ref in arrays:
+        x0, x1 = arrays[ref] - arrays[pair[0]], arrays[ref] - arrays[pair[1]]
+        d.scatter(x0, x1, s=10, alpha=0.6)
+        lim = float(np.max(np.abs(np.concatenate([x0, x1])))) or 1.0
+        d.plot([-lim, lim], [-lim, lim], color="black", lw=0.8)
+        d.set_xlabel(f"{ref} - {pair[0]} (per sample)")
+        d.set_ylabel(f"{ref} - {pair[1]} (per sample)")
+        d.set_title("per-sample benefit")
+    fig.suptitle(title or "soft prefix evaluation")
+    return _save(fig, _out_path(path))

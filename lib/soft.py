@@ -261,3 +261,53 @@ def nearest_tokens(lm, prefix: torch.Tensor, k: int = 5) -> list[list[tuple[str,
     top = cos.topk(k, dim=-1)
     return [[(lm.tokenizer.decode([int(i)]), round(float(c), 4)) for c, i in zip(cs, ix)]
             for cs, ix in zip(top.values, top.indices)]
+
+
+# ----------------------------------------------------------------------------- notebook helpers
+def load_splits(dataset: str, n_train: int, n_eval: int, *, train_split: str = "", eval_split: str = "", seed: int = 42,
+                source: str | None = None, **limits):
+    """Training and evaluation samples that share no sample (id or query+passage); synthetic uses seeds seed / seed+1."""
+    from lib.data import load_samples
+
+    synth = dataset == "synthetic"
+    tr = load_samples(dataset, n_train, split=None if synth else (train_split or None), source=source, seed=seed, **limits)
+    ev = load_samples(dataset, n_eval, split=None if synth else (eval_split or None), source=source, seed=seed + 1, **limits)
+    shared = {s.id for s in tr.samples} & {s.id for s in ev.samples}
+    shared |= {s.id for s in ev.samples if (s.query, s.passage) in {(t.query, t.passage) for t in tr.samples}}
+    if shared:
+        raise ValueError(f"{len(shared)} evaluation samples also occur in training (e.g. {sorted(shared)[:3]}); "
+                         f"use different splits (train_split={train_split!r}, eval_split={eval_split!r})")
+    return tr, ev
+
+
+def move_aside(path: Path) -> Path | None:
+    """Rename an existing checkpoint to ``<name>.old-<n>`` (never deleted); returns the new path."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    n = 1
+    while path.with_name(f"{path.name}.old-{n}").exists():
+        n += 1
+    dest = path.with_name(f"{path.name}.old-{n}")
+    os.replace(path, dest)
+    return dest
+
+
+def tensor_hash(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def run_eval(lm, exs: list[Example], store, cutoff: int, *, static_ids, soft: dict[str, torch.Tensor], wave: int = 8,
+             batch_size: int = 16, progress: bool = True) -> list[dict]:
+    """``evaluate`` every example not yet complete in ``store``, ``wave`` at a time (resumable)."""
+    from tqdm.auto import tqdm
+
+    names = ["bare", "vel_static", *[f"vel_soft_{k}" for k in soft]]
+    todo = [e for e in exs if not all(store.is_done(e.sample_id, n) for n in names)]
+    bar = tqdm(total=len(exs), initial=len(exs) - len(todo), desc="eval", disable=not progress)
+    for w in range(0, len(todo), wave):
+        rows = evaluate(lm, todo[w:w + wave], cutoff, static_ids=static_ids, soft=soft, batch_size=batch_size)
+        store.append([r for r in rows if not store.is_done(r["sample_id"], r["condition"])])
+        bar.update(len(todo[w:w + wave]))
+    bar.close()
+    return store.rows()

@@ -203,3 +203,30 @@ def test_exp06_smoke_run_writes_every_statistic(tmp_path):
     assert len(_rows(tmp_path)) == 8 * 10
     for name in ("effects.png", "cutoff_curve.png", "mean_nll.png"):
         assert (tmp_path / name).is_file()
+
+
+@pytest.mark.slow
+def test_exp07_smoke_run_trains_evaluates_and_resumes(tmp_path):
+    params = ("-p", "N_TRAIN", "6", "-p", "N_EVAL", "10", "-p", "GRAD_ACCUM", "2", "-p", "CHECKPOINT_EVERY", "1")
+    r = _smoke("experiments/exp07/exp07_soft_surrogates.ipynb", tmp_path, *params)
+    s = r["summary"]
+    assert r["prefix_len"] == len(s["nearest_tokens"]["static_tokens"]) == 11  # SmolLM2: static_fact + "\n"
+    assert [c["cond"] for c in s["comparisons"]] == ["vel_static", "vel_soft_random", "vel_soft_fact"]
+    assert [p["label"] for p in s["pairwise"]] == ["vel_soft_fact vs vel_static", "vel_soft_random vs vel_static",
+                                                   "vel_soft_fact vs vel_soft_random"]
+    for k in ("random", "fact"):
+        hist = s["training"][k]["history"]
+        assert len(hist) == 3 and all({"loss", "grad_norm", "prefix_norm", "lr"} <= set(h) for h in hist)
+        assert len(s["nearest_tokens"][k]) == 11 and all(len(nb) == 5 for nb in s["nearest_tokens"][k])
+    assert len(s["hardness"]) == 5 * 3
+    for name in ("training_curves.png", "evaluation.png", "soft_prefixes.pt", "train_random.ckpt.pt", "train_fact.ckpt.pt"):
+        assert (tmp_path / name).is_file()
+    assert len(_rows(tmp_path)) == 10 * 4
+    # a rerun finds finished checkpoints and a complete store: nothing is trained or scored again
+    import torch
+
+    before = torch.load(tmp_path / "soft_prefixes.pt")
+    r2 = _smoke("experiments/exp07/exp07_soft_surrogates.ipynb", tmp_path, *params)
+    after = torch.load(tmp_path / "soft_prefixes.pt")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert r2["summary"]["comparisons"] == s["comparisons"]
