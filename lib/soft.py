@@ -170,6 +170,9 @@ def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | Non
         raise ValueError("no training examples")
     if cfg.cutoff > lm.arch.n_layers:
         raise ValueError(f"cutoff {cfg.cutoff} exceeds the model's {lm.arch.n_layers} layers")
+    if cfg.cutoff < 2:
+        raise ValueError(f"cutoff {cfg.cutoff}: layer-0 values are projections of each token's own embedding and do not "
+                         f"depend on the prefix, so the gradient would be exactly 0; use cutoff >= 2")
     model = lm.model
     for p in model.parameters():
         p.requires_grad_(False)

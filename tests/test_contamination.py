@@ -1,5 +1,6 @@
 """exp06 hybrids: identities between conditions, batched == unbatched, bare == single pass, primed == engine."""
 import numpy as np
+import torch
 import pytest
 
 from lib import contamination as C
@@ -126,3 +127,16 @@ def test_hybrids_real_models(request, name):
         assert np.array_equal(by[(s.id, f"values_early_{n}")], by[(s.id, "values_only")])
         assert np.array_equal(by[(s.id, "values_late_0")], by[(s.id, "values_only")])
         assert np.array_equal(by[(s.id, "values_early_0")], by[(s.id, "bare")])
+
+
+def test_layer0_values_do_not_depend_on_the_prefix_tiny():
+    """values_early_1 swaps only layer-0 values, which are projections of each token's own embedding."""
+    from lib.encode import encode
+
+    for kind in ("llama", "gemma3"):
+        m = build(kind)
+        arch = arch_of(m)
+        doc = list(range(10, 40))
+        bare, primed = encode(m, arch, doc), encode(m, arch, doc, [5, 6, 7, 8])
+        assert torch.allclose(bare.values[0], primed.values[0], atol=1e-6)
+        assert not torch.allclose(bare.values[1], primed.values[1], atol=1e-4)

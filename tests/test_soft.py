@@ -130,3 +130,9 @@ def test_short_last_group_and_config_validation():
         soft.train(lm, _exs(1), _cfg(cutoff=9))
     with pytest.raises(ValueError, match="cutoff 0"):
         soft.hybrid(soft.bare_cache(lm, _exs(1)[0]), soft.bare_cache(lm, _exs(1)[0]), 0)
+
+
+def test_cutoff_one_is_refused_because_layer0_values_ignore_the_prefix():
+    m = build("llama")
+    with pytest.raises(ValueError, match="layer-0 values"):
+        soft.train(_LM(m, arch_of(m)), _exs(1), _cfg(cutoff=1))

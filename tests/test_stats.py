@@ -226,3 +226,15 @@ def test_ranks_per_sample_fixed_example():
     assert out["share_best"] == pytest.approx({"x": (1 + 1 / 3 + 0.5) / 4, "y": (1 + 1 / 3) / 4,
                                                "z": (1 / 3 + 0.5) / 4})
     assert sum(out["share_best"].values()) == pytest.approx(1.0)
+
+
+def test_float_noise_is_not_an_effect():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(2, 0.5, 50)
+    noisy = ref + rng.normal(0, 1e-8, 50)  # the same computation in another batch
+    assert S.cohens_d_paired(ref, noisy) == 0.0
+    assert S.win_rate(ref, noisy) == 0.5
+    r = S.paired_test(ref, noisy, n_boot=100)
+    assert r.d == 0.0 and (r.ci_low, r.ci_high) == (0.0, 0.0) and np.isnan(r.p_wilcoxon)
+    real = ref - 1e-3 + rng.normal(0, 1e-4, 50)  # a small real effect is untouched
+    assert S.cohens_d_paired(ref, real) == pytest.approx(np.mean(ref - real) / np.std(ref - real, ddof=1))
