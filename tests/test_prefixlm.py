@@ -1,0 +1,91 @@
+"""Prefix-LM masks: causal == the model's own forward; bidirectional == block attention and nothing else."""
+import pytest
+import torch
+
+from lib import prefixlm
+from lib.encode import encode as enc_encode
+from lib.scoring import score
+from tiny import VOCAB, arch_of, build
+
+KINDS = ("llama", "mistral", "gemma3", "qwen2")
+
+
+def _ids(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (n,), generator=g).tolist()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_causal_mask_reproduces_the_models_own_forward(kind):
+    m = build(kind)
+    arch = arch_of(m)
+    doc, prefix = _ids(20, 1), _ids(5, 2)  # 26 tokens: past the tiny sliding window of 12
+    ids = [1] + prefix + doc
+    with torch.no_grad():
+        own = m.base_model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)).last_hidden_state[0]
+    ours = prefixlm.hidden_states(m, arch, doc, prefix, mode="causal")
+    assert torch.allclose(own, ours, atol=1e-5)
+    # and Phase B over the prefix-LM cache equals the usual two-phase path
+    c1 = prefixlm.encode(m, arch, doc, prefix, mode="causal", keep_prefix=True)
+    c2 = enc_encode(m, arch, doc, prefix, keep_prefix=True)
+    q, a = _ids(4, 3), _ids(3, 4)
+    assert torch.allclose(score(m, [c1], [q], [a])[0], score(m, [c2], [q], [a])[0], atol=1e-5)
+
+
+def test_bidirectional_mask_structure():
+    ok = prefixlm.allowed(1, 5, "bidirectional")
+    assert ok[0].tolist() == [True, False, False, False, False, False]  # the anchor sees only itself
+    assert ok[1:, :].all()  # block tokens see the anchor and the whole block
+    okw = prefixlm.allowed(1, 5, "bidirectional", window=2)
+    assert okw[3].tolist() == [False, False, True, True, True, False]
+    causal = prefixlm.allowed(1, 5, "causal")
+    assert torch.equal(causal, torch.tril(torch.ones(6, 6, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="unknown attention mode"):
+        prefixlm.allowed(1, 5, "prefix")
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_bidirectional_lets_document_tokens_see_later_tokens_and_nothing_else(kind):
+    m = build(kind)
+    arch = arch_of(m)
+    prefix, doc = _ids(4, 5), _ids(8, 6)
+    later = list(doc)
+    later[-1] = (later[-1] + 1) % VOCAB or 3  # change the LAST document token
+    for mode, first_doc_changes in (("causal", False), ("bidirectional", True)):
+        h1 = prefixlm.hidden_states(m, arch, doc, prefix, mode=mode)
+        h2 = prefixlm.hidden_states(m, arch, later, prefix, mode=mode)
+        assert torch.allclose(h1[0], h2[0], atol=1e-6)  # the anchor never sees the block
+        first_doc = 1 + len(prefix)
+        assert (not torch.allclose(h1[first_doc], h2[first_doc], atol=1e-6)) == first_doc_changes, mode
+        assert (not torch.allclose(h1[1], h2[1], atol=1e-6)) == first_doc_changes, mode  # the first prefix token too
+    # Phase B tokens are not part of Phase A: the cache has exactly anchor + prefix + doc entries
+    c = prefixlm.encode(m, arch, doc, prefix, mode="bidirectional")
+    assert c.length == 1 + len(prefix) + len(doc) and int(c.next_position[0]) == c.length
+    d = prefixlm.encode(m, arch, doc, prefix, mode="bidirectional", keep_prefix=False)
+    assert d.length == 1 + len(doc) and int(d.next_position[0]) == d.length
+
+
+def test_gemma3_gets_one_mask_per_layer_type():
+    m = build("gemma3")
+    mk = prefixlm.masks(m, 1, 20, "bidirectional", torch.float32)
+    assert set(mk) == {"full_attention", "sliding_attention"}
+    full, sl = mk["full_attention"][0, 0], mk["sliding_attention"][0, 0]
+    assert (full[5] == 0).all() and (sl[5, 17:] < 0).all() and (sl[5, :17] == 0).all()  # |5 - 17| >= 12 is cut
+    assert torch.is_tensor(prefixlm.masks(build("llama"), 1, 20, "causal", torch.float32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_causal_mask_real_models(request, name):
+    lm = request.getfixturevalue(name)
+    from lib.data import synthetic_qa
+    from lib.encode import tokenize
+
+    s = synthetic_qa(1, 3)[0]
+    doc = tokenize(lm.tokenizer, s.passage) * 5  # ~600 tokens: past Gemma's 512 window
+    prefix = tokenize(lm.tokenizer, s.query + "\n")
+    ids = [lm.arch.bos_id] + prefix + doc
+    with torch.no_grad():
+        own = lm.model.base_model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)).last_hidden_state[0]
+    ours = prefixlm.hidden_states(lm.model, lm.arch, doc, prefix, mode="causal")
+    assert (own - ours).abs().max() / own.abs().max() < 1e-4
