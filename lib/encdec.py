@@ -1,0 +1,227 @@
+"""Encoder-decoder scoring: ``[prefix + doc]`` through a bidirectional encoder, prefix hidden from the decoder.
+
+Encoder input (special tokens explicit, per family, see ``encoder_inputs``):
+  t5 / random-t5    prefix + doc + [EOS]
+  bart / t5gemma    [BOS] + prefix + doc + [EOS]
+The encoder sees everything (document tokens attend to the prefix). The decoder's cross-attention
+mask is 0 at the prefix positions when ``hide_prefix`` (an "oracle (masked)" condition), which
+equals deleting those rows from the encoder output (tested). Special tokens stay visible.
+
+Decoder input: ``[decoder_start] + dec_prompt + answer[:-1]``; the logits at position
+``len(dec_prompt) + t`` predict ``answer[t]`` (one shift; ``dec_prompt`` may be empty, then the
+start token predicts ``answer[0]``). The NLL covers the answer tokens only (no EOS), like the
+decoder-only path.
+
+Offline models: no pretrained encoder-decoder ships with this repo. ``load("random-t5-tiny")`` and
+``load("random-bart-tiny")`` build RANDOM-INIT tiny models over the bundled SmolLM2 tokenizer, for
+plumbing (SMOKE) only: their numbers mean nothing about language. Real names load from the hub.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers.modeling_outputs import BaseModelOutput
+
+RANDOM = ("random-t5-tiny", "random-bart-tiny")
+
+
+@dataclass
+class EncDecLM:
+    model: object = field(repr=False)
+    tokenizer: object = field(repr=False)
+    family: str  # t5 | bart | t5gemma
+    name: str
+    bos_id: int | None  # prepended to the encoder input (None: none)
+    eos_id: int
+    start_id: int  # decoder start
+    pad_id: int
+    random_init: bool = False
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+
+def _family(model) -> str:
+    mt = model.config.model_type
+    if mt in ("t5", "mt5", "umt5"):
+        return "t5"
+    if mt in ("bart", "mbart"):
+        return "bart"
+    if mt.startswith("t5gemma"):
+        return "t5gemma"
+    raise ValueError(f"unsupported encoder-decoder model_type {mt!r}; supported: t5, mt5, umt5, bart, mbart, t5gemma")
+
+
+def load(name: str, *, dtype: str | None = None, device: str | None = None) -> EncDecLM:
+    """A hub id / local folder, or one of ``RANDOM`` (random-init tiny models, offline)."""
+    import transformers as tf
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name in RANDOM:
+        from lib.models import load_model
+
+        tok = load_model("smollm2-135m-instruct", dtype="float32", device="cpu").tokenizer
+        v = len(tok)
+        eos = tok.eos_token_id
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        torch.manual_seed(0)
+        if name == "random-t5-tiny":
+            cfg = tf.T5Config(vocab_size=v, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                              decoder_start_token_id=pad, pad_token_id=pad, eos_token_id=eos)
+            model, fam, bos = tf.T5ForConditionalGeneration(cfg), "t5", None
+        else:
+            bos = tok.bos_token_id if tok.bos_token_id is not None else eos
+            cfg = tf.BartConfig(vocab_size=v, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                                decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                                max_position_embeddings=4200, pad_token_id=pad, bos_token_id=bos, eos_token_id=eos,
+                                decoder_start_token_id=eos, forced_eos_token_id=None)
+            model, fam = tf.BartForConditionalGeneration(cfg), "bart"
+        model = model.float().to(dev).eval()
+        return EncDecLM(model, tok, fam, name, bos, eos, model.config.decoder_start_token_id, pad, random_init=True)
+    torch_dtype = getattr(torch, dtype) if dtype and dtype != "auto" else (torch.bfloat16 if dev == "cuda" else torch.float32)
+    tok = tf.AutoTokenizer.from_pretrained(name)
+    model = tf.AutoModelForSeq2SeqLM.from_pretrained(name, dtype=torch_dtype).to(dev).eval()
+    fam = _family(model)
+    cfg = model.config
+    dec_cfg = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
+    start = cfg.decoder_start_token_id if getattr(cfg, "decoder_start_token_id", None) is not None else dec_cfg.bos_token_id
+    bos = None if fam == "t5" else (tok.bos_token_id if tok.bos_token_id is not None else cfg.bos_token_id)
+    return EncDecLM(model, tok, fam, name, bos, tok.eos_token_id, int(start), tok.pad_token_id)
+
+
+def tokenize(em: EncDecLM, text: str) -> list[int]:
+    return em.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encoder_inputs(em: EncDecLM, prefix_ids, doc_ids) -> tuple[list[int], list[int]]:
+    """(input ids, segment per position: 0 special, 1 prefix, 2 doc)."""
+    if not doc_ids:
+        raise ValueError("empty document: doc_ids has no tokens")
+    head = [] if em.bos_id is None else [int(em.bos_id)]
+    prefix_ids, doc_ids = list(prefix_ids or []), list(doc_ids)
+    ids = head + prefix_ids + doc_ids + [int(em.eos_id)]
+    seg = [0] * len(head) + [1] * len(prefix_ids) + [2] * len(doc_ids) + [0]
+    return ids, seg
+
+
+@dataclass(frozen=True)
+class Item:
+    sample_id: str
+    condition: str
+    prefix_ids: tuple[int, ...]
+    doc_ids: tuple[int, ...]
+    hide_prefix: bool
+    dec_prompt_ids: tuple[int, ...]
+    answer_ids: tuple[int, ...]
+    row: dict = field(default_factory=dict, compare=False)
+
+
+@torch.no_grad()
+def encode_many(em: EncDecLM, encodings: list[tuple]) -> list[tuple[torch.Tensor, list[int]]]:
+    """Encoder states (T_i, H) and segments for distinct ``(prefix_ids, doc_ids)``, right-padded batches."""
+    built = [encoder_inputs(em, p, d) for p, d in encodings]
+    out = []
+    for s in range(0, len(built), 16):
+        chunk = built[s:s + 16]
+        t = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), t), em.pad_id, dtype=torch.long, device=em.device)
+        mask = torch.zeros(len(chunk), t, dtype=torch.long, device=em.device)
+        for r, (x, _) in enumerate(chunk):
+            ids[r, :len(x)] = torch.tensor(x)
+            mask[r, :len(x)] = 1
+        h = em.model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        out += [(h[r, :len(x)], seg) for r, (x, seg) in enumerate(chunk)]
+    return out
+
+
+def _decoder_batch(em: EncDecLM, states: list[torch.Tensor], cross: list[torch.Tensor], prompts, answers,
+                   attn_probe: bool = False):
+    b = len(states)
+    te = max(s.shape[0] for s in states)
+    hid = states[0].shape[-1]
+    enc = states[0].new_zeros(b, te, hid)
+    emask = torch.zeros(b, te, dtype=torch.long, device=em.device)
+    for r, (s, c) in enumerate(zip(states, cross)):
+        enc[r, :s.shape[0]] = s
+        emask[r, :s.shape[0]] = c
+    dec = [[em.start_id] + list(p) + list(a[:-1]) for p, a in zip(prompts, answers)]
+    td = max(map(len, dec))
+    dids = torch.full((b, td), em.pad_id, dtype=torch.long, device=em.device)
+    dmask = torch.zeros(b, td, dtype=torch.long, device=em.device)
+    for r, x in enumerate(dec):
+        dids[r, :len(x)] = torch.tensor(x)
+        dmask[r, :len(x)] = 1
+    probe = _AttnProbe(em.model) if attn_probe else None
+    try:
+        logits = em.model(encoder_outputs=BaseModelOutput(last_hidden_state=enc), attention_mask=emask,
+                          decoder_input_ids=dids, decoder_attention_mask=dmask, use_cache=False).logits
+    finally:
+        if probe:
+            probe.remove()
+    out, shares = [], []
+    for r, (p, a) in enumerate(zip(prompts, answers)):
+        cols = torch.arange(len(p), len(p) + len(a), device=em.device)
+        lg = logits[r, cols].float()
+        out.append(torch.nn.functional.cross_entropy(lg, torch.tensor(list(a), device=em.device), reduction="none").cpu())
+        if probe:
+            shares.append(probe.cross_share(r, cols))
+    return out, shares
+
+
+class _AttnProbe:
+    """Norms of the decoder's self- and cross-attention outputs (before the residual add)."""
+
+    SELF = ("SelfAttention", "self_attn")
+    CROSS = ("EncDecAttention", "encoder_attn", "cross_attn")
+
+    def __init__(self, model):
+        self.self_out, self.cross_out, self.handles = [], [], []
+        n_self = n_cross = 0
+        for name, mod in model.get_decoder().named_modules():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in self.SELF:
+                n_self += 1
+                self.handles.append(mod.register_forward_hook(lambda m, i, o: self.self_out.append(o[0].detach())))
+            elif leaf in self.CROSS:
+                n_cross += 1
+                self.handles.append(mod.register_forward_hook(lambda m, i, o: self.cross_out.append(o[0].detach())))
+        if n_self == 0 or n_self != n_cross:
+            self.remove()
+            raise ValueError(f"attention probe found {n_self} self- and {n_cross} cross-attention modules in the decoder")
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+    def cross_share(self, row: int, cols) -> float:
+        s = torch.stack([x[row, cols].float().norm(dim=-1) for x in self.self_out])  # (layers, answer)
+        c = torch.stack([x[row, cols].float().norm(dim=-1) for x in self.cross_out])
+        return float((c / (c + s)).mean())
+
+
+def score_items(em: EncDecLM, items: list[Item], *, batch_size: int = 16, attn_probe: bool = False) -> list[dict]:
+    """Rows for ``items``: encoder once per distinct (prefix, doc), decoder batched."""
+    keys = list(dict.fromkeys((it.prefix_ids, it.doc_ids) for it in items))
+    enc = dict(zip(keys, encode_many(em, keys)))
+    rows = []
+    for s in range(0, len(items), batch_size):
+        chunk = items[s:s + batch_size]
+        states, cross = [], []
+        for it in chunk:
+            h, seg = enc[(it.prefix_ids, it.doc_ids)]
+            states.append(h)
+            cross.append(torch.tensor([0 if (it.hide_prefix and g == 1) else 1 for g in seg], device=em.device))
+        with torch.no_grad():
+            nlls, shares = _decoder_batch(em, states, cross, [it.dec_prompt_ids for it in chunk],
+                                          [it.answer_ids for it in chunk], attn_probe)
+        for k, (it, t) in enumerate(zip(chunk, nlls)):
+            row = {"sample_id": it.sample_id, "condition": it.condition, "n_prefix_tokens": len(it.prefix_ids),
+                   "n_doc_tokens": len(it.doc_ids), "n_dec_prompt_tokens": len(it.dec_prompt_ids),
+                   "n_answer_tokens": len(it.answer_ids), **it.row,
+                   "token_nlls": [round(float(x), 6) for x in t], "nll": float(t.mean())}
+            if attn_probe:
+                row["cross_attn_share"] = shares[k]
+            rows.append(row)
+    return rows
