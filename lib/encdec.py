@@ -225,3 +225,115 @@ def score_items(em: EncDecLM, items: list[Item], *, batch_size: int = 16, attn_p
                 row["cross_attn_share"] = shares[k]
             rows.append(row)
     return rows
+
+
+# ----------------------------------------------------------------------------- exp09 design
+ENC_CONDITIONS = ("bare", "oracle", "random", "kw5", "kw10", "template", "first_sentence")
+DEC_MODES = ("q", "nq", "rq")  # query in the decoder / no query / Q random tokens in its place
+
+
+def _random_ids(em: EncDecLM, n: int, seed: int) -> list[int]:
+    import random as _r
+
+    rng = _r.Random(seed)
+    special = set(getattr(em.tokenizer, "all_special_ids", []))
+    out = []
+    while len(out) < n:
+        i = rng.randrange(len(em.tokenizer))
+        if i not in special:
+            out.append(i)
+    return out
+
+
+def build_items(em: EncDecLM, samples, *, enc_conditions=ENC_CONDITIONS, seed: int = 42,
+                length_control: bool = True) -> list[Item]:
+    """Every encoder condition with the query in the decoder (``__q``) and without (``__nq``); with
+    ``length_control`` also ``bare__rq`` and ``oracle__rq`` (Q random decoder tokens), the 2x3 design."""
+    import hashlib
+
+    from lib import surrogates
+
+    unknown = [c for c in enc_conditions if c not in ENC_CONDITIONS]
+    if unknown or "bare" not in enc_conditions:
+        raise ValueError(f"encoder conditions {list(enc_conditions)}: must include 'bare' and come from {ENC_CONDITIONS}")
+    kws = {k: surrogates.tfidf_keywords({s.id: s.passage for s in samples}, k) for k in (5, 10)
+           if f"kw{k}" in enc_conditions}
+    template = tokenize(em, surrogates.STATIC["static_fact"])
+    items = []
+    for s in samples:
+        h = int(hashlib.sha256(f"{seed}|{s.id}".encode()).hexdigest()[:12], 16)
+        q, doc, ans = tokenize(em, s.query), tuple(tokenize(em, s.passage)), tuple(tokenize(em, s.answer))
+        if not ans:
+            raise ValueError(f"sample {s.id!r}: answer {s.answer!r} tokenizes to nothing")
+        prefixes = {"bare": (), "oracle": tuple(q), "random": tuple(_random_ids(em, len(q), h)),
+                    "template": tuple(template), "first_sentence": tuple(tokenize(em, surrogates.first_sentence(s.passage)))}
+        for k, v in kws.items():
+            prefixes[f"kw{k}"] = tuple(tokenize(em, " ".join(v[s.id])))
+        dec = {"q": tuple(q), "nq": (), "rq": tuple(_random_ids(em, len(q), h + 1))}
+        row = {"q_tokens": len(q)}
+        for c in enc_conditions:
+            for m in ("q", "nq"):
+                items.append(Item(s.id, f"{c}__{m}", prefixes[c], doc, c != "bare", dec[m], ans, row))
+        if length_control:
+            for c in ("bare", "oracle"):
+                items.append(Item(s.id, f"{c}__rq", prefixes[c], doc, c != "bare", dec["rq"], ans, row))
+    return items
+
+
+def condition_names(enc_conditions=ENC_CONDITIONS, length_control: bool = True) -> list[str]:
+    names = [f"{c}__{m}" for c in enc_conditions for m in ("q", "nq")]
+    return names + (["bare__rq", "oracle__rq"] if length_control else [])
+
+
+def analyse(nll: dict, rows: list[dict], enc_conditions=ENC_CONDITIONS, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Encoder effects per decoder mode, the 2x3 length control, structural fraction and the attention probe."""
+    from lib import analysis, stats
+
+    out = {"enc_effects": {}}
+    for m in ("q", "nq"):
+        out["enc_effects"][m] = stats.compare_conditions(
+            nll, f"bare__{m}", [f"{c}__{m}" for c in enc_conditions if c != "bare"], n_boot=n_boot, seed=seed)
+        if "random" in enc_conditions and "oracle" in enc_conditions:
+            out[f"structural_fraction_{m}"] = analysis.structural_fraction(nll, ref=f"bare__{m}", structural=f"random__{m}",
+                                                                         full=f"oracle__{m}")
+    if "bare__rq" in nll and "oracle__rq" in nll:
+        # length component: no query -> random tokens of the query's length; semantic: random -> the real query
+        pairs = [(f"{c}__nq", f"{c}__rq") for c in ("bare", "oracle")] + [(f"{c}__rq", f"{c}__q") for c in ("bare", "oracle")]
+        comps = stats.compare_conditions(nll, None, pairs=pairs, n_boot=n_boot, seed=seed)
+        for r in comps:
+            r["component"] = "length" if r["ref"].endswith("__nq") else "semantic"
+        total = stats.compare_conditions(nll, None, pairs=[("bare__nq", "bare__q"), ("oracle__nq", "oracle__q")], n_boot=n_boot, seed=seed)
+        out["length_control"] = {"components": comps, "total": total}
+    shares = {}
+    for r in rows:
+        if "cross_attn_share" in r:
+            shares.setdefault(r["condition"], []).append(r["cross_attn_share"])
+    out["cross_attn_share"] = {k: float(sum(v) / len(v)) for k, v in shares.items()}
+    return out
+
+
+def run(em: EncDecLM, items: list[Item], store, *, wave: int = 8, batch_size: int = 16, attn_probe: bool = True,
+        progress: bool = True) -> list[dict]:
+    """Score every item not yet in ``store``, ``wave`` samples at a time (resumable); returns all stored rows."""
+    from tqdm.auto import tqdm
+
+    by: dict[str, list[Item]] = {}
+    for it in items:
+        by.setdefault(it.sample_id, []).append(it)
+    todo = [s for s, its in by.items() if not all(store.is_done(s, it.condition) for it in its)]
+    bar = tqdm(total=len(by), initial=len(by) - len(todo), desc="samples", disable=not progress)
+    for w in range(0, len(todo), wave):
+        batch = [it for s in todo[w:w + wave] for it in by[s] if not store.is_done(s, it.condition)]
+        store.append(score_items(em, batch, batch_size=batch_size, attn_probe=attn_probe))
+        bar.update(len(todo[w:w + wave]))
+    bar.close()
+    return store.rows()
+
+
+def store_config(params: dict, em: EncDecLM) -> dict:
+    from lib.priming import RUNTIME_KNOBS
+    from lib import surrogates
+
+    return {**{k: v for k, v in params.items() if k not in RUNTIME_KNOBS}, "model": em.name, "family": em.family,
+            "random_init": em.random_init, "specials": {"bos": em.bos_id, "eos": em.eos_id, "start": em.start_id},
+            "template": surrogates.STATIC["static_fact"]}

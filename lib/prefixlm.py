@@ -100,3 +100,78 @@ def hidden_states(model, arch, doc_ids, prefix_ids=None, *, mode: str = "causal"
                                attention_mask=masks(model, enc.n_anchor, n - enc.n_anchor, mode, dtype, dev),
                                position_ids=torch.arange(n, device=dev)[None], use_cache=False)
     return out.last_hidden_state[0]
+
+
+# ----------------------------------------------------------------------------- exp11 design
+CONDITIONS = {"bare": "bare", "oracle": "oracle", "random": "random_tokens", "surr_doc": "kw10"}
+
+
+def build_items(lm, samples, conds=tuple(CONDITIONS), *, seed: int = 42):
+    """``engine.WorkItem`` per (sample, condition) from the registry recipes in ``CONDITIONS``
+    (random: Q random tokens; surr_doc: the document's top-10 TF-IDF keywords)."""
+    from dataclasses import replace
+
+    from lib import conditions
+
+    unknown = [c for c in conds if c not in CONDITIONS]
+    if unknown or "bare" not in conds:
+        raise ValueError(f"conditions {list(conds)}: must include 'bare' and come from {list(CONDITIONS)}")
+    regs = conditions.get([CONDITIONS[c] for c in conds])
+    items = conditions.build_items(lm, samples, regs, seed=seed)
+    back = {CONDITIONS[c]: c for c in conds}
+    return [replace(it, condition=back[it.condition]) for it in items]
+
+
+def score_items(lm, items, modes=MODES, *, keep_prefix: bool = True, batch_size: int = 16) -> list[dict]:
+    """Rows ``<condition>__<mode>``: Phase A under each mode (one forward per item and mode), Phase B batched."""
+    from lib import scoring
+
+    caches, meta = [], []
+    for it in items:
+        for mode in modes:
+            caches.append(encode(lm.model, lm.arch, list(it.doc_ids), list(it.prefix_ids), mode=mode, keep_prefix=keep_prefix))
+            meta.append((it, mode))
+    nlls = []
+    for s in range(0, len(caches), batch_size):
+        nlls += scoring.score(lm.model, caches[s:s + batch_size], [list(it.prompt_ids) for it, _ in meta[s:s + batch_size]],
+                              [list(it.answer_ids) for it, _ in meta[s:s + batch_size]], batch_size=batch_size)
+    return [{"sample_id": it.sample_id, "condition": f"{it.condition}__{mode}", "mode": mode, "n_prefix_tokens": len(it.prefix_ids),
+             "n_doc_tokens": len(it.doc_ids), "cache_len": c.length, "n_answer_tokens": len(it.answer_ids), **it.row,
+             "token_nlls": [round(float(x), 6) for x in t], "nll": float(t.mean())}
+            for (it, mode), c, t in zip(meta, caches, nlls)]
+
+
+def run(lm, items, store, modes=MODES, *, keep_prefix: bool = True, wave: int = 8, batch_size: int = 16,
+        progress: bool = True) -> list[dict]:
+    """Resumable: score the samples not yet complete in ``store``, ``wave`` at a time."""
+    from tqdm.auto import tqdm
+
+    by: dict[str, list] = {}
+    for it in items:
+        by.setdefault(it.sample_id, []).append(it)
+    names = [f"{it.condition}__{m}" for it in next(iter(by.values())) for m in modes]
+    todo = [s for s in by if not all(store.is_done(s, n) for n in names)]
+    bar = tqdm(total=len(by), initial=len(by) - len(todo), desc="samples", disable=not progress)
+    for w in range(0, len(todo), wave):
+        rows = score_items(lm, [it for s in todo[w:w + wave] for it in by[s]], modes, keep_prefix=keep_prefix, batch_size=batch_size)
+        store.append([r for r in rows if not store.is_done(r["sample_id"], r["condition"])])
+        bar.update(len(todo[w:w + wave]))
+    bar.close()
+    return store.rows()
+
+
+def analyse(nll: dict, conds, modes=MODES, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Per mode: d vs that mode's bare; bidirectional vs causal per condition; structural fraction per mode."""
+    from lib import analysis, stats
+
+    out = {"vs_bare": {}, "structural_fraction": {}}
+    for m in modes:
+        out["vs_bare"][m] = stats.compare_conditions(nll, f"bare__{m}", [f"{c}__{m}" for c in conds if c != "bare"],
+                                                     n_boot=n_boot, seed=seed) if len(conds) > 1 else []
+        if "random" in conds and "oracle" in conds:
+            out["structural_fraction"][m] = analysis.structural_fraction(nll, ref=f"bare__{m}", structural=f"random__{m}",
+                                                                         full=f"oracle__{m}")
+    if set(modes) >= {"causal", "bidirectional"}:
+        out["bidirectional_vs_causal"] = stats.compare_conditions(
+            nll, None, pairs=[(f"{c}__causal", f"{c}__bidirectional") for c in conds], n_boot=n_boot, seed=seed)
+    return out

@@ -230,3 +230,30 @@ def test_exp07_smoke_run_trains_evaluates_and_resumes(tmp_path):
     after = torch.load(tmp_path / "soft_prefixes.pt")
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert r2["summary"]["comparisons"] == s["comparisons"]
+
+
+@pytest.mark.slow
+def test_exp09_smoke_run_random_init_encdec(tmp_path):
+    r = _smoke("experiments/exp09/exp09_encdec_enrichment.ipynb", tmp_path, "-p", "N_SAMPLES", "10")
+    s = r["summary"]
+    assert r["random_init"] is True and r["config"]["random_init"] is True
+    assert [c["cond"] for c in s["enc_effects"]["q"]] == [f"{c}__q" for c in ("oracle", "random", "kw5", "kw10", "template", "first_sentence")]
+    assert [c["component"] for c in s["length_control"]["components"]] == ["length", "length", "semantic", "semantic"]
+    assert set(s["cross_attn_share"]) == set(s["mean_nll"]) and all(0 < v < 1 for v in s["cross_attn_share"].values())
+    assert {"structural_fraction_q", "structural_fraction_nq"} <= set(s)
+    assert len(_rows(tmp_path)) == 10 * 16
+
+
+@pytest.mark.slow
+def test_exp11_smoke_run_prefix_lm(tmp_path):
+    r = _smoke("experiments/exp11/exp11_prefix_lm.ipynb", tmp_path, "-p", "N_SAMPLES", "8")
+    s = r["summary"]
+    assert set(s["vs_bare"]) == {"causal", "bidirectional"}
+    assert [c["cond"] for c in s["vs_bare"]["bidirectional"]] == ["oracle__bidirectional", "random__bidirectional", "surr_doc__bidirectional"]
+    assert len(s["bidirectional_vs_causal"]) == 4 and set(s["structural_fraction"]) == {"causal", "bidirectional"}
+    rows = _rows(tmp_path)
+    assert len(rows) == 8 * 8
+    # the prefix is kept in the cache: oracle's cache is longer than bare's by the prefix length
+    by = {(x["sample_id"], x["condition"]): x for x in rows}
+    sid = rows[0]["sample_id"]
+    assert int(by[(sid, "oracle__causal")]["cache_len"]) == int(by[(sid, "bare__causal")]["cache_len"]) + int(by[(sid, "oracle__causal")]["n_prefix_tokens"])
