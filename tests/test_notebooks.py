@@ -257,3 +257,18 @@ def test_exp11_smoke_run_prefix_lm(tmp_path):
     by = {(x["sample_id"], x["condition"]): x for x in rows}
     sid = rows[0]["sample_id"]
     assert int(by[(sid, "oracle__causal")]["cache_len"]) == int(by[(sid, "bare__causal")]["cache_len"]) + int(by[(sid, "oracle__causal")]["n_prefix_tokens"])
+
+
+@pytest.mark.slow
+def test_exp10_smoke_run_both_paths(tmp_path):
+    r = _smoke("experiments/exp10/exp10_document_length.ipynb", tmp_path, "-p", "N_SAMPLES", "6", "-p", "LENGTHS", "0,300")
+    s = r["summary"]
+    assert set(s["paths"]) == {"decoder", "encdec"} and s["paths"]["encdec"]["random_init"] is True
+    for p in s["paths"].values():
+        assert p["mean_doc_tokens"]["300"] == 300.0 and p["mean_doc_tokens"]["0"] < 300
+        assert [x["label"] for x in p["curves"]["300"]] == ["oracle_len300 vs bare_len300", "random_len300 vs bare_len300",
+                                                             "oracle_len300 vs random_len300"]
+    rows = _rows(tmp_path)
+    assert len(rows) == 2 * 6 * 3 * 2
+    for name in ("decoder_length_curves.png", "encdec_length_curves.png"):
+        assert (tmp_path / name).is_file()

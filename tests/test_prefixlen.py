@@ -64,3 +64,20 @@ def test_plots(tmp_path):
     assert plots.plot_length_curves(prefixlen.curves(comps, contents, lengths), tmp_path / "c.png").stat().st_size > 1000
     with pytest.raises(ValueError):
         plots.plot_decomposition([], tmp_path / "e.png")
+
+
+def test_pad_document_keeps_the_passage_first_and_hits_the_target():
+    from lib import doclen
+
+    doc, fill = [1, 2, 3], [[10, 11, 12, 13], [20, 21, 22]]
+    out, used = doclen.pad_document(doc, fill, [9], 8)
+    assert out == [1, 2, 3, 9, 10, 11, 12, 13] and used == 1
+    out, used = doclen.pad_document(doc, fill, [9], 10)
+    assert out == [1, 2, 3, 9, 10, 11, 12, 13, 9, 20] and used == 2
+    assert doclen.pad_document(doc, fill, [9], 0) == (doc, 0)
+    with pytest.raises(ValueError, match="not enough filler"):
+        doclen.pad_document(doc, fill, [9], 50)
+    assert "s1" not in doclen.filler_order(["s0", "s1", "s2"], "s1", 0)
+    assert doclen.parse_lengths("256,0") == [0, 256]
+    with pytest.raises(ValueError):
+        doclen.parse_lengths("256,x")

@@ -1,0 +1,116 @@
+"""Build experiments/exp10/exp10_document_length.ipynb: prefix effects against document length, two paths."""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
+
+import common  # noqa: E402
+from lib.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+
+OUT = ROOT / "experiments" / "exp10" / "exp10_document_length.ipynb"
+
+PARAMS = [
+    Param("PATHS", str, "decoder,encdec", "which paths to run: decoder (two-phase cache) and/or encdec (hidden prefix)"),
+    Param("DEC_MODEL", str, "google/gemma-3-12b-it", "decoder-only model: hub id, folder, or bundled name"),
+    Param("LOAD_IN_4BIT", bool, False, "bitsandbytes nf4 for the decoder-only model (CUDA only)"),
+    Param("DTYPE", str, "bfloat16", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16"),
+    Param("ENCDEC_MODEL", str, "google/flan-t5-xl", "encoder-decoder model: hub id or folder, or random-t5-tiny / random-bart-tiny"),
+    *[p for p in common.model_params("", "auto", "ms_marco", 200) if p.name not in ("MODEL", "LOAD_IN_4BIT", "DTYPE")],
+    Param("LENGTHS", str, "0,256,512,1024,2048,4096", "document lengths in tokens (0: the natural passage); padded with unrelated passages"),
+    *common.RUNTIME,
+    Param("OUT_DIR", str, "results/exp10", "results folder, relative to the repo root"),
+    *common.TAIL,
+]
+SMOKE = {"DEC_MODEL": "smollm2-135m-instruct", "DTYPE": "auto", "ENCDEC_MODEL": "random-t5-tiny", "DATASET": "synthetic",
+         "N_SAMPLES": 8, "LENGTHS": "0,256,600"}
+
+CELLS = [
+    stamp("builders/build_exp10.py", "Exp 10: document-length scaling", """
+        Do prefix effects survive long documents? Each document is the sample's own passage followed by
+        unrelated passages, cut to ~98 (natural), 256, 512, 1024, 2048 and 4096 tokens. For every length:
+        `bare`, `oracle` (the query) and `random` (Q random tokens), on the decoder-only path (prefix
+        dropped, document re-positioned; sliding-window layers keep every entry and their mask applies the
+        window, so documents longer than the window are exact) and on the encoder-decoder path (prefix
+        hidden from cross-attention, query in the decoder). Curves: d of oracle and random vs bare, and
+        oracle vs random, against the document length. Positive d means a LOWER answer NLL.
+        `SMOKE=True`: bundled SmolLM2 and a RANDOM-INIT tiny T5 (plumbing only), lengths up to 600.
+    """),
+    parameters(PARAMS),
+    setup(PARAMS, SMOKE),
+    md("## Data"),
+    common.MODEL_AND_DATA[3],
+    code("""
+        from lib import doclen
+
+        lengths = doclen.parse_lengths(LENGTHS)
+        paths = [p.strip() for p in PATHS.split(",") if p.strip()]
+        assert paths and all(p in ("decoder", "encdec") for p in paths), f"PATHS={PATHS!r}: choose from decoder, encdec"
+        ids = [s.id for s in samples]
+        summary = {"n_samples": len(ids), "lengths": lengths, "paths": {}}
+        all_rows, figs = [], []
+    """),
+    md("## Decoder-only path"),
+    code("""
+        from lib import analysis, plots
+        from lib.engine import Engine
+        from lib.models import load_model
+        from lib.priming import nll_table, store_config
+        from lib.runs import RunStore
+
+        if "decoder" in paths:
+            lm = load_model(DEC_MODEL, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT)
+            print(lm.source, lm.arch.sliding_window, lm.arch.max_positions)
+            items = doclen.decoder_items(lm, samples, lengths, seed=SEED)
+            names = [doclen.name(c, L) for L in lengths for c in doclen.CONDS]
+            store = RunStore(ROOT / OUT_DIR / "_store_decoder", {**store_config(CONFIG, lm, conditions=()), "path": "decoder"}, fresh=FRESH)
+            engine = Engine(lm, mem_budget_gb=MEM_BUDGET_GB, phase_b_batch=BATCH_SIZE)
+            rows = [r for r in engine.run(items, store, wave=CHUNK, progress=PROGRESS) if r["sample_id"] in set(ids)]
+            nll = nll_table(rows, names, ids)
+            actual = {L: float(sum(r["n_doc_tokens"] for r in rows if r["condition"] == doclen.name("bare", L)) / len(ids)) for L in lengths}
+            cv = doclen.curves(nll, lengths, n_boot=N_BOOT, seed=SEED)
+            summary["paths"]["decoder"] = {"model": lm.source, "mean_doc_tokens": actual, "curves": cv,
+                                           "mean_nll": {n: float(v.mean()) for n, v in nll.items()}}
+            figs.append(plots.plot_length_curves(doclen.curve_points(cv, lengths, actual), ROOT / OUT_DIR / "decoder_length_curves.png",
+                                                 title=f"decoder-only {DEC_MODEL}", xlabel="document tokens"))
+            all_rows += [{**r, "path": "decoder"} for r in rows]
+            for L in lengths:
+                print(f"L={L:5d} (~{actual[L]:.0f} tok): " + "  ".join(f"{r['label']} d={r['d']:+.3f}" for r in cv[L]))
+            del lm, engine
+    """),
+    md("## Encoder-decoder path"),
+    code("""
+        from lib import encdec
+
+        if "encdec" in paths:
+            em = encdec.load(ENCDEC_MODEL, dtype=DTYPE)
+            print(em.name, em.family, "RANDOM-INIT (plumbing only)" if em.random_init else "pretrained")
+            items = doclen.encdec_items(em, samples, lengths, seed=SEED)
+            names = [doclen.name(c, L) for L in lengths for c in doclen.CONDS]
+            store = RunStore(ROOT / OUT_DIR / "_store_encdec", {**encdec.store_config(CONFIG, em), "path": "encdec"}, fresh=FRESH)
+            rows = [r for r in encdec.run(em, items, store, wave=CHUNK, batch_size=BATCH_SIZE, attn_probe=False, progress=PROGRESS)
+                    if r["sample_id"] in set(ids)]
+            nll = nll_table(rows, names, ids)
+            actual = {L: float(sum(r["n_doc_tokens"] for r in rows if r["condition"] == doclen.name("bare", L)) / len(ids)) for L in lengths}
+            cv = doclen.curves(nll, lengths, n_boot=N_BOOT, seed=SEED)
+            summary["paths"]["encdec"] = {"model": em.name, "random_init": em.random_init, "mean_doc_tokens": actual, "curves": cv,
+                                          "mean_nll": {n: float(v.mean()) for n, v in nll.items()}}
+            figs.append(plots.plot_length_curves(doclen.curve_points(cv, lengths, actual), ROOT / OUT_DIR / "encdec_length_curves.png",
+                                                 title=f"encoder-decoder {ENCDEC_MODEL}", xlabel="document tokens"))
+            all_rows += [{**r, "path": "encdec"} for r in rows]
+            for L in lengths:
+                print(f"L={L:5d} (~{actual[L]:.0f} tok): " + "  ".join(f"{r['label']} d={r['d']:+.3f}" for r in cv[L]))
+    """),
+    md("## Save"),
+    code("""
+        from lib.runs import provenance, write_per_item_csv, write_results_json
+
+        out = write_results_json(ROOT / OUT_DIR, config={**CONFIG}, summary=summary, provenance=provenance(seeds={"seed": SEED}),
+                                 extra={"data": data_info, "figures": [p.name for p in figs]})
+        write_per_item_csv(ROOT / OUT_DIR, all_rows)
+        print(out)
+    """),
+]
+
+if __name__ == "__main__":
+    print(write_notebook(CELLS, OUT).relative_to(ROOT))
