@@ -15,6 +15,15 @@ def _tiny(family):
         m = T5ForConditionalGeneration(T5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                                                 decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
         return encdec.EncDecLM(m.eval(), None, "t5", "tiny-t5", None, 1, 0, 0)
+    if family == "t5gemma":
+        import transformers as tf
+
+        sub = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=8, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
+                   max_position_embeddings=256)
+        m = tf.T5GemmaForConditionalGeneration(tf.T5GemmaConfig(encoder=tf.T5GemmaModuleConfig(**sub), decoder=tf.T5GemmaModuleConfig(**sub),
+                                                                vocab_size=V, bos_token_id=2, eos_token_id=1, pad_token_id=0))
+        return encdec.EncDecLM(m.eval(), None, "t5gemma", "tiny-t5gemma", 2, 1, 2, 0)
     m = BartForConditionalGeneration(BartConfig(vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2,
                                                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
                                                 decoder_ffn_dim=64, max_position_embeddings=128))
@@ -26,7 +35,7 @@ def _ids(n, seed):
     return tuple(torch.randint(3, V, (n,), generator=g).tolist())
 
 
-FAMS = ("t5", "bart")
+FAMS = ("t5", "bart", "t5gemma")
 
 
 @pytest.mark.parametrize("family", FAMS)
@@ -35,8 +44,10 @@ def test_special_tokens_are_explicit(family):
     ids, seg = encdec.encoder_inputs(em, [7, 8], [9, 10, 11])
     if family == "t5":
         assert ids == [7, 8, 9, 10, 11, 1] and seg == [1, 1, 2, 2, 2, 0]
-    else:
+    elif family == "bart":
         assert ids == [0, 7, 8, 9, 10, 11, 2] and seg == [0, 1, 1, 2, 2, 2, 0]
+    else:
+        assert ids == [2, 7, 8, 9, 10, 11, 1] and seg == [0, 1, 1, 2, 2, 2, 0]
     with pytest.raises(ValueError, match="empty document"):
         encdec.encoder_inputs(em, [7], [])
 
