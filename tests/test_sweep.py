@@ -1,0 +1,113 @@
+"""Sweeps (local and submitit executors, kill and resume), the results index and the cross-model figure."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lib import index, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+EXP02 = "experiments/exp02/exp02_surrogate_priming.ipynb"
+EXP11 = "experiments/exp11/exp11_prefix_lm.ipynb"
+
+
+def _grid(out_root, executor="local") -> dict:
+    common = {"N_SAMPLES": 4, "N_BOOT": 50, "SMOKE": False, "DTYPE": "auto", "LOAD_IN_4BIT": False}
+    return {"name": "smoke", "out_root": str(out_root), "executor": executor, "parallel": 1,
+            "experiments": [
+                {"notebook": EXP02, "models": ["smollm2-135m-instruct", "gemma-3-270m"], "datasets": ["synthetic"],
+                 "params": {**common, "CONDITIONS": "bare,oracle,static_fact"}},
+                {"notebook": EXP11, "models": ["smollm2-135m-instruct", "gemma-3-270m"], "datasets": ["synthetic"],
+                 "params": {**common, "CONDITIONS": "bare,oracle,random"}},
+            ]}
+
+
+def test_expand_builds_one_job_per_cell_and_checks_parameters(tmp_path):
+    g = _grid(tmp_path)
+    g["experiments"][0]["params"]["SEED"] = [1, 2]  # a list is one more axis
+    jobs = sweep.expand(g)
+    assert len(jobs) == 2 * 2 + 2
+    j = jobs[0]
+    assert j.job_id == "exp02__smollm2-135m-instruct__synthetic__SEED-1"
+    assert j.params["MODEL"] == "smollm2-135m-instruct" and j.params["SEED"] == 1 and j.params["OUT_DIR"] == str(tmp_path / j.job_id)
+    g["experiments"][1]["params"]["N_SAMPLE"] = 3
+    with pytest.raises(ValueError, match="'N_SAMPLE' is not a parameter"):
+        sweep.expand(g)
+    with pytest.raises(ValueError, match="executor"):
+        p = tmp_path / "g.json"
+        p.write_text(json.dumps({**_grid(tmp_path), "executor": "kubernetes"}))
+        sweep.load_grid(p)
+
+
+def test_failed_job_keeps_its_notebook_and_error(tmp_path):
+    g = _grid(tmp_path)
+    g["experiments"] = [{"notebook": EXP02, "models": ["no-such-model-xyz"], "datasets": ["synthetic"], "params": {"N_SAMPLES": 2}}]
+    rows = sweep.run_sweep(g, log=lambda *a: None)
+    assert rows[0]["status"] == "failed" and "no-such-model-xyz" in rows[0]["error"]
+    job = sweep.expand(g)[0]
+    assert (job.folder() / "executed.ipynb").is_file() and sweep.read_status(job)["status"] == "failed"
+    assert "failed" in (tmp_path / "SUMMARY.md").read_text()
+
+
+def _wait(pred, timeout):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return True
+        time.sleep(1)
+    return False
+
+
+@pytest.mark.slow
+def test_smoke_grid_local_kill_resume_then_submitit_then_index(tmp_path):
+    local = tmp_path / "local"
+    gfile = tmp_path / "grid.json"
+    gfile.write_text(json.dumps(_grid(local)))
+    jobs = sweep.expand(_grid(local))
+    # 1. local executor, killed while the second job runs
+    p = subprocess.Popen([sys.executable, "-m", "lib.sweep", str(gfile)], cwd=ROOT, start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _wait(lambda: sweep.is_done(jobs[0]) and sweep.read_status(jobs[1]).get("status") == "running", 400)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not sweep.is_done(jobs[1])
+    # 2. rerun: the finished job is skipped, the killed one runs again (its notebook resumes its store), the rest run
+    rows = sweep.run_sweep(sweep.load_grid(gfile), log=lambda *a: None)
+    assert rows[0]["status"] == "skipped (done)"
+    assert rows[1]["status"] == "done" and rows[1]["resumed"] is True
+    assert all(r["status"] == "done" for r in rows[2:]) and all(sweep.is_done(j) for j in jobs)
+    # 3. the same grid through submitit's local executor
+    sub = tmp_path / "submitit"
+    srows = sweep.run_sweep(_grid(sub, "submitit-local"), log=lambda *a: None)
+    assert [r["status"] for r in srows] == ["done"] * 4
+    assert (sub / "_submitit").is_dir()
+    # identical numbers from both executors
+    a = json.loads((jobs[2].folder() / "results.json").read_text())["summary"]["comparisons"]
+    b = json.loads((sweep.expand(_grid(sub))[2].folder() / "results.json").read_text())["summary"]["comparisons"]
+    assert [x["d"] for x in a] == [x["d"] for x in b]
+    # 4. the index and the cross-model figure from the sweep's results
+    rows = index.collect(tmp_path)
+    assert len(rows) == 8 and {r["experiment"] for r in rows} == {"exp02", "exp11"}
+    assert {r["model"] for r in rows} == {"smollm2-135m-instruct", "gemma-3-270m"} and all(r["headline"] for r in rows)
+    out = index.write_index(rows, tmp_path / "INDEX.md")
+    assert out.read_text().count("| exp02 |") == 4
+    fig = index.cross_model_figure(rows, "exp02", tmp_path / "cross_model_exp02.png")
+    assert fig.stat().st_size > 1000
+
+
+def test_update_plan_replaces_only_the_marked_table(tmp_path):
+    plan = tmp_path / "PLAN.md"
+    plan.write_text(f"intro\n{index.START}\nold\n{index.END}\nlog stays\n")
+    rows = [{"experiment": "exp02", "run": "r", "model": "m", "dataset": "d", "n": 3, "commit": "abc", "date": "2026",
+             "random_init": False, "headline": [{"label": "x", "d": 0.5, "ci_low": 0.1, "ci_high": 0.9}]}]
+    index.update_plan(rows, plan)
+    text = plan.read_text()
+    assert "old" not in text and "x +0.50 [+0.10, +0.90]" in text and text.startswith("intro") and text.endswith("log stays\n")
+    plan.write_text("no markers")
+    with pytest.raises(ValueError, match="markers"):
+        index.update_plan(rows, plan)
