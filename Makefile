@@ -5,7 +5,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 NB := experiments/exp01/exp01_back_to_basics.ipynb
 
-.PHONY: setup models exp01 test test-fast notebooks clean-store
+.PHONY: setup models exp01 test test-fast notebooks clean-store lab sweep index
 
 setup:
 	$(PIP) install -q -r requirements-cpu.txt
@@ -27,3 +27,19 @@ test-fast: setup
 
 notebooks:
 	for b in builders/build_exp*.py; do $(PYTHON) $$b; done
+
+# JupyterLab with this environment as the notebooks' kernel ("python3", installed by setup)
+LAB_ARGS ?=
+lab: setup
+	$(PYTHON) -m jupyter lab --notebook-dir=. $(LAB_ARGS)
+
+# make sweep GRID=sweeps/smoke.toml [EXECUTOR=local|submitit-local|slurm]
+GRID ?= sweeps/smoke.toml
+EXECUTOR ?=
+sweep: models
+	$(PYTHON) -m lib.sweep $(GRID) $(if $(EXECUTOR),--executor $(EXECUTOR),)
+	$(PYTHON) -m lib.index
+
+index:
+	$(PYTHON) -m lib.index
+

@@ -59,7 +59,7 @@ class Job:
 
 
 def _slug(x) -> str:
-    return re.sub(r"[^A-Za-z0-9.@-]+", "-", str(x)).strip("-")[:40] or "x"
+    return re.sub(r"[^A-Za-z0-9._@-]+", "-", str(x)).strip("-")[:40] or "x"
 
 
 def load_grid(path) -> dict:

@@ -40,7 +40,18 @@ def test_build_is_deterministic_and_matches_committed(builder):
 
     seen = papermill.inspect_notebook(str(mod.OUT))  # what --help-notebook shows: every knob, with its help
     assert set(seen) == set(params)
-    assert all(seen[p.name]["help"] == p.help for p in mod.PARAMS)
+    assert all(seen[p.name]["help"] == p.help and seen[p.name]["inferred_type_name"] == p.type.__name__ for p in mod.PARAMS)
+
+
+def test_jupyter_kernel_python3_runs_this_environment():
+    """`make lab` and papermill run notebooks on the kernel named in their metadata ("python3")."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    res = subprocess.run([spec.argv[0], "-c", "import lib, papermill, transformers; print('ok')"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == "ok", res.stderr[-2000:]
+    assert subprocess.run([sys.executable, "-m", "jupyter", "lab", "--version"], capture_output=True, timeout=120).returncode == 0
 
 
 def test_param_validation_messages():
