@@ -120,3 +120,17 @@ def test_plot_d_grid(tmp_path):
     assert p.stat().st_size > 1000
     with pytest.raises(ValueError, match="non-empty"):
         plots.plot_d_grid({}, tmp_path / "h.png")
+
+
+def test_load_real_schemas_from_local_files():
+    from pathlib import Path
+
+    d = Path(__file__).parent / "data"
+    files = ",".join(str(d / f) for f in ("ms_marco_v1.1_sample.jsonl", "squad_v2_sample.jsonl",
+                                          "triviaqa_rc.wikipedia_sample.jsonl", "hotpotqa_distractor_sample.jsonl"))
+    specs = crossdata.parse_datasets("ms_marco,squad_v2,triviaqa,hotpotqa", files)
+    datas = crossdata.load(specs, 2, seed=0)
+    assert list(datas) == ["ms_marco", "squad_v2", "triviaqa", "hotpotqa"]
+    for lab, data in datas.items():
+        assert len(data.samples) == 2 and all(s.id.startswith(f"{lab}/") for s in data.samples)
+        assert all(s.meta["dataset_label"] == lab for s in data.samples)
