@@ -112,3 +112,8 @@ def test_update_plan_replaces_only_the_marked_table(tmp_path):
     plan.write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
         index.update_plan(rows, plan)
+
+
+def test_index_shows_missing_numbers_as_na():
+    assert index._fmt({"label": "x", "d": 0.2, "ci_low": -1.0, "ci_high": None}) == "x +0.20 [-1.00, n/a]"
+    assert index._fmt({"label": "x", "d": None}) == "x n/a"
