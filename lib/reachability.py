@@ -497,3 +497,24 @@ def interpretation_markdown(rows: list[dict]) -> str:
     lines += [f"| {r['observation']} | {r['measured']} | {'yes' if r['holds'] else 'no'} | {r['interpretation']} |"
               for r in rows]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------- part helpers
+def choose_pairs(n: int, pairs: int, seed: int) -> tuple[list[int], list[int]]:
+    """Disjoint (A, B) index pairs among ``n`` real targets, chosen by ``seed``."""
+    _check_pos_int("pairs", pairs)
+    if 2 * pairs > n:
+        raise ValueError(f"pairs={pairs} needs {2 * pairs} real targets, only n={n} available")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:2 * pairs].tolist()
+    return perm[0::2], perm[1::2]
+
+
+def condition_groups(parts: dict) -> dict:
+    """{condition name: [best final MSE per target]} in the design's order, for the summary plot."""
+    names = {"1": "1 real", "2a": "2a matched", "2b": "2b raw"}
+    out = {names[k]: [t["final_mse"] for t in parts[k]["targets"]] for k in ("1", "2a", "2b") if k in parts}
+    for key, sym in (("3", "alpha"), ("4", "f")):
+        if key in parts:
+            for lab in sorted({t["label"] for t in parts[key]["targets"]}):
+                out[f"{key} {sym}={lab:g}"] = [t["final_mse"] for t in parts[key]["targets"] if t["label"] == lab]
+    return out

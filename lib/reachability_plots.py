@@ -95,3 +95,19 @@ def transition(summary: dict, path, title: str = ""):
     ax.set_title(title or "dimension replacement")
     ax.legend()
     return _save(fig, _out_path(path))
+
+
+def write_part(folder, summary: dict, *, part: str, config: dict, provenance: dict, extra: dict | None = None,
+               title: str = "") -> list:
+    """Write ``folder/metrics.json`` and the part's three figures; returns the paths written."""
+    from pathlib import Path
+
+    from lib.reachability import by_label
+    from lib.runs import write_json_atomic
+
+    figs = part_figures(summary, folder, title)
+    metrics = {"part": part, "config": config, "provenance": provenance, **(extra or {}), "summary": summary,
+               "figures": [Path(f).name for f in figs]}
+    if summary["targets"] and "label" in summary["targets"][0]:
+        metrics["by_label"] = by_label(summary)
+    return [write_json_atomic(Path(folder) / "metrics.json", metrics), *figs]
