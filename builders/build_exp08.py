@@ -32,7 +32,7 @@ PARAMS = [
     Param("EXTEND_TOL", float, 0.01, "extend when the median relative fall over that window exceeds this"),
     Param("LR", float, 0.01, "Adam learning rate"),
     Param("INIT_STD", float, 1.0, "soft prompts start as N(0, INIT_STD^2) per entry"),
-    Param("REACH_FRAC", float, 0.01, "reached: best final MSE <= REACH_FRAC x the initial MSE of the target"),
+    Param("REACH_FRAC", float, 0.01, "reached: best final MSE at most REACH_FRAC x the initial MSE of the target"),
     Param("CHUNK", int, 500, "soft prompts per forward (targets x restarts are batched)"),
     Param("CURVE_EVERY", int, 10, "keep every k-th loss in metrics.json (figures use the same points)"),
     Param("SEED", int, 0, "seed for pairs, random targets, replaced dimensions and initial prompts"),

@@ -142,6 +142,10 @@ def test_interpretation_rows_follow_the_measured_numbers():
                     "Exp 3 smooth across alpha in [0,1]": True, "Exp 3 sharp degradation at alpha > 1": True,
                     "Exp 4 sharp transition": True, "Exp 4 gradual degradation": False}
     assert "f ~ 0.15" in R.interpret(parts)[-2]["observation"]
+    assert not any("caveat" in r for r in R.interpret(parts))
+    unconverged = {**parts, "1": _summary({0: 0.2})}
+    rows = R.interpret(unconverged)
+    assert [("caveat" in r) for r in rows[:3]] == [False, False, True] and all("caveat" in r for r in rows[2:])
     parts["4"] = _summary({0.0: 1e-3, 0.1: 3e-3, 0.2: 1e-2, 0.3: 3e-2})     # even rise: gradual
     rows = {r["observation"].split(" (")[0]: r["holds"] for r in R.interpret(parts)}
     assert rows["Exp 4 gradual degradation"] and not rows["Exp 4 sharp transition"]
