@@ -67,6 +67,7 @@ CELLS = [
 
         from lib import reachability as R
         from lib import reachability_plots as RP
+        from lib import reachability_report as RR
         from lib.models import load_model
         from lib.runs import provenance, write_json_atomic
 
@@ -97,7 +98,7 @@ CELLS = [
         def run_part(key, folder, targets, restarts, steps, labels=None, seed_offset=0, **kw):
             t0 = time.time()
             fit = R.optimize(reader, targets, restarts=restarts, steps=steps, seed=SEED + seed_offset, **OPT, **kw)
-            s = R.summarize(fit, reach_frac=REACH_FRAC, labels=labels, curve_every=CURVE_EVERY)
+            s = RR.summarize(fit, reach_frac=REACH_FRAC, labels=labels, curve_every=CURVE_EVERY)
             timings[key] = time.time() - t0
             RP.write_part(ROOT / OUT_DIR / folder, s, part=key, config=CONFIG, provenance=provenance(seeds={"seed": SEED}),
                           extra={"shared": SHARED, "seconds": timings[key]}, title=f"exp08 part {key}: {MODEL}")
@@ -124,7 +125,7 @@ CELLS = [
         ia, ib = R.choose_pairs(N_REAL, N_PAIRS, SEED + 3)
         fit3 = run_part("3", "part3_interpolation", R.interpolate(real[ia], real[ib], alphas), RESTARTS, STEPS_ALL,
                  labels=alphas * N_PAIRS, seed_offset=4)
-        print({k: round(v["median_relative_mse"], 5) for k, v in R.by_label(parts["3"]).items()})
+        print({k: round(v["median_relative_mse"], 5) for k, v in RR.by_label(parts["3"]).items()})
     """),
     md("## Part 4: dimension replacement"),
     code("""
@@ -133,26 +134,26 @@ CELLS = [
             raise ValueError(f"N_DIM_TARGETS={N_DIM_TARGETS} exceeds N_REAL={N_REAL}")
         targets4, replaced = R.replace_dims(real[:N_DIM_TARGETS], fractions, stats.dim_std, SEED + 5)
         fit4 = run_part("4", "part4_dimensions", targets4, DIM_RESTARTS, STEPS_ALL, labels=fractions * N_DIM_TARGETS, seed_offset=5)
-        print({k: round(v["median_relative_mse"], 5) for k, v in R.by_label(parts["4"]).items()})
+        print({k: round(v["median_relative_mse"], 5) for k, v in RR.by_label(parts["4"]).items()})
     """),
     md("## Summary figures"),
     code("""
-        figs = [RP.summary_boxes(R.condition_groups(parts), ROOT / OUT_DIR / "summary.png", title=f"exp08 {MODEL}: final MSE by condition"),
+        figs = [RP.summary_boxes(RR.condition_groups(parts), ROOT / OUT_DIR / "summary.png", title=f"exp08 {MODEL}: final MSE by condition"),
                 RP.transition(parts["4"], ROOT / OUT_DIR / "experiment4_transition.png", title=f"exp08 {MODEL}: dimension replacement")]
         print([str(f) for f in figs])
     """),
-    md("## Interpretation\nThe design's table, each row tested against the measured medians (criteria in `lib/reachability.py`)."),
+    md("## Interpretation\nThe design's table, each row tested against the measured medians (criteria in `lib/reachability_report.py`)."),
     code("""
         from IPython.display import Markdown, display
 
-        table = R.interpret(parts)
-        display(Markdown(R.interpretation_markdown(table)))
+        table = RR.interpret(parts)
+        display(Markdown(RR.interpretation_markdown(table)))
         out = write_json_atomic(ROOT / OUT_DIR / "results.json", {
             "config": CONFIG, "provenance": provenance(seeds={"seed": SEED}), "shared": SHARED, "steps_run": STEPS_ALL,
             "extension": fit1.extension, "seconds": timings, "interpretation": table,
             "headline": {k: {"share_reached": v["share_reached"], "median_final_mse": v["final_mse"]["median"],
                              "median_relative_mse": v["relative_mse"]["median"]} for k, v in parts.items()},
-            "by_label": {"3": R.by_label(parts["3"]), "4": R.by_label(parts["4"])},
+            "by_label": {"3": RR.by_label(parts["3"]), "4": RR.by_label(parts["4"])},
             "figures": [f.name for f in figs]})
         print(out)
     """),

@@ -102,7 +102,7 @@ def write_part(folder, summary: dict, *, part: str, config: dict, provenance: di
     """Write ``folder/metrics.json`` and the part's three figures; returns the paths written."""
     from pathlib import Path
 
-    from lib.reachability import by_label
+    from lib.reachability_report import by_label
     from lib.runs import write_json_atomic
 
     figs = part_figures(summary, folder, title)

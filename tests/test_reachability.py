@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lib import reachability as R
+from lib import reachability_report as RR
 from tests.tiny import VOCAB, build
 
 
@@ -39,7 +40,7 @@ def test_norm_check_detects_final_norm_and_pre_norm_reads_its_input(kind):
 def test_optimizing_toward_a_real_target_drives_loss_far_below_initial(llama):
     target = llama.of_ids(_ids(2))
     fit = R.optimize(llama, target, restarts=2, steps=150, lr=0.05)
-    s = R.summarize(fit, reach_frac=0.01)
+    s = RR.summarize(fit, reach_frac=0.01)
     assert fit.curves.shape == (4, 151) and s["n_targets"] == 2
     assert np.all(fit.final_mse < 1e-2 * fit.curves[:, 0]), fit.final_mse / fit.curves[:, 0]
     assert s["share_reached"] == 1.0
@@ -129,27 +130,27 @@ def _summary(rel_by_label: dict, n_per: int = 2) -> dict:
         final += [rel] * n_per
         init += [1.0] * n_per
     fit = R.Fit(1, np.stack([np.array(init), np.array(final)], 1), np.array(final), np.ones((len(final), 2)), 1)
-    return R.summarize(fit, labels=labels, reach_frac=0.01)
+    return RR.summarize(fit, labels=labels, reach_frac=0.01)
 
 
 def test_interpretation_rows_follow_the_measured_numbers():
     parts = {"1": _summary({0: 1e-3}), "2a": _summary({0: 2e-3}), "2b": _summary({0: 0.5}),
              "3": _summary({0.0: 1e-3, 0.5: 1.5e-3, 1.0: 1e-3, 2.0: 0.2}),
              "4": _summary({0.0: 1e-3, 0.1: 1.2e-3, 0.2: 0.3, 0.3: 0.4})}
-    rows = {r["observation"].split(" (")[0]: r["holds"] for r in R.interpret(parts)}
+    rows = {r["observation"].split(" (")[0]: r["holds"] for r in RR.interpret(parts)}
     assert rows == {"Exp 1 all converge to ~0": True, "Exp 1 some don't converge": False, "Exp 2a ~ Exp 1": True,
                     "Exp 2b much worse than 2a": True, "Exp 2b ~ Exp 2a": False,
                     "Exp 3 smooth across alpha in [0,1]": True, "Exp 3 sharp degradation at alpha > 1": True,
                     "Exp 4 sharp transition": True, "Exp 4 gradual degradation": False}
-    assert "f ~ 0.15" in R.interpret(parts)[-2]["observation"]
-    assert not any("caveat" in r for r in R.interpret(parts))
+    assert "f ~ 0.15" in RR.interpret(parts)[-2]["observation"]
+    assert not any("caveat" in r for r in RR.interpret(parts))
     unconverged = {**parts, "1": _summary({0: 0.2})}
-    rows = R.interpret(unconverged)
+    rows = RR.interpret(unconverged)
     assert [("caveat" in r) for r in rows[:3]] == [False, False, True] and all("caveat" in r for r in rows[2:])
     parts["4"] = _summary({0.0: 1e-3, 0.1: 3e-3, 0.2: 1e-2, 0.3: 3e-2})     # even rise: gradual
-    rows = {r["observation"].split(" (")[0]: r["holds"] for r in R.interpret(parts)}
+    rows = {r["observation"].split(" (")[0]: r["holds"] for r in RR.interpret(parts)}
     assert rows["Exp 4 gradual degradation"] and not rows["Exp 4 sharp transition"]
-    md = R.interpretation_markdown(R.interpret(parts))
+    md = RR.interpretation_markdown(RR.interpret(parts))
     assert md.count("\n") == 10 and math.isfinite(parts["4"]["relative_mse"]["median"])
     with pytest.raises(ValueError, match="2b"):
-        R.interpret({k: v for k, v in parts.items() if k != "2b"})
+        RR.interpret({k: v for k, v in parts.items() if k != "2b"})
