@@ -37,6 +37,20 @@ def _out_path(path) -> Path:
     return p
 
 
+def out_path(path) -> Path:
+    """A figure path with a supported suffix, its folder created (public for experiment-specific plot modules)."""
+    return _out_path(path)
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """An Agg-backed figure with constrained layout; save it with ``save_figure``."""
+    return _new_figure(width, height)
+
+
+def save_figure(fig: Figure, path) -> Path:
+    return _save(fig, _out_path(path))
+
+
 def _new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lib.plots import _new_figure, _out_path, _save
+from lib.plots import new_figure, save_figure
 
 __all__ = ["loss_curves", "final_mse_histogram", "cosine_by_position", "summary_boxes", "transition", "part_figures"]
 
@@ -13,7 +13,7 @@ def loss_curves(summary: dict, path, title: str = ""):
     """Every target's best-restart loss curve (light) and the per-step median (bold), log y."""
     steps = np.asarray(summary["best_curves"]["steps"])
     loss = np.asarray(summary["best_curves"]["loss"])        # [n, k]
-    fig = _new_figure(6.0, 4.0)
+    fig = new_figure(6.0, 4.0)
     ax = fig.add_subplot()
     for row in loss:
         ax.plot(steps, row, color="tab:blue", alpha=0.25, lw=0.8)
@@ -23,7 +23,7 @@ def loss_curves(summary: dict, path, title: str = ""):
     ax.set_ylabel("MSE (best restart)")
     ax.set_title(title or f"{summary['n_targets']} targets, best of {summary['restarts']}")
     ax.legend()
-    return _save(fig, _out_path(path))
+    return save_figure(fig, path)
 
 
 def final_mse_histogram(summary: dict, path, title: str = ""):
@@ -32,7 +32,7 @@ def final_mse_histogram(summary: dict, path, title: str = ""):
     thr = summary["threshold"]["reach_frac"] * np.median([t["initial_mse"] for t in summary["targets"]])
     lo, hi = np.log10(max(min(final.min(), thr), 1e-30)), np.log10(max(final.max(), thr))
     bins = np.logspace(lo - 0.1, hi + 0.1, 25)
-    fig = _new_figure(6.0, 4.0)
+    fig = new_figure(6.0, 4.0)
     ax = fig.add_subplot()
     ax.hist(final, bins=bins, color="tab:blue", alpha=0.8)
     ax.axvline(thr, color="tab:red", ls="--", label=f"reach threshold (median target) {thr:.3g}")
@@ -41,20 +41,20 @@ def final_mse_histogram(summary: dict, path, title: str = ""):
     ax.set_ylabel("targets")
     ax.set_title(title or f"share reached {summary['share_reached']:.2f}")
     ax.legend(fontsize=8)
-    return _save(fig, _out_path(path))
+    return save_figure(fig, path)
 
 
 def cosine_by_position(summary: dict, path, title: str = ""):
     """Mean (+- std over targets) cosine(achieved, target) at each position, best restart."""
     mean = np.asarray(summary["cosine_by_position"]["mean"])
     std = np.asarray(summary["cosine_by_position"]["std"])
-    fig = _new_figure(6.0, 4.0)
+    fig = new_figure(6.0, 4.0)
     ax = fig.add_subplot()
     ax.errorbar(np.arange(len(mean)), mean, yerr=std, fmt="o-", capsize=3)
     ax.set_xlabel("position")
     ax.set_ylabel("cosine similarity")
     ax.set_title(title or "per-position cosine, best restart")
-    return _save(fig, _out_path(path))
+    return save_figure(fig, path)
 
 
 def part_figures(summary: dict, folder, title: str = "") -> list:
@@ -66,14 +66,14 @@ def part_figures(summary: dict, folder, title: str = "") -> list:
 def summary_boxes(groups: dict, path, title: str = ""):
     """Box plot of best final MSE per condition ({name: [values]}), log y."""
     names = list(groups)
-    fig = _new_figure(max(6.0, 0.45 * len(names) + 2), 4.5)
+    fig = new_figure(max(6.0, 0.45 * len(names) + 2), 4.5)
     ax = fig.add_subplot()
     ax.boxplot([np.asarray(groups[k], dtype=float) for k in names], showfliers=True)
     ax.set_xticks(range(1, len(names) + 1), names, rotation=60, ha="right", fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("final MSE, best restart")
     ax.set_title(title or "final MSE by condition")
-    return _save(fig, _out_path(path))
+    return save_figure(fig, path)
 
 
 def transition(summary: dict, path, title: str = ""):
@@ -82,7 +82,7 @@ def transition(summary: dict, path, title: str = ""):
     per: dict = {}
     for t in summary["targets"]:  # target-major: len(fs) consecutive targets share one source target
         per.setdefault(t["target"] // len(fs), []).append((t["label"], t["final_mse"]))
-    fig = _new_figure(6.0, 4.0)
+    fig = new_figure(6.0, 4.0)
     ax = fig.add_subplot()
     for pts in per.values():
         pts.sort()
@@ -94,7 +94,7 @@ def transition(summary: dict, path, title: str = ""):
     ax.set_ylabel("final MSE, best restart")
     ax.set_title(title or "dimension replacement")
     ax.legend()
-    return _save(fig, _out_path(path))
+    return save_figure(fig, path)
 
 
 def write_part(folder, summary: dict, *, part: str, config: dict, provenance: dict, extra: dict | None = None,
