@@ -126,3 +126,26 @@ def plot_curves(summary: list[dict], path, title: str = ""):
     fig.suptitle(title or "latent prefix vs token budget")
     fig.savefig(path, dpi=120)
     return path
+
+
+def load_splits(dataset: str, n_train: int, n_eval: int, *, train_split: str = "train", eval_split: str = "validation",
+                seed: int = 42, source: str | None = None, min_passage_words: int | None = None,
+                max_passage_words: int | None = None):
+    """(train, eval) ``LoadedData`` sharing no sample. squad_v1.1: the two splits; synthetic: seeds seed and seed+1."""
+    from lib.data import load_samples
+
+    lim = dict(min_passage_words=min_passage_words, max_passage_words=max_passage_words)
+    if dataset == "squad_v1.1":
+        tr = squad.load_squad_v1(n_train, split=train_split, source=source, **lim)
+        te = squad.load_squad_v1(n_eval, split=eval_split, source=source, **lim)
+    elif dataset == "synthetic":
+        tr = load_samples("synthetic", n_train, seed=seed, **lim)
+        te = load_samples("synthetic", n_eval, seed=seed + 1, **lim)
+    else:
+        raise ValueError(f"exp12 data set {dataset!r} not supported; choose from ('squad_v1.1', 'synthetic')")
+    seen = {(s.query, s.passage) for s in tr.samples}
+    shared = [s.id for s in te.samples if (s.query, s.passage) in seen or s.id in {t.id for t in tr.samples}]
+    if shared:
+        raise ValueError(f"{len(shared)} evaluation samples also occur in training (e.g. {shared[:3]}); "
+                         f"use different splits (train {train_split!r}, eval {eval_split!r})")
+    return tr, te
