@@ -80,7 +80,12 @@ def evaluate(lm, items, conditions, *, comp=None, m: int = 0, max_new_tokens: in
 
 
 def summarize(rows: list[dict], *, d_model: int, bytes_per_value: int = 2) -> list[dict]:
-    """One line per (condition, m): EM, F1, NLL/token, FirstTok@1/@5, distinct first tokens, compression."""
+    """One line per (condition, m): EM, F1, NLL/token, FirstTok@1/@5, distinct first tokens, compression.
+
+    Compression = passage size / prefix size. Tokens: passage tokens / prefix length. Bytes: UTF-8 bytes
+    of the passage / prefix bytes, where a soft prefix costs ``P * d_model * bytes_per_value`` and a
+    token prefix the passage's bytes times the kept fraction of its tokens (an approximation).
+    """
     out = []
     for key in sorted({(r["condition"], r["m"]) for r in rows}, key=lambda k: (k[1], k[0])):
         rs = [r for r in rows if (r["condition"], r["m"]) == key]
