@@ -73,7 +73,7 @@ CELLS = [
     code("""
         from lib import latent as lat, latent_eval as ev
 
-        m_list = [int(x) for x in M_LIST.split(",") if x.strip()]
+        m_list = [int(x) for x in str(M_LIST).split(",") if x.strip()]  # papermill passes "-p M_LIST 16" as an int
         if not m_list or min(m_list) < 1:
             raise ValueError(f"M_LIST {M_LIST!r} must list positive ints, e.g. '4,8,16,32'")
         lim = dict(min_passage_words=MIN_PASSAGE_WORDS or None, max_passage_words=MAX_PASSAGE_WORDS or None)
