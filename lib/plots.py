@@ -237,7 +237,9 @@ def plot_d_grid(grid: Mapping[str, Mapping[str, float]], path, title: str = "", 
     finite = np.isfinite(vals)
     vmax = float(np.max(np.abs(vals[finite]))) if finite.any() else 1.0
     vmax = vmax if vmax > 0 else 1.0
-    fig = _new_figure(1.8 + 1.1 * len(conds), 1.4 + 0.55 * len(rows))
+    label_w = 0.075 * max(len(str(r)) for r in rows)  # inches for the row labels
+    label_h = 0.06 * max(len(str(c)) for c in conds)  # rotated column labels
+    fig = _new_figure(2.2 + label_w + 1.1 * len(conds), 1.6 + label_h + 0.55 * len(rows))
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(vals), cmap="RdBu", aspect="auto",
                    norm=TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax))
