@@ -56,7 +56,7 @@ CELLS = [
         store = RunStore(ROOT / OUT_DIR / "_store", store_cfg, fresh=FRESH)
         print(f"{len(store)} rows already stored")
         engine = Engine(lm, mem_budget_gb=MEM_BUDGET_GB, phase_b_batch=BATCH_SIZE)
-        rows = contamination.run(engine, samples, store, names, prefix, wave=CHUNK, seed=SEED, batch_size=BATCH_SIZE,
+        rows = contamination.run(engine, samples, store, names, prefix, wave=CHUNK, batch_size=BATCH_SIZE,
                                  progress=PROGRESS)
         ids = [s.id for s in samples]
         rows = [r for r in rows if r["sample_id"] in set(ids)]

@@ -73,13 +73,12 @@ def prefix_ids(tokenizer, prefix: str) -> list[int]:
     return enc_mod.tokenize(tokenizer, text) + enc_mod.tokenize(tokenizer, priming.PREFIX_SEP)
 
 
-def score_samples(engine, samples, names: list[str], prefix: list[int], *, seed: int = 42, batch_size: int = 32) -> list[dict]:
+def score_samples(engine, samples, names: list[str], prefix: list[int], *, batch_size: int = 32) -> list[dict]:
     """Rows (one per sample x condition) for ``samples``; Phase A batched through ``engine``."""
     lm = engine.lm
-    ids = [s.id for s in samples]
-    other = priming.assign_other(ids, seed) if len(ids) > 1 else {ids[0]: ids[0]}
-    by_id = {s.id: s for s in samples}
-    preps = [priming.prepare(lm.tokenizer, lm.arch, s, by_id[other[s.id]].query, other[s.id]) for s in samples]
+    # no other-sample query is used here: preparing each sample on its own keeps a sample's ids
+    # independent of which wave it is scored in
+    preps = [priming.prepare(lm.tokenizer, lm.arch, s, s.query, s.id) for s in samples]
     for p in preps:  # the document must fit next to the prefix too
         need = len(prefix) + len(p.prompt_ids["query"]) + len(p.answer_ids)
         p.doc_ids, cut = enc_mod.fit_document(p.doc_ids, lm.arch, need)
@@ -114,20 +113,14 @@ def score_prepared(engine, preps, names: list[str], prefix: list[int], *, batch_
     return rows
 
 
-def run(engine, samples, store, names: list[str], prefix: list[int], *, wave: int = 8, seed: int = 42,
+def run(engine, samples, store, names: list[str], prefix: list[int], *, wave: int = 8,
         batch_size: int = 32, progress: bool = True) -> list[dict]:
     """Score every sample not yet complete in ``store``, ``wave`` samples at a time (resumable)."""
-    from tqdm.auto import tqdm
+    from lib.runs import run_waves
 
-    todo = [s for s in samples if not all(store.is_done(s.id, n) for n in names)]
-    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="samples", disable=not progress)
-    for w in range(0, len(todo), wave):
-        chunk = todo[w:w + wave]
-        rows = score_samples(engine, chunk, names, prefix, seed=seed, batch_size=batch_size)
-        store.append([r for r in rows if not store.is_done(r["sample_id"], r["condition"])])
-        bar.update(len(chunk))
-    bar.close()
-    return store.rows()
+    by = {s.id: s for s in samples}
+    return run_waves(store, list(by), names, lambda ids: score_samples(engine, [by[i] for i in ids], names, prefix,
+                                                                        batch_size=batch_size), wave=wave, progress=progress)
 
 
 def cutoff_curve(comparisons: list[dict], cutoffs: list[int]) -> dict[str, list[dict]]:

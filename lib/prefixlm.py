@@ -144,20 +144,15 @@ def score_items(lm, items, modes=MODES, *, keep_prefix: bool = True, batch_size:
 def run(lm, items, store, modes=MODES, *, keep_prefix: bool = True, wave: int = 8, batch_size: int = 16,
         progress: bool = True) -> list[dict]:
     """Resumable: score the samples not yet complete in ``store``, ``wave`` at a time."""
-    from tqdm.auto import tqdm
+    from lib.runs import run_waves
 
     by: dict[str, list] = {}
     for it in items:
         by.setdefault(it.sample_id, []).append(it)
-    names = [f"{it.condition}__{m}" for it in next(iter(by.values())) for m in modes]
-    todo = [s for s in by if not all(store.is_done(s, n) for n in names)]
-    bar = tqdm(total=len(by), initial=len(by) - len(todo), desc="samples", disable=not progress)
-    for w in range(0, len(todo), wave):
-        rows = score_items(lm, [it for s in todo[w:w + wave] for it in by[s]], modes, keep_prefix=keep_prefix, batch_size=batch_size)
-        store.append([r for r in rows if not store.is_done(r["sample_id"], r["condition"])])
-        bar.update(len(todo[w:w + wave]))
-    bar.close()
-    return store.rows()
+    names = sorted({f"{it.condition}__{m}" for it in items for m in modes})
+    return run_waves(store, list(by), names, lambda ids: score_items(lm, [it for i in ids for it in by[i]], modes,
+                                                                      keep_prefix=keep_prefix, batch_size=batch_size),
+                     wave=wave, progress=progress)
 
 
 def analyse(nll: dict, conds, modes=MODES, *, n_boot: int = 2000, seed: int = 0) -> dict:

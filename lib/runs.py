@@ -501,3 +501,23 @@ def read_per_item_csv(path) -> list[dict]:
                                    f"header has {len(columns)}")
             out.append({c: _decode_cell(v) for c, v in zip(columns, cells)})
     return out
+
+
+def run_waves(store: RunStore, sample_ids: list[str], names: list[str], score, *, wave: int = 8,
+              progress: bool = True, desc: str = "samples") -> list[dict]:
+    """Resumable scoring loop: ``score(ids)`` for the samples whose ``(id, name)`` rows are not all in
+    ``store``, ``wave`` samples at a time; rows already stored are not appended twice. Returns every
+    stored row. A kill loses at most the wave in flight."""
+    from tqdm.auto import tqdm
+
+    if wave < 1:
+        raise ValueError(f"wave must be >= 1, got {wave}")
+    todo = [i for i in sample_ids if not all(store.is_done(i, n) for n in names)]
+    bar = tqdm(total=len(sample_ids), initial=len(sample_ids) - len(todo), desc=desc, disable=not progress)
+    for w in range(0, len(todo), wave):
+        chunk = todo[w:w + wave]
+        store.append([r for r in score(chunk) if not store.is_done(r["sample_id"], r["condition"])])
+        bar.update(len(chunk))
+    bar.close()
+    return store.rows()
+

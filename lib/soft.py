@@ -303,14 +303,10 @@ def tensor_hash(t: torch.Tensor) -> str:
 def run_eval(lm, exs: list[Example], store, cutoff: int, *, static_ids, soft: dict[str, torch.Tensor], wave: int = 8,
              batch_size: int = 16, progress: bool = True) -> list[dict]:
     """``evaluate`` every example not yet complete in ``store``, ``wave`` at a time (resumable)."""
-    from tqdm.auto import tqdm
+    from lib.runs import run_waves
 
     names = ["bare", "vel_static", *[f"vel_soft_{k}" for k in soft]]
-    todo = [e for e in exs if not all(store.is_done(e.sample_id, n) for n in names)]
-    bar = tqdm(total=len(exs), initial=len(exs) - len(todo), desc="eval", disable=not progress)
-    for w in range(0, len(todo), wave):
-        rows = evaluate(lm, todo[w:w + wave], cutoff, static_ids=static_ids, soft=soft, batch_size=batch_size)
-        store.append([r for r in rows if not store.is_done(r["sample_id"], r["condition"])])
-        bar.update(len(todo[w:w + wave]))
-    bar.close()
-    return store.rows()
+    by = {e.sample_id: e for e in exs}
+    return run_waves(store, list(by), names, lambda ids: evaluate(lm, [by[i] for i in ids], cutoff, static_ids=static_ids,
+                                                                   soft=soft, batch_size=batch_size),
+                     wave=wave, progress=progress, desc="eval")

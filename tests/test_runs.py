@@ -279,3 +279,22 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(p.stat().st_mode) == 0o644
+
+
+def test_run_waves_scores_only_what_is_missing_and_never_appends_twice(tmp_path):
+    from lib.runs import RunStore, run_waves
+
+    store = RunStore(tmp_path / "s", {"k": 1})
+    calls = []
+
+    def score(ids):
+        calls.append(list(ids))
+        return [{"sample_id": i, "condition": c, "nll": 1.0} for i in ids for c in ("a", "b")]
+
+    store.append([{"sample_id": "s0", "condition": "a", "nll": 1.0}])  # s0 half done (a kill mid-append)
+    rows = run_waves(store, ["s0", "s1", "s2"], ["a", "b"], score, wave=2, progress=False)
+    assert calls == [["s0", "s1"], ["s2"]]
+    assert sorted((r["sample_id"], r["condition"]) for r in rows) == [(s, c) for s in ("s0", "s1", "s2") for c in ("a", "b")]
+    calls.clear()
+    run_waves(store, ["s0", "s1", "s2"], ["a", "b"], score, progress=False)
+    assert calls == []
