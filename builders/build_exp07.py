@@ -78,6 +78,8 @@ CELLS = [
     """),
     md("## Training\nResumable: a rerun continues from the last checkpoint (or returns the finished prefix)."),
     code("""
+        from lib.ckpt import move_aside
+
         base = dict(prefix_len=prefix_len, cutoff=CUTOFF, lr=LR, weight_decay=WEIGHT_DECAY, warmup_steps=WARMUP_STEPS,
                     grad_accum=GRAD_ACCUM, clip=CLIP, epochs=EPOCHS, init_std=INIT_STD, seed=SEED, checkpoint_every=CHECKPOINT_EVERY)
         inits = {"random": soft.TrainConfig(**base, init="random"),
@@ -86,7 +88,7 @@ CELLS = [
         for name, cfg in inits.items():
             ckpt = ROOT / OUT_DIR / f"train_{name}.ckpt.pt"
             if FRESH:
-                soft.move_aside(ckpt)
+                move_aside(ckpt)
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             trained[name] = soft.train(lm, train_exs, cfg, ckpt, progress=PROGRESS)
             assert trained[name].prefix.shape[0] == prefix_len, (trained[name].prefix.shape, prefix_len)

@@ -91,6 +91,8 @@ CELLS = [
     """),
     md("## Training\nOne compressor per M. Resumable: a rerun continues from the last checkpoint (or loads the finished one)."),
     code("""
+        from lib.ckpt import move_aside
+
         trained = {}
         for m in m_list:
             cfg = lat.LatentConfig(m=m, d_z=D_Z, n_heads=N_HEADS, n_layers=N_ENC_LAYERS, adapter_hidden=ADAPTER_HIDDEN,
@@ -99,7 +101,7 @@ CELLS = [
                                    epochs=EPOCHS, clip=CLIP, seed=SEED, checkpoint_every=CHECKPOINT_EVERY)
             ckpt = ROOT / OUT_DIR / f"latent_m{m}.ckpt.pt"
             if FRESH:
-                lat.move_aside(ckpt)
+                move_aside(ckpt)
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             r = lat.train(lm, train_items, cfg, ckpt, progress=PROGRESS)
             trained[m] = r

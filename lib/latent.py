@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lib import ckpt as ckpt_io
 from lib import squad
 
 ANCHOR = "\nQuestion: {query}\nAnswer:"
@@ -337,11 +336,6 @@ def fingerprint(items: list[Item]) -> str:
     return h.hexdigest()[:16]
 
 
-def _save(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
 
 def _meta(lm, cfg: LatentConfig, items, anchor: str) -> dict:
     return {"config": asdict(cfg), "data": fingerprint(items), "model": getattr(lm, "name", ""), "anchor": anchor,
@@ -379,7 +373,7 @@ def train(lm, items: list[Item], cfg: LatentConfig, checkpoint=None, *, anchor: 
     torch.manual_seed(cfg.seed)
     comp = Compressor(cfg, model.get_input_embeddings().weight.shape[1], embedding_rms(model)).to(lm.device)
     opt = torch.optim.AdamW(comp.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, ckpt_io.warmup(cfg.warmup_steps))
     step, history = 0, []
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt and ckpt.exists():
@@ -390,18 +384,16 @@ def train(lm, items: list[Item], cfg: LatentConfig, checkpoint=None, *, anchor: 
         comp.load_state_dict(st["compressor"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
-        torch.set_rng_state(st["rng"]["torch"])
-        random.setstate(st["rng"]["python"])
-        np.random.set_state(st["rng"]["numpy"])
+        ckpt_io.restore_rng(st["rng"])
         step, history = st["step"], st["history"]
     resumed = step
 
     def save():
         if ckpt:
-            _save(ckpt, {"meta": meta, "target_rms": comp.target_rms, "d_model": comp.d_model,
+            ckpt_io.save_atomic(ckpt, {"meta": meta, "target_rms": comp.target_rms, "d_model": comp.d_model,
                          "compressor": comp.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                          "step": step, "history": history,
-                         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}})
+                         "rng": ckpt_io.rng_state()})
 
     per_epoch = math.ceil(len(items) / cfg.batch_size)
     total = cfg.epochs * per_epoch
@@ -441,15 +433,3 @@ def load(path, device="cpu") -> Trained:
     comp.load_state_dict(st["compressor"])
     comp.eval()
     return Trained(comp, st["history"], st["step"], st["meta"])
-
-
-def move_aside(path) -> Path | None:
-    """Rename an existing checkpoint to ``<name>.old-<n>`` (never deleted)."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    n = 1
-    while path.with_name(f"{path.name}.old-{n}").exists():
-        n += 1
-    os.replace(path, path.with_name(f"{path.name}.old-{n}"))
-    return path.with_name(f"{path.name}.old-{n}")

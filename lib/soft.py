@@ -20,8 +20,6 @@ any moment and resumed ends with the same prefix as an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
-import os
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 
 from lib import cache as kv
+from lib import ckpt as ckpt_io
 from lib import encode as enc_mod
 from lib import scoring
 
@@ -128,10 +127,6 @@ def _order(n: int, seed: int, epoch: int) -> list[int]:
     return np.random.default_rng([seed, epoch]).permutation(n).tolist()
 
 
-def _lr_lambda(warmup: int):
-    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-
-
 def fingerprint(exs: list[Example]) -> str:
     h = hashlib.sha256()
     for e in exs:
@@ -150,11 +145,6 @@ class TrainResult:
 class Interrupted(RuntimeError):
     """Raised by ``train(stop_after=...)`` to simulate a kill (tests)."""
 
-
-def _save(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | None = None, *,
@@ -179,7 +169,7 @@ def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | Non
     run_id = {"config": asdict(cfg), "data": fingerprint(exs), "model": getattr(lm, "name", "")}
     prefix = torch.nn.Parameter(init_prefix(lm, cfg))
     opt = torch.optim.AdamW([prefix], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, ckpt_io.warmup(cfg.warmup_steps))
     step, history, resumed = 0, [], 0
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt and ckpt.exists():
@@ -192,16 +182,14 @@ def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | Non
             prefix.copy_(st["prefix"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
-        torch.set_rng_state(st["rng"]["torch"])
-        random.setstate(st["rng"]["python"])
-        np.random.set_state(st["rng"]["numpy"])
+        ckpt_io.restore_rng(st["rng"])
         step, history, resumed = st["step"], st["history"], st["step"]
 
     def save():
         if ckpt:
-            _save(ckpt, {"run_id": run_id, "prefix": prefix.detach().clone(), "optimizer": opt.state_dict(),
+            ckpt_io.save_atomic(ckpt, {"run_id": run_id, "prefix": prefix.detach().clone(), "optimizer": opt.state_dict(),
                          "scheduler": sched.state_dict(), "step": step, "history": history,
-                         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}})
+                         "rng": ckpt_io.rng_state()})
 
     n, total = len(exs), cfg.epochs * len(exs)
     bar = tqdm(total=total, initial=step, disable=not progress, desc=f"train {cfg.init}")
@@ -282,18 +270,6 @@ def load_splits(dataset: str, n_train: int, n_eval: int, *, train_split: str = "
                          f"use different splits (train_split={train_split!r}, eval_split={eval_split!r})")
     return tr, ev
 
-
-def move_aside(path: Path) -> Path | None:
-    """Rename an existing checkpoint to ``<name>.old-<n>`` (never deleted); returns the new path."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    n = 1
-    while path.with_name(f"{path.name}.old-{n}").exists():
-        n += 1
-    dest = path.with_name(f"{path.name}.old-{n}")
-    os.replace(path, dest)
-    return dest
 
 
 def tensor_hash(t: torch.Tensor) -> str:

@@ -298,3 +298,23 @@ def test_run_waves_scores_only_what_is_missing_and_never_appends_twice(tmp_path)
     calls.clear()
     run_waves(store, ["s0", "s1", "s2"], ["a", "b"], score, progress=False)
     assert calls == []
+
+
+def test_checkpoint_helpers(tmp_path):
+    import random
+
+    import torch
+
+    from lib import ckpt
+
+    p = ckpt.save_atomic(tmp_path / "a.ckpt.pt", {"x": torch.arange(3)})
+    assert torch.equal(torch.load(p)["x"], torch.arange(3)) and not (tmp_path / "a.ckpt.pt.tmp").exists()
+    assert ckpt.move_aside(p) == tmp_path / "a.ckpt.pt.old-1" and not p.exists()
+    ckpt.save_atomic(p, {})
+    assert ckpt.move_aside(p).name == "a.ckpt.pt.old-2" and ckpt.move_aside(p) is None
+    st = ckpt.rng_state()
+    a = (torch.rand(1), random.random())
+    ckpt.restore_rng(st)
+    assert (torch.rand(1), random.random()) == a
+    f = ckpt.warmup(4)
+    assert [f(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0] and ckpt.warmup(0)(0) == 1.0
