@@ -315,19 +315,16 @@ def analyse(nll: dict, rows: list[dict], enc_conditions=ENC_CONDITIONS, *, n_boo
 def run(em: EncDecLM, items: list[Item], store, *, wave: int = 8, batch_size: int = 16, attn_probe: bool = True,
         progress: bool = True) -> list[dict]:
     """Score every item not yet in ``store``, ``wave`` samples at a time (resumable); returns all stored rows."""
-    from tqdm.auto import tqdm
+    from lib.runs import run_waves
 
     by: dict[str, list[Item]] = {}
     for it in items:
         by.setdefault(it.sample_id, []).append(it)
-    todo = [s for s, its in by.items() if not all(store.is_done(s, it.condition) for it in its)]
-    bar = tqdm(total=len(by), initial=len(by) - len(todo), desc="samples", disable=not progress)
-    for w in range(0, len(todo), wave):
-        batch = [it for s in todo[w:w + wave] for it in by[s] if not store.is_done(s, it.condition)]
-        store.append(score_items(em, batch, batch_size=batch_size, attn_probe=attn_probe))
-        bar.update(len(todo[w:w + wave]))
-    bar.close()
-    return store.rows()
+    names = sorted({it.condition for it in items})
+    return run_waves(store, list(by), names,
+                     lambda ids: score_items(em, [it for i in ids for it in by[i] if not store.is_done(i, it.condition)],
+                                             batch_size=batch_size, attn_probe=attn_probe),
+                     wave=wave, progress=progress)
 
 
 def store_config(params: dict, em: EncDecLM) -> dict:
