@@ -66,7 +66,7 @@ def design_items(lm, design: str, n: int, seed: int = 42) -> list[WorkItem]:
     if design not in DESIGNS:
         raise ValueError(f"unknown design {design!r}; choices: {DESIGNS}")
     samples = synthetic_qa(n, seed)
-    other = priming.assign_other([s.id for s in samples], seed)
+    other = priming.other_assignment(samples, seed)
     by_id = {s.id: s for s in samples}
     prepared = [priming.prepare(lm.tokenizer, lm.arch, s, by_id[other[s.id]].query, other[s.id]) for s in samples]
     if design == "exp01":

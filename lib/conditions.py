@@ -183,7 +183,7 @@ def build_items(lm, samples, conds, *, seed: int = 42, generated: dict | None = 
     if missing:
         raise ValueError(f"generated surrogates {missing} are needed; run surrogates.generate first")
     by_id = {s.id: s for s in samples}
-    other = priming.assign_other([s.id for s in samples], seed)
+    other = priming.other_assignment(samples, seed)
     items = []
     for s in samples:
         p = priming.prepare(lm.tokenizer, lm.arch, s, by_id[other[s.id]].query, other[s.id])

