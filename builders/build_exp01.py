@@ -13,8 +13,8 @@ PARAMS = [
     Param("MODEL", str, "mistralai/Mistral-7B-Instruct-v0.2", "hub id, local folder, or bundled name (smollm2-135m-instruct, gemma-3-270m)"),
     Param("LOAD_IN_4BIT", bool, True, "bitsandbytes nf4 (CUDA only)"),
     Param("DTYPE", str, "auto", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16"),
-    Param("DATASET", str, "ms_marco", "ms_marco, squad_v2, triviaqa, hotpotqa, synthetic"),
-    Param("DATA_SOURCE", str, "", "empty: the data set's hub copy; or a local .jsonl/.json/.parquet in its schema"),
+    Param("DATASET", str, "ms_marco", "hub: ms_marco, squad_v2, triviaqa, hotpotqa; offline registry: squad_v1.1, squad_shifts_nyt, coqa, drop, ...; synthetic (pipeline check)"),
+    Param("DATA_SOURCE", str, "", "empty: the hub copy (hub sets) or the verified registry copy; or a local file in the set's schema"),
     Param("SPLIT", str, "", "empty: the loader's default split"),
     Param("N_SAMPLES", int, 200, "samples to score (first N eligible rows)"),
     Param("MIN_PASSAGE_WORDS", int, 20, "skip passages shorter than this (0: no limit)"),
@@ -29,7 +29,7 @@ PARAMS = [
     Param("PROGRESS", bool, True, "show a progress bar"),
     Param("SMOKE", bool, False, "small offline run: bundled SmolLM2 on synthetic QA (a -p value that differs from the default wins)"),
 ]
-SMOKE = {"MODEL": "smollm2-135m-instruct", "LOAD_IN_4BIT": False, "DATASET": "synthetic", "N_SAMPLES": 48}
+SMOKE = {"MODEL": "smollm2-135m-instruct", "LOAD_IN_4BIT": False, "DATASET": "squad_v1.1", "N_SAMPLES": 48}
 
 CELLS = [
     stamp("builders/build_exp01.py", "Exp 01: back to basics (five cache conditions)", """
@@ -39,7 +39,9 @@ CELLS = [
         document keys re-positioned); **E** truncated random (another sample's query). Paired
         comparisons B-A, C-A, D-A, D-E, D-B. Positive d means the second-named condition has the
         LOWER answer NLL. Defaults are the seed setting (Mistral-7B-Instruct-v0.2, 4-bit, MS MARCO,
-        N=200); `SMOKE=True` runs the bundled SmolLM2 on offline synthetic QA.
+        N=200); `SMOKE=True` runs the bundled SmolLM2 on 48 real SQuAD v1.1 dev questions drawn across
+        articles (offline, after `python -m lib.data prepare`). `DATASET=synthetic` is a pipeline
+        check only: its passages and keywords contain the answer.
     """),
     parameters(PARAMS),
     setup(PARAMS, SMOKE),
@@ -58,7 +60,8 @@ CELLS = [
         data = load_samples(DATASET, N_SAMPLES, split=SPLIT or None, source=DATA_SOURCE or None, seed=SEED,
                             min_passage_words=MIN_PASSAGE_WORDS or None, max_passage_words=MAX_PASSAGE_WORDS or None)
         samples = data.samples
-        print(f"{len(samples)} samples from {data.name}/{data.split}; rows skipped: {data.skip_counts()}")
+        data_info = data.info()
+        print(f"{len(samples)} samples from {data.name}/{data.split} ({data.source}); rows skipped: {data.skip_counts()}")
         print(samples[0])
     """),
     md("## Sanity check: a one-fact document\nNLL of ` Paris` for *What is the capital of France?* under the five conditions."),
@@ -114,8 +117,7 @@ CELLS = [
         out = write_results_json(
             ROOT / OUT_DIR, config=store.config,
             summary=summary, provenance=provenance(seeds={"seed": SEED}),
-            extra={"data": {"name": data.name, "split": data.split, "n_samples": len(ids),
-                            "skipped": data.skip_counts()},
+            extra={"data": data_info,
                    "flags": flags, "arch": lm.arch.to_dict(), "sanity": sanity, "cache_lengths": cache_lengths,
                    "figures": [p.name for p in figs], "runtime": {k: CONFIG[k] for k in priming.RUNTIME_KNOBS if k in CONFIG}})
         write_per_item_csv(ROOT / OUT_DIR, rows)

@@ -51,7 +51,7 @@ CELLS = [
         datas = crossdata.load(specs, N_PER_DATASET, seed=SEED, split=SPLIT or None,
                                min_passage_words=MIN_PASSAGE_WORDS or None, max_passage_words=MAX_PASSAGE_WORDS or None)
         samples = [s for d in datas.values() for s in d.samples]
-        data_info = {lab: {"name": d.name, "split": d.split, "n_samples": len(d.samples), "skipped": d.skip_counts()}
+        data_info = {lab: d.info()
                      for lab, d in datas.items()}
         for lab, d in datas.items():
             print(f"{lab:14s} {len(d.samples)} samples from {d.name}/{d.split}; rows skipped: {d.skip_counts()}")

@@ -62,7 +62,7 @@ CELLS = [
         train_data, eval_data = soft.load_splits(DATASET, N_TRAIN, N_EVAL, train_split=TRAIN_SPLIT, eval_split=EVAL_SPLIT,
                                                  seed=SEED, source=DATA_SOURCE or None,
                                                  min_passage_words=MIN_PASSAGE_WORDS or None, max_passage_words=MAX_PASSAGE_WORDS or None)
-        data_info = {part: {"name": d.name, "split": d.split, "n_samples": len(d.samples), "skipped": d.skip_counts()}
+        data_info = {part: d.info()
                      for part, d in (("train", train_data), ("eval", eval_data))}
         print(data_info)
     """),

@@ -81,7 +81,7 @@ CELLS = [
                                                seed=SEED, source=DATA_SOURCE or None, **lim)
         train_items = lat.make_items(lm.tokenizer, train_data.samples, max_context_tokens=MAX_CONTEXT_TOKENS)
         eval_items = lat.make_items(lm.tokenizer, eval_data.samples, max_context_tokens=MAX_CONTEXT_TOKENS)
-        data_info = {part: {"name": d.name, "split": d.split, "n_samples": len(d.samples), "skipped": d.skip_counts()}
+        data_info = {part: d.info()
                      for part, d in (("train", train_data), ("eval", eval_data))}
         print(data_info)
         it = eval_items[0]

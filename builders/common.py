@@ -20,8 +20,8 @@ def model_params(model: str, dtype: str, dataset: str, n: int) -> list[Param]:
         Param("MODEL", str, model, "hub id, local folder, or bundled name (smollm2-135m-instruct, gemma-3-270m)"),
         Param("LOAD_IN_4BIT", bool, False, "bitsandbytes nf4 (CUDA only)"),
         Param("DTYPE", str, dtype, "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16"),
-        Param("DATASET", str, dataset, "ms_marco, squad_v2, triviaqa, hotpotqa, synthetic"),
-        Param("DATA_SOURCE", str, "", "empty: the data set's hub copy; or a local .jsonl/.json/.parquet in its schema"),
+        Param("DATASET", str, dataset, "hub: ms_marco, squad_v2, triviaqa, hotpotqa; offline registry: squad_v1.1, squad_shifts_nyt, coqa, drop, ...; synthetic (pipeline check)"),
+        Param("DATA_SOURCE", str, "", "empty: the hub copy (hub sets) or the verified registry copy; or a local file in the set's schema"),
         Param("SPLIT", str, "", "empty: the loader's default split"),
         Param("N_SAMPLES", int, n, "samples to score (first N eligible rows)"),
         Param("MIN_PASSAGE_WORDS", int, 20, "skip passages shorter than this (0: no limit)"),
@@ -47,7 +47,7 @@ MODEL_AND_DATA = [
         data = load_samples(DATASET, N_SAMPLES, split=SPLIT or None, source=DATA_SOURCE or None, seed=SEED,
                             min_passage_words=MIN_PASSAGE_WORDS or None, max_passage_words=MAX_PASSAGE_WORDS or None)
         samples = data.samples
-        data_info = {"name": data.name, "split": data.split, "n_samples": len(samples), "skipped": data.skip_counts()}
+        data_info = data.info()
         print(f"{len(samples)} samples from {data.name}/{data.split}; rows skipped: {data.skip_counts()}")
     """),
 ]

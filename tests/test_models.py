@@ -9,7 +9,7 @@ from transformers import (DynamicCache, Gemma3Config, Gemma3ForConditionalGenera
                           LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast)
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from lib.models import BUNDLED, ArchInfo, arch_info, load_model, model_cache_dir, text_config
+from lib.models import BUNDLED, ArchInfo, BundledModel, arch_info, load_model, model_cache_dir, text_config
 
 VOCAB = {"<bos>": 0, "<eos>": 1, "<unk>": 2, "a": 3, "b": 4}
 
@@ -128,7 +128,7 @@ def test_load_local_folder(tmp_path):
 
 # ---- loading errors (nothing is loaded) ---------------------------------------------------------
 def test_unknown_name_lists_bundled_with_did_you_mean():
-    with pytest.raises(ValueError, match=r"'smollm2-135m'.*bundled: \['gemma-3-270m', "
+    with pytest.raises(ValueError, match=r"'smollm2-135m'.*bundled: \['gemma-3-270m', 'qwen2.5-coder-0.5b-instruct', "
                                          r"'smollm2-135m-instruct'\]. Did you mean 'smollm2-135m-instruct'"):
         load_model("smollm2-135m")
     with pytest.raises(ValueError, match="no such folder"):
@@ -185,9 +185,54 @@ def test_gemma3_arch(gemma3):
 
 
 @pytest.mark.slow
+def test_qwen2_arch(qwen2):
+    a = qwen2.arch
+    assert (a.model_type, a.n_layers, a.hidden_size, a.n_heads, a.n_kv_heads, a.head_dim, a.vocab_size) == \
+        ("qwen2", 24, 896, 14, 2, 64, 151936)
+    assert a.layer_types == ("full_attention",) * 24 and a.sliding_window is None
+    assert all(abs(r.base - 1e6) / 1e6 < 1e-3 for r in a.rope)
+    assert not qwen2.model.config.tie_word_embeddings  # untied LM head
+    assert a.bos_source == "bos_token" and qwen2.tokenizer.convert_ids_to_tokens(a.bos_id) == "<|endoftext|>"
+    assert qwen2.tokenizer("Hello world").input_ids[0] != a.bos_id  # the tokenizer adds none itself
+    record = json.loads((model_cache_dir() / "qwen2.5-coder-0.5b-instruct" / "dkv_conversion.json").read_text())
+    assert record["gguf_sha256"] == BUNDLED["qwen2.5-coder-0.5b-instruct"].sha256
+
+
+def test_split_gguf_parts_are_checked_before_use(tmp_path, monkeypatch):
+    """The parts are concatenated in order and a wrong sha256 is refused (a tiny split 'GGUF')."""
+    import importlib.util
+    import sys
+
+    for i, chunk in enumerate((b"GGUF-head", b"-middle-", b"tail"), 1):
+        pkg = tmp_path / f"dkv_fake_part{i}" / "data"
+        pkg.mkdir(parents=True)
+        (pkg.parent / "__init__.py").write_text("raise ImportError('parts are never imported')")
+        (pkg / f"part0{i}.bin").write_bytes(chunk)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    import hashlib
+
+    good = hashlib.sha256(b"GGUF-head-middle-tail").hexdigest()
+    parts = tuple((f"dkv_fake_part{i}", f"data/part0{i}.bin") for i in range(1, 4))
+    spec = BundledModel("fake", "fake==1", "dkv_fake_part1", "fake.gguf", False, "fake", parts=parts, sha256=good)
+    out = spec.gguf_path(tmp_path / "work")
+    assert out.read_bytes() == b"GGUF-head-middle-tail" and not any(m.startswith("dkv_fake") for m in sys.modules)
+    bad = BundledModel("fake", "fake==1", "dkv_fake_part1", "fake.gguf", False, "fake", parts=parts, sha256="0" * 64)
+    with pytest.raises(RuntimeError, match="concatenated parts have sha256 .* expected 0000"):
+        bad.gguf_path(tmp_path / "work2")
+    assert not (tmp_path / "work2" / "fake.gguf").exists()  # a corrupt assembly is never left to be used
+    (tmp_path / "dkv_fake_part3" / "data" / "part03.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="part files missing"):
+        spec.gguf_path(tmp_path / "work3")
+    with pytest.raises(ValueError, match="parts need sha256"):
+        BundledModel("fake", "fake==1", "m", "f.gguf", False, "fake", parts=parts)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BUNDLED))
-def test_second_load_is_fast(name, smollm2, gemma3):
+def test_second_load_is_fast(name, smollm2, gemma3, qwen2):
     t0 = time.time()
     loaded = load_model(name, device="cpu")
     assert time.time() - t0 < 15
-    assert loaded.arch.to_dict() == {"smollm2-135m-instruct": smollm2, "gemma-3-270m": gemma3}[name].arch.to_dict()
+    known = {"smollm2-135m-instruct": smollm2, "gemma-3-270m": gemma3, "qwen2.5-coder-0.5b-instruct": qwen2}
+    assert loaded.arch.to_dict() == known[name].arch.to_dict()

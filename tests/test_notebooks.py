@@ -1,5 +1,6 @@
 """Generated notebooks: deterministic builds, committed == fresh, papermill SMOKE run and resume."""
 import csv
+import json
 import importlib.util
 import os
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from lib import registry
 from lib.notebook import Param, read_parameters, render, notebook, smoke_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,11 +75,21 @@ def test_smoke_values_never_override_explicit_values():
     assert smoke_values(False, current, defaults, {"MODEL": "small"}) == current
 
 
+def _squad_fixture(path: Path) -> Path:
+    """A small file in the SQuAD v1.1 dev layout (the registry copy's), 3 articles x 3 paragraphs x 4 questions."""
+    from test_registry import _squad_doc
+
+    path.write_text(json.dumps(_squad_doc()))
+    return path
+
+
 def _papermill(out_dir: Path, n: int, log: Path) -> subprocess.Popen:
+    """exp01 SMOKE (SmolLM2, squad_v1.1 loader) on a local file in the registry layout: offline in CI."""
     nb = ROOT / "experiments/exp01/exp01_back_to_basics.ipynb"
+    source = _squad_fixture(out_dir.parent / "squad_fixture.json")
     cmd = [sys.executable, "-m", "papermill", str(nb), str(out_dir / "executed.ipynb"), "-p", "SMOKE", "True",
            "-p", "N_SAMPLES", str(n), "-p", "OUT_DIR", str(out_dir), "-p", "PROGRESS", "False", "-p", "CHUNK", "2",
-           "-p", "N_BOOT", "200"]
+           "-p", "N_BOOT", "200", "-p", "DATA_SOURCE", str(source)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -97,6 +109,9 @@ def test_papermill_smoke_run_and_resume_after_kill(tmp_path):
     assert p.wait(timeout=600) == 0, (tmp_path / "ref.log").read_text()[-3000:]
     for name in ("results.json", "per_item.csv", "effects.png", "delta_hist.png", "executed.ipynb"):
         assert (ref_dir / name).is_file(), name
+    data = json.loads((ref_dir / "results.json").read_text())["data"]
+    assert data["name"] == "squad_v1.1" and data["n_samples"] == n and len(data["content_sha256"]) == 64
+    assert data["provenance"]["sha256"] == registry.sha256_file(tmp_path / "squad_fixture.json")
     # a run killed once some, but not all, items are stored
     p = _papermill(cut_dir, n, tmp_path / "cut.log")
     items = cut_dir / "_store" / "items.jsonl"

@@ -1,4 +1,4 @@
-"""The cache kernels against exact oracles on the two bundled real models (float32, CPU)."""
+"""The cache kernels against exact oracles on the three bundled real models (float32, CPU)."""
 import pytest
 import torch
 from transformers import DynamicCache
@@ -10,7 +10,7 @@ from lib.rope import rotate_keys
 from lib.scoring import score, score_single_pass
 
 pytestmark = pytest.mark.slow
-MODELS = ("smollm2", "gemma3")
+MODELS = ("smollm2", "gemma3", "qwen2")
 TOL = 1e-4
 
 
