@@ -12,7 +12,7 @@ OUT = ROOT / "experiments" / "exp08" / "exp08_reachability.ipynb"
 PARAMS = [
     Param("MODEL", str, "EleutherAI/pythia-160m", "hub id, local folder, or bundled name (smollm2-135m-instruct, gemma-3-270m)"),
     Param("DTYPE", str, "float32", "model dtype: float32, bfloat16, float16 (soft prompts are optimized in float32)"),
-    Param("TEXT", str, "wikitext", "wikitext (wikitext-2-raw-v1 train via datasets), synthetic (offline passages) or a .txt path"),
+    Param("TEXT", str, "wikitext", "wikitext (wikitext-2-raw-v1 train via datasets), wiki or brown (offline registry prose), synthetic (pipeline check) or a .txt path"),
     Param("N_TEXTS", int, 4000, "texts read (lines of wikitext / passages / file lines)"),
     Param("WINDOWS_PER_TEXT", int, 1, "non-overlapping SEQ_LEN-token windows taken from the start of each text"),
     Param("SEQ_LEN", int, 20, "soft prompt and target length in tokens"),

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 RESIDUALS = ("hidden_states", "pre_norm")
-TEXTS = ("wikitext", "synthetic")
+TEXTS = ("wikitext", "wiki", "brown", "synthetic")
 FINAL_NORM_NAMES = ("norm", "final_layer_norm", "ln_f", "final_norm")
 
 
@@ -121,9 +121,19 @@ class ResidualReader:
 
 # --------------------------------------------------------------------------------------- text
 def load_texts(text: str, n: int, seed: int = 0) -> list[str]:
-    """Up to ``n`` raw texts: "wikitext" (wikitext-2-raw-v1 train, through ``datasets``),
-    "synthetic" (offline ``lib.data.synthetic_qa`` passages) or a local .txt file (one text per line)."""
+    """Up to ``n`` raw texts: "wikitext" (wikitext-2-raw-v1 train, through ``datasets``), "wiki"
+    (offline Wikipedia paragraphs, one article after another round-robin so the first n span many
+    articles), "brown" (offline Brown corpus documents), "synthetic" (``lib.data.synthetic_qa``
+    passages: a pipeline check) or a local .txt file (one text per line). "wiki" and "brown" need
+    ``python -m lib.data prepare`` once (``lib.realdata.load_prose``)."""
     check_pos_int("n", n)
+    if text in ("wiki", "brown"):
+        from lib import realdata
+
+        docs, _ = realdata.load_prose(text)
+        if text == "brown":
+            return [d["text"] for d in docs][:n]
+        return realdata.round_robin([d["text"].split("\n\n") for d in docs])[:n]
     if text == "wikitext":
         from datasets import load_dataset
 

@@ -141,12 +141,12 @@ def across_articles(cands: list[dict], seed: int) -> list[dict]:
         for lst in lists:
             rng.shuffle(lst)
         rng.shuffle(lists)
-        queues.append(_round_robin(lists))
+        queues.append(round_robin(lists))
     rng.shuffle(queues)
-    return _round_robin(queues)
+    return round_robin(queues)
 
 
-def _round_robin(lists: list[list]) -> list:
+def round_robin(lists: list[list]) -> list:
     out, depth = [], 0
     while True:
         layer = [lst[depth] for lst in lists if depth < len(lst)]

@@ -275,6 +275,11 @@ def test_prose_from_wiki_markup_and_brown_tags(prepared):
     assert brown[0]["text"] == 'The jury said "no evidence", and it didn\'t stop.'
     with pytest.raises(ValueError, match="unknown prose source 'wikitext'"):
         realdata.load_prose("wikitext")
+    from lib import reachability  # exp08 reads the same prose
+
+    paragraphs = reachability.load_texts("wiki", 10)
+    assert len(paragraphs) == 2 and paragraphs[1].startswith("The letter was borrowed")
+    assert reachability.load_texts("brown", 1) == [brown[0]["text"]]
 
 
 def test_article_split_is_disjoint(prepared):
