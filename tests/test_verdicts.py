@@ -38,3 +38,19 @@ def test_skewed_deltas_where_the_tests_disagree():
     assert w["p_primary"] == w["p_holm_wilcoxon"] and verdict(w) == "better"
     with pytest.raises(ValueError, match="primary test 'mean'"):
         S.compare_conditions({"ref": ref, "cond": ref - gain}, "ref", primary_test="mean")
+
+
+def test_exp01_diagnosis_never_calls_a_comparison_null_when_wilcoxon_rejects():
+    from lib import priming
+
+    rng = np.random.default_rng(0)
+    n = 120
+    a = rng.normal(2, 0.5, n)
+    skew = np.where(np.arange(n) < 100, 0.05 + rng.normal(0, 0.01, n), -0.25 + rng.normal(0, 0.3, n))
+    nll = {"A_bare": a, "B_full_oracle": a - 0.3 + rng.normal(0, 0.1, n), "C_full_repeat": a - skew,
+           "D_trunc_oracle": a - 0.2 + rng.normal(0, 0.1, n), "E_trunc_random": a + rng.normal(0, 0.1, n)}
+    comps = S.compare_conditions(nll, None, pairs=list(priming.EXP01_COMPARISONS), n_boot=50)
+    lines = priming.diagnose(comps)
+    c_line = next(x for x in lines if x.startswith("Query in context and repeated"))
+    assert "not distinguishable" not in c_line and "test-dependent" in c_line
+    assert "nats" in c_line and "% of A_bare" in c_line
