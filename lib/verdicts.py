@@ -62,3 +62,24 @@ def verdict(row: dict, alpha: float = 0.05, primary: str | None = None) -> str:
 def words(row: dict, alpha: float = 0.05, primary: str | None = None) -> str:
     """The verdict as a phrase: "<cond> is <words> <ref>"."""
     return WORDS[verdict(row, alpha, primary)]
+
+
+def _f(x, fmt: str) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def describe(row: dict, label: str | None = None, width: int = 24, alpha: float = 0.05) -> str:
+    """One table line of a comparison: absolute size first (mean delta in nats and % of the reference,
+    with CIs), then d [CI], win rate, both Holm p-values, the primary test and the verdict."""
+    lab = label if label is not None else row.get("cond") or row.get("label", "")
+    size = f"delta {_f(row.get('mean_delta'), '+.4f')} nats"
+    if "mean_delta_ci_low" in row:
+        size += f" [{_f(row['mean_delta_ci_low'], '+.4f')}, {_f(row['mean_delta_ci_high'], '+.4f')}]"
+    if "pct_of_ref" in row:
+        size += f" ({_f(row['pct_of_ref'], '+.2f')}% [{_f(row['pct_ci_low'], '+.2f')}, {_f(row['pct_ci_high'], '+.2f')}])"
+    d = f"d={_f(row.get('d'), '+.3f')} [{_f(row.get('ci_low'), '+.3f')}, {_f(row.get('ci_high'), '+.3f')}]"
+    tail = f"Holm p t={_f(row.get('p_holm'), '.3g')} W={_f(row.get('p_holm_wilcoxon'), '.3g')}"
+    if "win_rate" in row:
+        tail = f"win={_f(row['win_rate'], '.2f')}  " + tail
+    v = verdict(row, alpha) if "p_holm_wilcoxon" in row and "p_holm" in row else "?"
+    return f"{lab:{width}s} {size}  {d}  {tail}  primary={row.get('primary_test', 't')}: {v}"
