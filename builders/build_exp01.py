@@ -24,6 +24,7 @@ PARAMS = [
     Param("CHUNK", int, 8, "samples per engine wave and store append (resume granularity)"),
     Param("MEM_BUDGET_GB", float, 2.0, "memory the engine may use for one batch (sets Phase A/B batch sizes)"),
     Param("N_BOOT", int, 2000, "bootstrap resamples for the CI of d"),
+    Param("PRIMARY_TEST", str, "t", "paired test that decides claims (t or wilcoxon); tables show both"),
     Param("OUT_DIR", str, "results/exp01", "results folder, relative to the repo root"),
     Param("FRESH", bool, False, "move an existing store aside and start over"),
     Param("PROGRESS", bool, True, "show a progress bar"),
@@ -92,13 +93,15 @@ CELLS = [
     """),
     md("## Analysis"),
     code("""
-        summary = priming.analyse(rows, ids, n_boot=N_BOOT, seed=SEED)
+        from lib.noise import noise_atol
+        from lib.verdicts import describe
+
+        summary = priming.analyse(rows, ids, n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST)
         for name, value in summary["mean_nll"].items():
             print(f"{name:16s} mean NLL {value:.4f} (sd {summary['sd_nll'][name]:.4f})")
         print()
         for r in summary["comparisons"]:
-            print(f"{r['label']:36s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  "
-                  f"win={r['win_rate']:.2f}  p={r['p_t']:.3g}  Holm p={r['p_holm']:.3g}  Wilcoxon p={r['p_wilcoxon']:.3g}")
+            print(describe(r, r["label"], width=36))
         print()
         print("\\n".join(summary["diagnosis"]))
     """),

@@ -66,18 +66,19 @@ CELLS = [
     code("""
         from lib import stats
 
-        gradient = analysis.semantic_gradient(nll, ref=names[0])
+        gradient = analysis.semantic_gradient(nll, ref=names[0], seed=SEED)
         structural = analysis.structural_fraction(nll, ref=names[0])
         llm_vs_generic = stats.compare_conditions(
             nll, None, pairs=[("extractor_matched", c) for c in ("llm_extract", "llm_question", "llm_summarize") if c in nll],
-            n_boot=N_BOOT, seed=SEED)
+            n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST)
         summary.update(semantic_gradient=gradient, structural_fraction=structural, llm_vs_generic=llm_vs_generic)
-        print(f"pooled rho {gradient['pooled_rho']:+.3f} (p={gradient['pooled_p']:.3g}); per-sample mean rho "
+        print(f"pooled rho {gradient['pooled_rho']:+.3f} {[round(x, 3) for x in gradient['pooled_rho_ci']]} (sample-level p="
+              f"{gradient['pooled_p_samples']:.3g}); per-sample mean rho "
               f"{gradient['per_sample_mean_rho']:+.3f}, {gradient['per_sample_share_positive']:.0%} positive, Wilcoxon p={gradient['per_sample_wilcoxon_p']:.3g}")
         print("mean benefit by relevance:", {k: round(v, 4) for k, v in gradient["mean_benefit"].items()})
         print(f"structural fraction: {structural['fraction_of_mean_benefit']:.2f} of the mean benefit, {structural['fraction_of_d']:.2f} of d")
         for r in llm_vs_generic:
-            print(f"{r['label']:40s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  Holm p={r['p_holm']:.3g}")
+            print(describe(r, r["label"], width=40))
     """),
     md("## Figures"),
     code("""

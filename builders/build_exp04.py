@@ -86,18 +86,22 @@ CELLS = [
 
         feats = crossdata.feature_table(items, samples)
         nll_by_ds = {lab: nll_table(rows, names, [s.id for s in d.samples]) for lab, d in datas.items()}
-        cross = crossdata.analyse(nll_by_ds, feats, names, fraction=HARD_FRACTION, n_boot=N_BOOT, seed=SEED)
+        from lib.noise import noise_atol
+        from lib.verdicts import describe
+
+        cross = crossdata.analyse(nll_by_ds, feats, names, fraction=HARD_FRACTION, n_boot=N_BOOT, seed=SEED,
+                                  atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST)
         summary["crossdata"] = cross
         for lab, r in cross["datasets"].items():
             sel = r["heldout_selection"]
             print(f"{lab}: n={r['n']}, held-out hard n={sel['n_hard']} (out-of-fold rho of predicted vs bare NLL "
                   f"{sel['oof_spearman_rho']:+.2f}; overlap with naive {sel['overlap_with_naive']:.0%})")
         for subset in ("all", "hard_heldout", "hard_naive"):
-            print(f"\\npooled, {subset}: semantic delta d (vs random_tokens), then d vs bare")
+            print(f"\\npooled, {subset}: semantic delta (vs random_tokens), then d vs bare")
             vb = {x["cond"]: x for x in cross["pooled"][subset]["vs_bare"]}
             for x in cross["pooled"][subset]["semantic"]:
-                print(f"  {x['cond']:20s} sem d={x['d']:+.3f} [{x['ci_low']:+.3f}, {x['ci_high']:+.3f}] Holm p={x['p_holm']:.3g}"
-                      f"   vs bare d={vb[x['cond']]['d']:+.3f}")
+                v = vb[x["cond"]]
+                print("  sem " + describe(x, width=20) + f"   vs bare delta {v['mean_delta']:+.4f} ({v['pct_of_ref']:+.2f}%) d={v['d']:+.3f}")
         print("\\nsign consistency of the semantic delta across data sets (held-out hard subsets):")
         for x in cross["sign_consistency_hard_heldout"]:
             print(f"  {x['cond']:20s} +{x['n_positive']} / -{x['n_negative']}  consistent={x['consistent']}  pooled d={x['pooled_d']:+.3f}")

@@ -65,21 +65,25 @@ CELLS = [
         from lib.priming import nll_table
 
         nll = nll_table(rows, names, ids)
-        summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED)
+        from lib.noise import noise_atol
+        from lib.verdicts import describe
+
+        atol = noise_atol(lm.dtype)
+        summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED, atol=atol, primary_test=PRIMARY_TEST)
         curv = prefixlen.curves(summary["comparisons"], contents, lengths)
-        decomp = prefixlen.decompose(nll, contents, lengths, n_boot=N_BOOT, seed=SEED)
-        dens = prefixlen.density(nll, contents, lengths, n_boot=N_BOOT, seed=SEED)
+        decomp = prefixlen.decompose(nll, contents, lengths, n_boot=N_BOOT, seed=SEED, atol=atol)
+        dens = prefixlen.density(nll, contents, lengths, n_boot=N_BOOT, seed=SEED, atol=atol, primary_test=PRIMARY_TEST)
         summary.update(length_curves=curv, decomposition=decomp, keyword_density=dens)
-        print("d vs bare by L:  " + "".join(f"{L:>8d}" for L in lengths))
+        print(f"mean delta vs bare, nats (% of bare NLL {summary['mean_nll']['bare']:.4f}) | d, by L: {lengths}")
         for c, pts in curv.items():
-            print(f"{c:26s}" + "".join(f"{p['d']:+8.3f}" for p in pts))
+            print(f"{c:26s}" + "".join(f"  {p['mean_delta']:+.4f} ({p['pct_of_ref']:+.2f}%) | {p['d']:+.3f}" for p in pts))
         print()
         for r in decomp:
             parts = {k: r[k]["mean"] for k in ("structure", "vocabulary", "meaning", "content_effect") if k in r}
             print(f"{r['content']:16s} L={r['length']:<4d} total {r['total']['mean']:+.4f} = "
                   + " + ".join(f"{k} {v:+.4f}" for k, v in parts.items()))
         for r in dens:
-            print(f"{r['label']:36s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  Holm p={r['p_holm']:.3g}")
+            print(describe(r, r["label"], width=36))
     """),
     md("## Figures"),
     code("""

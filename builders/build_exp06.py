@@ -68,19 +68,25 @@ CELLS = [
         from lib.priming import nll_table
 
         nll = nll_table(rows, names, ids)
-        summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED)
+        from lib.noise import noise_atol
+        from lib.verdicts import describe
+
+        atol = noise_atol(lm.dtype)
+        summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED, atol=atol, primary_test=PRIMARY_TEST)
         by = {r["cond"]: r for r in summary["comparisons"]}
+        print(f"bare mean NLL {summary['mean_nll']['bare']:.4f}; noise tolerance {atol:g} nats")
         for n in contamination.FIXED[1:]:
-            r = by[n]
-            print(f"{n:14s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  win={r['win_rate']:.2f}  Holm p={r['p_holm']:.3g}")
+            print(describe(by[n], width=14))
         curve = contamination.cutoff_curve(summary["comparisons"], cutoffs)
-        best = {fam: contamination.best_cutoff(nll, cutoffs, fam, n_boot=N_BOOT, seed=SEED) for fam in ("early", "late")}
+        best = {fam: contamination.best_cutoff(nll, cutoffs, fam, n_boot=N_BOOT, seed=SEED, atol=atol) for fam in ("early", "late")}
         summary.update(cutoff_curve=curve, best_cutoff=best)
-        print("\\ncutoff   early d          late d")
-        for e, l in zip(curve["early"], curve["late"]):
-            print(f"{e['cutoff']:6d}   {e['d']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]   {l['d']:+.3f} [{l['ci_low']:+.3f}, {l['ci_high']:+.3f}]")
+        print()
+        for fam in ("early", "late"):
+            for p in curve[fam]:
+                print(describe(by[f"values_{fam}_{p['cutoff']}"], width=16))
         for fam, b in best.items():
-            print(f"best {fam} cutoff {b['cutoff']} (bootstrap 95% range {b['cutoff_ci']}): d={b['d']:+.3f} {b['d_ci']}; "
+            print(f"best {fam} cutoff {b['cutoff']} (bootstrap 95% range {b['cutoff_ci']}): delta {b['mean_delta']:+.4f} nats "
+                  f"{[round(x, 4) for x in b['mean_delta_ci']]} ({b['pct_of_ref']:+.2f}% of bare), d={b['d']:+.3f} {b['d_ci']}; "
                   f"split-half d (chosen on one half, measured on the other) {b['split_half_d']:+.3f}")
     """),
     md("## Figures"),

@@ -33,6 +33,7 @@ PARAMS = [
     Param("BATCH_SIZE", int, 16, "Phase B items per forward in evaluation"),
     Param("CHUNK", int, 8, "evaluation samples per store append (resume granularity)"),
     Param("N_BOOT", int, 2000, "bootstrap resamples for the CI of d"),
+    Param("PRIMARY_TEST", str, "t", "paired test that decides claims (t or wilcoxon); tables show both"),
     Param("OUT_DIR", str, "results/exp07", "results folder, relative to the repo root"),
     *common.TAIL,
 ]
@@ -118,19 +119,25 @@ CELLS = [
         from lib.priming import nll_table
 
         nll = nll_table(rows, names, ids)
-        summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED)
+        from lib.noise import noise_atol
+        from lib.verdicts import describe
+
+        atol = noise_atol(lm.dtype)
+        summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED, atol=atol, primary_test=PRIMARY_TEST)
         pairs = [("vel_static", "vel_soft_fact"), ("vel_static", "vel_soft_random"), ("vel_soft_random", "vel_soft_fact")]
-        summary["pairwise"] = stats.compare_conditions(nll, None, pairs=pairs, n_boot=N_BOOT, seed=SEED)
+        summary["pairwise"] = stats.compare_conditions(nll, None, pairs=pairs, n_boot=N_BOOT, seed=SEED, atol=atol,
+                                                      primary_test=PRIMARY_TEST)
         summary["training"] = {k: {"history": r.history, "config": r.config["config"]} for k, r in trained.items()}
         summary["nearest_tokens"] = {k: soft.nearest_tokens(lm, v, NEAREST_K) for k, v in prefixes.items()}
         summary["nearest_tokens"]["static_tokens"] = lm.tokenizer.convert_ids_to_tokens(static_ids)
         for r in summary["comparisons"]:
-            print(f"{r['cond']:16s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  win={r['win_rate']:.2f}  Holm p={r['p_holm']:.3g}")
+            print(describe(r, width=16))
         print()
         for r in summary["pairwise"]:
-            print(f"{r['label']:34s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  Holm p={r['p_holm']:.3g}")
+            print(describe(r, r["label"], width=34))
         for h in summary["hardness"]:
-            print(f"bin {h['bin']} {h['cond']:16s} d={h['d']:+.3f}  excess over RTM {h['excess_delta']:+.4f}")
+            print(f"bin {h['bin']} {h['cond']:16s} mean delta {h['mean_delta']:+.4f} ({h['pct_of_ref']:+.2f}%)  d={h['d']:+.3f}  "
+                  f"excess over a uniform effect + RTM {h['excess_delta']:+.4f}")
     """),
     md("## What the learned vectors are near\nCosine to every input embedding; position i of the prefix vs the static token at i."),
     code("""

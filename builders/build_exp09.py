@@ -71,15 +71,20 @@ CELLS = [
 
         nll = nll_table(rows, names, ids)
         summary = {"n_samples": len(ids), "mean_nll": {n: float(v.mean()) for n, v in nll.items()}}
-        summary.update(encdec.analyse(nll, rows, enc_conds, n_boot=N_BOOT, seed=SEED))
+        from lib.noise import noise_atol
+        from lib.verdicts import describe
+
+        summary.update(encdec.analyse(nll, rows, enc_conds, n_boot=N_BOOT, seed=SEED, atol=noise_atol(em.model.dtype),
+                                      primary_test=PRIMARY_TEST))
+        summary.update(primary_test=PRIMARY_TEST, noise_atol=noise_atol(em.model.dtype))
         for m, comps in summary["enc_effects"].items():
             print(f"decoder {'with' if m == 'q' else 'without'} the query (vs bare__{m}):")
             for r in comps:
-                print(f"  {r['cond']:22s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  win={r['win_rate']:.2f}  Holm p={r['p_holm']:.3g}")
+                print("  " + describe(r, width=22))
         if "length_control" in summary:
             print("2x3 control:")
             for r in summary["length_control"]["components"] + summary["length_control"]["total"]:
-                print(f"  {r.get('component', 'total'):9s} {r['label']:30s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")
+                print(f"  {r.get('component', 'total'):9s} " + describe(r, r["label"], width=30))
         print("cross-attention output share at answer positions:", {k: round(v, 3) for k, v in summary["cross_attn_share"].items()})
     """),
     md("## Figures"),

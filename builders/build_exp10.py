@@ -47,7 +47,7 @@ CELLS = [
         paths = [p.strip() for p in PATHS.split(",") if p.strip()]
         assert paths and all(p in ("decoder", "encdec") for p in paths), f"PATHS={PATHS!r}: choose from decoder, encdec"
         ids = [s.id for s in samples]
-        summary = {"n_samples": len(ids), "lengths": lengths, "paths": {}}
+        summary = {"n_samples": len(ids), "lengths": lengths, "paths": {}, "primary_test": PRIMARY_TEST}
         all_rows, figs = [], []
     """),
     md("## Decoder-only path"),
@@ -55,6 +55,7 @@ CELLS = [
         from lib import analysis, plots
         from lib.engine import Engine
         from lib.models import load_model
+        from lib.noise import noise_atol
         from lib.priming import nll_table, store_config
         from lib.runs import RunStore
 
@@ -68,14 +69,14 @@ CELLS = [
             rows = [r for r in engine.run(items, store, wave=CHUNK, progress=PROGRESS) if r["sample_id"] in set(ids)]
             nll = nll_table(rows, names, ids)
             actual = {L: float(sum(r["n_doc_tokens"] for r in rows if r["condition"] == doclen.name("bare", L)) / len(ids)) for L in lengths}
-            cv = doclen.curves(nll, lengths, n_boot=N_BOOT, seed=SEED)
-            summary["paths"]["decoder"] = {"model": lm.source, "mean_doc_tokens": actual, "curves": cv,
+            cv = doclen.curves(nll, lengths, n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST)
+            summary["paths"]["decoder"] = {"noise_atol": noise_atol(lm.dtype), "model": lm.source, "mean_doc_tokens": actual, "curves": cv,
                                            "mean_nll": {n: float(v.mean()) for n, v in nll.items()}}
             figs.append(plots.plot_length_curves(doclen.curve_points(cv, lengths, actual), ROOT / OUT_DIR / "decoder_length_curves.png",
                                                  title=f"decoder-only {DEC_MODEL}", xlabel="document tokens"))
             all_rows += [{**r, "path": "decoder"} for r in rows]
             for L in lengths:
-                print(f"L={L:5d} (~{actual[L]:.0f} tok): " + "  ".join(f"{r['label']} d={r['d']:+.3f}" for r in cv[L]))
+                print(f"L={L:5d} (~{actual[L]:.0f} tok): " + "  ".join(f"{r['label']} delta {r['mean_delta']:+.4f} ({r['pct_of_ref']:+.2f}%) d={r['d']:+.3f}" for r in cv[L]))
             del lm, engine
     """),
     md("## Encoder-decoder path"),
@@ -92,14 +93,14 @@ CELLS = [
                     if r["sample_id"] in set(ids)]
             nll = nll_table(rows, names, ids)
             actual = {L: float(sum(r["n_doc_tokens"] for r in rows if r["condition"] == doclen.name("bare", L)) / len(ids)) for L in lengths}
-            cv = doclen.curves(nll, lengths, n_boot=N_BOOT, seed=SEED)
+            cv = doclen.curves(nll, lengths, n_boot=N_BOOT, seed=SEED, atol=noise_atol(em.model.dtype), primary_test=PRIMARY_TEST)
             summary["paths"]["encdec"] = {"model": em.name, "random_init": em.random_init, "mean_doc_tokens": actual, "curves": cv,
                                           "mean_nll": {n: float(v.mean()) for n, v in nll.items()}}
             figs.append(plots.plot_length_curves(doclen.curve_points(cv, lengths, actual), ROOT / OUT_DIR / "encdec_length_curves.png",
                                                  title=f"encoder-decoder {ENCDEC_MODEL}", xlabel="document tokens"))
             all_rows += [{**r, "path": "encdec"} for r in rows]
             for L in lengths:
-                print(f"L={L:5d} (~{actual[L]:.0f} tok): " + "  ".join(f"{r['label']} d={r['d']:+.3f}" for r in cv[L]))
+                print(f"L={L:5d} (~{actual[L]:.0f} tok): " + "  ".join(f"{r['label']} delta {r['mean_delta']:+.4f} ({r['pct_of_ref']:+.2f}%) d={r['d']:+.3f}" for r in cv[L]))
     """),
     md("## Save"),
     code("""

@@ -64,15 +64,19 @@ CELLS = [
 
         nll = nll_table(rows, names, ids)
         summary = {"n_samples": len(ids), "mean_nll": {n: float(v.mean()) for n, v in nll.items()}}
-        summary.update(prefixlm.analyse(nll, conds, modes, n_boot=N_BOOT, seed=SEED))
+        from lib.noise import noise_atol
+        from lib.verdicts import describe
+
+        summary.update(prefixlm.analyse(nll, conds, modes, n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST))
+        summary.update(primary_test=PRIMARY_TEST, noise_atol=noise_atol(lm.dtype))
         for m, comps in summary["vs_bare"].items():
             print(f"{m}: vs bare__{m}")
             for r in comps:
-                print(f"  {r['cond']:26s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  Holm p={r['p_holm']:.3g}")
+                print("  " + describe(r, width=26))
         for m, sf in summary["structural_fraction"].items():
             print(f"structural fraction ({m}): {sf['fraction_of_d']:.2f} of d, {sf['fraction_of_mean_benefit']:.2f} of the mean benefit")
         for r in summary.get("bidirectional_vs_causal", []):
-            print(f"{r['label']:44s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  Holm p={r['p_holm']:.3g}")
+            print(describe(r, r["label"], width=44))
     """),
     md("## Figures"),
     code("""

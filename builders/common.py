@@ -7,6 +7,7 @@ RUNTIME = [
     Param("CHUNK", int, 8, "samples per engine wave and store append (resume granularity)"),
     Param("MEM_BUDGET_GB", float, 2.0, "memory the engine may use for one batch (sets Phase A/B batch sizes)"),
     Param("N_BOOT", int, 2000, "bootstrap resamples for the CI of d"),
+    Param("PRIMARY_TEST", str, "t", "paired test that decides claims (t or wilcoxon); tables show both"),
 ]
 TAIL = [
     Param("FRESH", bool, False, "move an existing store aside and start over"),
@@ -82,19 +83,23 @@ SUMMARY = [
         from lib.priming import nll_table
 
         nll = nll_table(rows, names, ids)
-        summary = analysis.summarize(rows, ids, names, ref=names[0], n_boot=N_BOOT, seed=SEED)
+        from lib.noise import noise_atol
+        from lib.verdicts import describe
+
+        summary = analysis.summarize(rows, ids, names, ref=names[0], n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype),
+                                     primary_test=PRIMARY_TEST)
+        print(f"reference {names[0]} mean NLL {summary['mean_nll'][names[0]]:.4f}; noise tolerance {summary['noise_atol']:g} nats")
         for r in summary["comparisons"]:
-            print(f"{r['cond']:20s} mean NLL {r['mean_cond']:.4f}  d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  "
-                  f"win={r['win_rate']:.2f}  Holm p={r['p_holm']:.3g}")
+            print(f"mean NLL {r['mean_cond']:.4f}  " + describe(r, width=20))
         print()
         print("mean rank (1 = lowest NLL):", {k: round(v, 2) for k, v in summary["ranks"]["mean_rank"].items()})
         print("share best:", {k: round(v, 3) for k, v in summary["ranks"]["share_best"].items()})
     """),
-    md("## Hardness\nQuintiles of the reference NLL; `excess` is the mean delta minus what regression to the mean alone gives."),
+    md("## Hardness\nQuintiles of the reference NLL; `excess` is the mean delta minus what a uniform effect of the overall mean size plus regression to the mean gives."),
     code("""
         for h in summary["hardness"]:
-            print(f"bin {h['bin']} {h['cond']:20s} d={h['d']:+.3f}  mean delta {h['mean_delta']:+.4f}  "
-                  f"RTM null {h['rtm_null_mean_delta']:+.4f}  excess {h['excess_delta']:+.4f}")
+            print(f"bin {h['bin']} {h['cond']:20s} mean delta {h['mean_delta']:+.4f} ({h['pct_of_ref']:+.2f}%)  d={h['d']:+.3f}  "
+                  f"null (uniform effect + RTM) {h['rtm_null_mean_delta']:+.4f}  excess {h['excess_delta']:+.4f}")
     """),
 ]
 

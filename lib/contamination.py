@@ -21,6 +21,7 @@ import numpy as np
 from lib import cache as kv
 from lib import encode as enc_mod
 from lib import priming, scoring, stats, surrogates
+from lib.noise import clean_delta
 
 FIXED = ("bare", "primed", "values_only", "keys_only")
 
@@ -124,18 +125,25 @@ def run(engine, samples, store, names: list[str], prefix: list[int], *, wave: in
 
 
 def cutoff_curve(comparisons: list[dict], cutoffs: list[int]) -> dict[str, list[dict]]:
-    """{"early": [...], "late": [...]}: d vs bare (with CI) at each cutoff."""
+    """{"early": [...], "late": [...]}: d vs bare (with CI) at each cutoff, the mean delta (nats, % of bare) beside it."""
     by = {r["cond"]: r for r in comparisons}
-    return {fam: [{"cutoff": c, **{k: by[f"values_{fam}_{c}"][k] for k in ("d", "ci_low", "ci_high", "p_holm", "mean_delta")}}
+    keys = ("d", "ci_low", "ci_high", "p_holm", "p_holm_wilcoxon", "mean_delta", "mean_delta_ci_low", "mean_delta_ci_high",
+            "pct_of_ref", "pct_ci_low", "pct_ci_high")
+    return {fam: [{"cutoff": c, **{k: by[f"values_{fam}_{c}"][k] for k in keys if k in by[f"values_{fam}_{c}"]}}
                   for c in cutoffs] for fam in ("early", "late")}
 
 
 def best_cutoff(nll: dict[str, np.ndarray], cutoffs: list[int], family: str = "early", *, ref: str = "bare",
-                n_boot: int = 2000, seed: int = 0) -> dict:
+                n_boot: int = 2000, seed: int = 0, atol: float | None = None) -> dict:
     """The cutoff with the largest d vs ``ref``, its bootstrap CI, and an unbiased split-half estimate.
 
+    Every d here uses the one noise rule (``lib.noise.clean_delta`` with ``atol``, the scoring
+    dtype's tolerance): a cutoff equal to ``ref`` up to float noise has d exactly 0, so it cannot win
+    on the sd of its rounding, and the reported d lies in its own CI.
+
     - ``cutoff``/``d``: argmax over cutoffs on all samples (optimistic: chosen and measured on the
-      same samples).
+      same samples); ``mean_delta`` (nats) and ``pct_of_ref`` (% of the mean ``ref`` NLL) with their
+      CIs (``mean_delta_ci``, ``pct_ci``) beside it.
     - ``cutoff_ci``: 2.5/97.5 percentiles of the argmax over bootstrap resamples of samples;
       ``cutoff_share``: how often each cutoff wins.
     - ``d_ci``: bootstrap CI of d at the chosen cutoff.
@@ -143,8 +151,8 @@ def best_cutoff(nll: dict[str, np.ndarray], cutoffs: list[int], family: str = "e
       averaged (no selection bias; the honest size of "the best cutoff").
     """
     names = [f"values_{family}_{c}" for c in cutoffs]
-    ref_v = nll[ref]
-    delta = np.stack([ref_v - nll[n] for n in names])  # (C, n)
+    ref_v = np.asarray(nll[ref], dtype=np.float64)
+    delta = np.stack([clean_delta(ref_v, nll[n], atol) for n in names])  # (C, n)
     n = delta.shape[1]
     if n < 4:
         raise ValueError(f"best_cutoff needs >= 4 samples, got {n}")
@@ -159,14 +167,17 @@ def best_cutoff(nll: dict[str, np.ndarray], cutoffs: list[int], family: str = "e
     rng = np.random.default_rng(seed)
     boot = np.array([int(np.argmax(d_of(rng.integers(0, n, n)))) for _ in range(n_boot)])
     lo, hi = np.percentile([cutoffs[b] for b in boot], [2.5, 97.5])
-    d_lo, d_hi = stats.bootstrap_ci_d(ref_v, nll[names[k]], n_boot=n_boot, seed=seed)
+    best = stats.paired_test(ref_v, nll[names[k]], n_boot=n_boot, seed=seed, atol=atol)
     perm = np.random.default_rng(seed + 1).permutation(n)
     halves = (perm[: n // 2], perm[n // 2:])
     split = []
     for a, b in (halves, halves[::-1]):
         kk = int(np.argmax(d_of(a)))
         split.append({"chosen_on_half": cutoffs[kk], "d_on_other_half": float(d_of(b)[kk])})
-    return {"family": family, "cutoff": cutoffs[k], "d": float(d_all[k]), "d_ci": [float(d_lo), float(d_hi)],
+    return {"family": family, "cutoff": cutoffs[k], "d": float(d_all[k]), "d_ci": [best.ci_low, best.ci_high],
+            "mean_delta": best.mean_delta, "mean_delta_ci": [best.mean_delta_ci_low, best.mean_delta_ci_high],
+            "pct_of_ref": best.pct_of_ref, "pct_ci": [best.pct_ci_low, best.pct_ci_high],
+            "noise_atol": best.noise_atol,
             "cutoff_ci": [float(lo), float(hi)],
             "cutoff_share": {str(c): float((boot == i).mean()) for i, c in enumerate(cutoffs)},
             "split_half": split, "split_half_d": float(np.mean([s["d_on_other_half"] for s in split]))}

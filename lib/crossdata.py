@@ -158,7 +158,7 @@ def _sub(nll: dict, mask: np.ndarray) -> dict:
 
 
 def subset_stats(nll: dict, names: list[str], *, ref: str = "bare", semantic_ref: str = SEMANTIC_REF,
-                 n_boot: int = 2000, seed: int = 0) -> dict:
+                 n_boot: int = 2000, seed: int = 0, atol: float | None = None, primary_test: str = "t") -> dict:
     """Semantic delta (vs ``semantic_ref``) and d vs ``ref`` for every other condition, Holm within each family."""
     if semantic_ref not in names:
         raise ValueError(f"the semantic delta needs condition {semantic_ref!r}; the run has {names}")
@@ -168,8 +168,8 @@ def subset_stats(nll: dict, names: list[str], *, ref: str = "bare", semantic_ref
     if n < 3:
         out.update(semantic=[], vs_bare=[], note=f"only {n} samples; no statistics")
         return out
-    out["semantic"] = stats.compare_conditions(nll, semantic_ref, sem, n_boot=n_boot, seed=seed)
-    out["vs_bare"] = stats.compare_conditions(nll, ref, [c for c in names if c != ref], n_boot=n_boot, seed=seed)
+    out["semantic"] = stats.compare_conditions(nll, semantic_ref, sem, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
+    out["vs_bare"] = stats.compare_conditions(nll, ref, [c for c in names if c != ref], n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
     return out
 
 
@@ -188,7 +188,7 @@ def sign_consistency(per_dataset: dict[str, list[dict]], pooled: list[dict]) -> 
 
 
 def analyse(nll_by_ds: dict[str, dict[str, np.ndarray]], feats_by_ds: dict[str, np.ndarray], names: list[str], *,
-            fraction: float = 0.4, ref: str = "bare", n_boot: int = 2000, seed: int = 0) -> dict:
+            fraction: float = 0.4, ref: str = "bare", n_boot: int = 2000, seed: int = 0, atol: float | None = None, primary_test: str = "t") -> dict:
     """Per data set and pooled: all samples, held-out hard subset (primary) and naive hard subset.
 
     nll_by_ds: {label: {condition: NLL per sample}}; feats_by_ds: {label: (n, len(FEATURES))}.
@@ -196,6 +196,7 @@ def analyse(nll_by_ds: dict[str, dict[str, np.ndarray]], feats_by_ds: dict[str, 
     from lib import analysis
 
     out = {"method": {"semantic_ref": SEMANTIC_REF, "hard_fraction": fraction, "features": list(FEATURES),
+                      "noise_atol": atol, "primary_test": primary_test,
                       "heldout": "two-fold cross-fitted ridge on score-free features; see lib/crossdata.py",
                       "naive": "top fraction by the sample's own bare NLL (regression to the mean inflates d vs bare)"},
            "datasets": {}}
@@ -211,9 +212,9 @@ def analyse(nll_by_ds: dict[str, dict[str, np.ndarray]], feats_by_ds: dict[str, 
             "heldout_selection": {"n_hard": int(h["mask"].sum()), "oof_spearman_rho": h["oof_spearman_rho"],
                                   "thresholds": h["thresholds"],
                                   "overlap_with_naive": float((h["mask"] & nv).sum() / max(nv.sum(), 1))},
-            "all": subset_stats(nll, names, ref=ref, n_boot=n_boot, seed=seed),
-            "hard_heldout": subset_stats(gsub, names, ref=ref, n_boot=n_boot, seed=seed),
-            "hard_naive": subset_stats(_sub(nll, nv), names, ref=ref, n_boot=n_boot, seed=seed),
+            "all": subset_stats(nll, names, ref=ref, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test),
+            "hard_heldout": subset_stats(gsub, names, ref=ref, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test),
+            "hard_naive": subset_stats(_sub(nll, nv), names, ref=ref, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test),
             "semantic_gradient_hard_heldout": (analysis.semantic_gradient(gsub, ref=ref)
                                                if has_order and h["mask"].sum() >= 3 else None),
         }
@@ -222,9 +223,9 @@ def analyse(nll_by_ds: dict[str, dict[str, np.ndarray]], feats_by_ds: dict[str, 
     nmask = np.concatenate([masks[lab][1] for lab in nll_by_ds])
     out["pooled"] = {
         "n": len(pooled[ref]),
-        "all": subset_stats(pooled, names, ref=ref, n_boot=n_boot, seed=seed),
-        "hard_heldout": subset_stats(_sub(pooled, hmask), names, ref=ref, n_boot=n_boot, seed=seed),
-        "hard_naive": subset_stats(_sub(pooled, nmask), names, ref=ref, n_boot=n_boot, seed=seed),
+        "all": subset_stats(pooled, names, ref=ref, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test),
+        "hard_heldout": subset_stats(_sub(pooled, hmask), names, ref=ref, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test),
+        "hard_naive": subset_stats(_sub(pooled, nmask), names, ref=ref, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test),
     }
     for subset in ("all", "hard_heldout"):
         out[f"sign_consistency_{subset}"] = sign_consistency(

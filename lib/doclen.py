@@ -61,12 +61,12 @@ def name(cond: str, length: int) -> str:
     return f"{cond}_len{length}"
 
 
-def curves(nll: dict, lengths: list[int], *, n_boot: int = 2000, seed: int = 0) -> dict:
+def curves(nll: dict, lengths: list[int], *, n_boot: int = 2000, seed: int = 0, atol: float | None = None, primary_test: str = "t") -> dict:
     """Per length: oracle and random vs bare, and oracle vs random (the semantic part), Holm within each length."""
     out = {}
     for L in lengths:
         pairs = [(name("bare", L), name("oracle", L)), (name("bare", L), name("random", L)), (name("random", L), name("oracle", L))]
-        out[L] = stats.compare_conditions(nll, None, pairs=pairs, n_boot=n_boot, seed=seed)
+        out[L] = stats.compare_conditions(nll, None, pairs=pairs, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
     return out
 
 

@@ -285,24 +285,24 @@ def condition_names(enc_conditions=ENC_CONDITIONS, length_control: bool = True) 
     return names + (["bare__rq", "oracle__rq"] if length_control else [])
 
 
-def analyse(nll: dict, rows: list[dict], enc_conditions=ENC_CONDITIONS, *, n_boot: int = 2000, seed: int = 0) -> dict:
+def analyse(nll: dict, rows: list[dict], enc_conditions=ENC_CONDITIONS, *, n_boot: int = 2000, seed: int = 0, atol: float | None = None, primary_test: str = "t") -> dict:
     """Encoder effects per decoder mode, the 2x3 length control, structural fraction and the attention probe."""
     from lib import analysis, stats
 
     out = {"enc_effects": {}}
     for m in ("q", "nq"):
         out["enc_effects"][m] = stats.compare_conditions(
-            nll, f"bare__{m}", [f"{c}__{m}" for c in enc_conditions if c != "bare"], n_boot=n_boot, seed=seed)
+            nll, f"bare__{m}", [f"{c}__{m}" for c in enc_conditions if c != "bare"], n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
         if "random" in enc_conditions and "oracle" in enc_conditions:
             out[f"structural_fraction_{m}"] = analysis.structural_fraction(nll, ref=f"bare__{m}", structural=f"random__{m}",
                                                                          full=f"oracle__{m}")
     if "bare__rq" in nll and "oracle__rq" in nll:
         # length component: no query -> random tokens of the query's length; semantic: random -> the real query
         pairs = [(f"{c}__nq", f"{c}__rq") for c in ("bare", "oracle")] + [(f"{c}__rq", f"{c}__q") for c in ("bare", "oracle")]
-        comps = stats.compare_conditions(nll, None, pairs=pairs, n_boot=n_boot, seed=seed)
+        comps = stats.compare_conditions(nll, None, pairs=pairs, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
         for r in comps:
             r["component"] = "length" if r["ref"].endswith("__nq") else "semantic"
-        total = stats.compare_conditions(nll, None, pairs=[("bare__nq", "bare__q"), ("oracle__nq", "oracle__q")], n_boot=n_boot, seed=seed)
+        total = stats.compare_conditions(nll, None, pairs=[("bare__nq", "bare__q"), ("oracle__nq", "oracle__q")], n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
         out["length_control"] = {"components": comps, "total": total}
     shares = {}
     for r in rows:

@@ -4,8 +4,10 @@ between the markers of ``EXPERIMENT_PLAN.md``, so quoted numbers come from the f
     python -m lib.index                   # rebuild results/INDEX.md and the EXPERIMENT_PLAN.md table
     python -m lib.index --figure exp02    # also the cross-model figure of one experiment
 
-Row fields: experiment (the ``expNN`` in the run's folder path), run (folder), model, data set, N,
-headline effects (d with its 95% CI; ``HEADLINES`` says which comparisons per experiment, default:
+Row fields: experiment (the ``expNN`` in the run's folder path), run (folder), model, random init,
+SMOKE ("?" when the results.json does not say), data set, N, primary test, headline effects (the mean
+delta in nats and as % of the reference NLL with its CI beside d and its 95% CI when the results.json
+has them, d alone for older files; ``HEADLINES`` says which comparisons per experiment, default:
 the three largest |d| among ``summary.comparisons``), commit (short; ``+dirty`` when the tree had
 uncommitted changes), date.
 """
@@ -36,7 +38,11 @@ def _headline(exp: str, s: dict, k: int | None = 3) -> list[dict]:
         pick = [by[c] for c in ("primed", "values_only", "keys_only") if c in by]
         b = s.get("best_cutoff", {}).get("early")
         if b:
-            pick.append({"_label": f"best early cutoff {b['cutoff']}", "d": b["d"], "ci_low": b["d_ci"][0], "ci_high": b["d_ci"][1]})
+            best = {"_label": f"best early cutoff {b['cutoff']}", "d": b["d"], "ci_low": b["d_ci"][0], "ci_high": b["d_ci"][1]}
+            if "mean_delta" in b:
+                best.update(mean_delta=b["mean_delta"], pct_of_ref=b["pct_of_ref"], pct_ci_low=b["pct_ci"][0],
+                            pct_ci_high=b["pct_ci"][1])
+            pick.append(best)
     elif exp == "exp09" and "enc_effects" in s:
         pick = _cmp(s["enc_effects"]["q"], k)
     elif exp == "exp11" and "vs_bare" in s:
@@ -51,7 +57,10 @@ def _headline(exp: str, s: dict, k: int | None = 3) -> list[dict]:
         if len({r.get("ref") for r in s["comparisons"]}) > 1:  # several references (exp01): name both sides
             pick = [{**r, "_label": r.get("label")} for r in pick]
     return [{"label": r.get("_label") or r.get("cond") or r.get("label"), "d": r["d"], "ci_low": r.get("ci_low"),
-             "ci_high": r.get("ci_high")} for r in pick]
+             "ci_high": r.get("ci_high"), **{k: r[k] for k in ABSOLUTE if k in r}} for r in pick]
+
+
+ABSOLUTE = ("mean_delta", "pct_of_ref", "pct_ci_low", "pct_ci_high")  # shown beside d when a results.json has them
 
 
 def _first(cfg: dict, *keys):
@@ -78,10 +87,12 @@ def collect(results_root=None) -> list[dict]:
         cfg, s, prov = r.get("config", {}), r.get("summary", {}), r.get("provenance", {})
         n = s.get("n_samples") or (r.get("data") or {}).get("n_samples") or ""
         commit = (prov.get("commit") or "unknown")[:8] + ("+dirty" if prov.get("dirty") else "")
+        smoke = next((x.get("SMOKE") for x in (r, cfg, r.get("runtime") or {}) if isinstance(x.get("SMOKE"), bool)), None)
         rows.append({"experiment": exp, "run": str(rel), "model": _first(cfg, "MODEL", "DEC_MODEL", "model", "model_source"),
                      "dataset": _first(cfg, "DATASET", "DATASETS"), "n": n, "headline": _headline(exp, s),
                      "effects": _headline(exp, s, None),
-                     "commit": commit, "date": (prov.get("date") or "")[:10], "random_init": bool(cfg.get("random_init"))})
+                     "commit": commit, "date": (prov.get("date") or "")[:10], "random_init": bool(cfg.get("random_init")),
+                     "smoke": smoke, "primary_test": s.get("primary_test") or ""})
     return sorted(rows, key=lambda x: (x["experiment"], x["run"]))
 
 
@@ -91,15 +102,29 @@ def _num(x) -> str:
 
 
 def _fmt(h: dict) -> str:
+    """``label d [CI]``, or with the absolute size first when present:
+    ``label +0.0011 nats (+0.19% [+0.05, +0.33]), d +0.42 [+0.10, +0.75]``."""
     ci = f" [{_num(h.get('ci_low'))}, {_num(h.get('ci_high'))}]" if ("ci_low" in h or "ci_high" in h) else ""
-    return f"{h['label']} {_num(h.get('d'))}{ci}"
+    if "mean_delta" not in h:
+        return f"{h['label']} {_num(h.get('d'))}{ci}"
+    md = "n/a" if h["mean_delta"] is None or h["mean_delta"] != h["mean_delta"] else f"{h['mean_delta']:+.4f}"
+    pct = ""
+    if "pct_of_ref" in h:
+        pct = f" ({_num(h.get('pct_of_ref'))}% [{_num(h.get('pct_ci_low'))}, {_num(h.get('pct_ci_high'))}])"
+    return f"{h['label']} {md} nats{pct}, d {_num(h.get('d'))}{ci}"
+
+
+def _yn(x) -> str:
+    return "?" if x is None else ("yes" if x else "no")
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| experiment | run | model | data | N | headline d [95% CI] | commit | date |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| experiment | run | model | random init | SMOKE | data | N | primary test | "
+             "headline: mean delta nats (% of ref [95% CI]), d [95% CI] | commit | date |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        model = f"{r['model']} (random init)" if r["random_init"] else r["model"]
-        lines.append(f"| {r['experiment']} | {r['run']} | {model} | {r['dataset']} | {r['n']} | "
+        lines.append(f"| {r['experiment']} | {r['run']} | {r['model']} | {_yn(r.get('random_init'))} | {_yn(r.get('smoke'))} | "
+                     f"{r['dataset']} | {r['n']} | {r.get('primary_test') or 't (undeclared)'} | "
                      f"{'; '.join(_fmt(h) for h in r['headline'])} | {r['commit']} | {r['date']} |")
     return "\n".join(lines)
 

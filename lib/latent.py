@@ -84,10 +84,11 @@ def decoder(model):
 
 
 def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """Float32 logits from final hidden states (final-logit soft-capping applied where the model has it)."""
-    logits = model.get_output_embeddings()(hidden).float()
-    cap = getattr(model.config.get_text_config(decoder=True), "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
+    """Float32 logits from final hidden states (``lib.scoring.lm_logits``: head in float32 whatever the
+    model dtype, final-logit soft-capping where the model has it); float64 input stays float64."""
+    from lib.scoring import lm_logits as _head
+
+    return _head(model, hidden)
 
 
 def embed(model, ids) -> torch.Tensor:

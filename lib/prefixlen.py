@@ -78,14 +78,16 @@ def grid(contents: list[str], lengths: list[int]) -> list[conditions.Condition]:
     return conds
 
 
-def _comp(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> dict:
-    """Paired component a - b (positive: b lower NLL) with d and its CI."""
-    r = stats.paired_test(a, b, n_boot=n_boot, seed=seed).to_dict()
-    return {"mean": float((a - b).mean()), "d": r["d"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "p": r["p_t"]}
+def _comp(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int, atol: float | None = None) -> dict:
+    """Paired component a - b (positive: b lower NLL): mean (nats) and % of a with CIs, d and its CI, both tests."""
+    r = stats.paired_test(a, b, n_boot=n_boot, seed=seed, atol=atol).to_dict()
+    return {"mean": r["mean_delta"], "mean_ci": [r["mean_delta_ci_low"], r["mean_delta_ci_high"]],
+            "pct_of_ref": r["pct_of_ref"], "pct_ci": [r["pct_ci_low"], r["pct_ci_high"]],
+            "d": r["d"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "p": r["p_t"], "p_wilcoxon": r["p_wilcoxon"]}
 
 
 def decompose(nll: dict[str, np.ndarray], contents: list[str], lengths: list[int], *, ref: str = "bare",
-              n_boot: int = 2000, seed: int = 0) -> list[dict]:
+              n_boot: int = 2000, seed: int = 0, atol: float | None = None) -> list[dict]:
     """One row per (content, L): total effect and its components (see the module docstring)."""
     rows = []
     for L in lengths:
@@ -94,28 +96,32 @@ def decompose(nll: dict[str, np.ndarray], contents: list[str], lengths: list[int
             if c == STRUCTURE or c in SCRAMBLED_OF.values():
                 continue
             x = nll[name(c, L)]
-            row = {"content": c, "length": L, "total": _comp(nll[ref], x, n_boot, seed),
-                   "structure": _comp(nll[ref], rand, n_boot, seed)}
+            row = {"content": c, "length": L, "total": _comp(nll[ref], x, n_boot, seed, atol),
+                   "structure": _comp(nll[ref], rand, n_boot, seed, atol)}
             tw = SCRAMBLED_OF.get(c)
             if tw in contents:
                 sx = nll[name(tw, L)]
-                row["vocabulary"] = _comp(rand, sx, n_boot, seed)
-                row["meaning"] = _comp(sx, x, n_boot, seed)
+                row["vocabulary"] = _comp(rand, sx, n_boot, seed, atol)
+                row["meaning"] = _comp(sx, x, n_boot, seed, atol)
             else:
-                row["content_effect"] = _comp(rand, x, n_boot, seed)
+                row["content_effect"] = _comp(rand, x, n_boot, seed, atol)
             rows.append(row)
     return rows
+
+
+_CURVE_KEYS = ("d", "ci_low", "ci_high", "p_holm", "p_holm_wilcoxon", "mean_delta", "mean_delta_ci_low",
+               "mean_delta_ci_high", "pct_of_ref", "pct_ci_low", "pct_ci_high")
 
 
 def curves(comparisons: list[dict], contents: list[str], lengths: list[int]) -> dict[str, list[dict]]:
     """{content: [comparison vs bare at each L]} from ``analysis.summarize``'s comparisons."""
     by = {r["cond"]: r for r in comparisons}
-    return {c: [{"length": L, **{k: by[name(c, L)][k] for k in ("d", "ci_low", "ci_high", "p_holm", "mean_delta")}}
+    return {c: [{"length": L, **{k: by[name(c, L)][k] for k in _CURVE_KEYS if k in by[name(c, L)]}}
                 for L in lengths] for c in contents}
 
 
-def density(nll: dict[str, np.ndarray], contents: list[str], lengths: list[int], n_boot: int = 2000, seed: int = 0) -> list[dict]:
+def density(nll: dict[str, np.ndarray], contents: list[str], lengths: list[int], n_boot: int = 2000, seed: int = 0, atol: float | None = None, primary_test: str = "t") -> list[dict]:
     """Keyword density at each L: kw5 vs kw10 vs kw20 (paired, Holm within the call)."""
     kws = [c for c in ("kw5", "kw10", "kw20") if c in contents]
     pairs = [(name(a, L), name(b, L)) for L in lengths for i, a in enumerate(kws) for b in kws[i + 1:]]
-    return stats.compare_conditions(nll, None, pairs=pairs, n_boot=n_boot, seed=seed) if pairs else []
+    return stats.compare_conditions(nll, None, pairs=pairs, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test) if pairs else []

@@ -155,18 +155,18 @@ def run(lm, items, store, modes=MODES, *, keep_prefix: bool = True, wave: int = 
                      wave=wave, progress=progress)
 
 
-def analyse(nll: dict, conds, modes=MODES, *, n_boot: int = 2000, seed: int = 0) -> dict:
+def analyse(nll: dict, conds, modes=MODES, *, n_boot: int = 2000, seed: int = 0, atol: float | None = None, primary_test: str = "t") -> dict:
     """Per mode: d vs that mode's bare; bidirectional vs causal per condition; structural fraction per mode."""
     from lib import analysis, stats
 
     out = {"vs_bare": {}, "structural_fraction": {}}
     for m in modes:
         out["vs_bare"][m] = stats.compare_conditions(nll, f"bare__{m}", [f"{c}__{m}" for c in conds if c != "bare"],
-                                                     n_boot=n_boot, seed=seed) if len(conds) > 1 else []
+                                                     n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test) if len(conds) > 1 else []
         if "random" in conds and "oracle" in conds:
             out["structural_fraction"][m] = analysis.structural_fraction(nll, ref=f"bare__{m}", structural=f"random__{m}",
                                                                          full=f"oracle__{m}")
     if set(modes) >= {"causal", "bidirectional"}:
         out["bidirectional_vs_causal"] = stats.compare_conditions(
-            nll, None, pairs=[(f"{c}__causal", f"{c}__bidirectional") for c in conds], n_boot=n_boot, seed=seed)
+            nll, None, pairs=[(f"{c}__causal", f"{c}__bidirectional") for c in conds], n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
     return out

@@ -197,16 +197,20 @@ def nll_table(rows: list[dict], names: list[str], sample_ids: list[str]) -> dict
 
 
 def diagnose(comparisons: list[dict], alpha: float = 0.05) -> list[str]:
-    """Plain-language reading of exp01's comparisons, from their d and Holm-adjusted p."""
+    """Plain-language reading of exp01's comparisons (``lib.verdicts``: "not distinguishable" only when
+    neither the t-test nor the Wilcoxon test rejects after Holm; the declared primary test decides the
+    direction; a rejection by the other test alone reads "test-dependent")."""
+    from lib import verdicts
+
     by = {(r["ref"], r["cond"]): r for r in comparisons}
 
     def verdict(ref, cond):
         r = by[(ref, cond)]
-        if r["p_holm"] < alpha:
-            word = "better than" if r["d"] > 0 else "worse than"
-        else:
-            word = "not distinguishable from"
-        return f"{cond} is {word} {ref} (d={r['d']:+.3f}, 95% CI [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], Holm p={r['p_holm']:.3g}, win {r['win_rate']:.0%})", word
+        word = verdicts.words(r, alpha)
+        size = f"mean delta {r['mean_delta']:+.4f} nats ({r['pct_of_ref']:+.1f}% of {ref})" if "pct_of_ref" in r else ""
+        return (f"{cond} is {word} {ref} ({size}, d={r['d']:+.3f}, 95% CI [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], "
+                f"Holm p t={r['p_holm']:.3g} / Wilcoxon={r['p_holm_wilcoxon']:.3g}, primary {r.get('primary_test', 't')}, "
+                f"win {r['win_rate']:.0%})"), word
 
     lines = []
     b, wb = verdict("A_bare", "B_full_oracle")
@@ -227,7 +231,9 @@ def diagnose(comparisons: list[dict], alpha: float = 0.05) -> list[str]:
         ("not distinguishable from", "not distinguishable from"): "no detectable effect of truncated priming at this N.",
         ("not distinguishable from", "worse than"): "no net benefit over bare, and a random prefix does better than the query.",
     }
-    if wd == "worse than":
+    if verdicts.WORDS["test-dependent"] in (wd, we):
+        lines.append("Reading: none; the t-test and the Wilcoxon test disagree on a key comparison (see both p-values).")
+    elif wd == "worse than":
         lines.append("Reading: the truncated oracle cache hurts; priming with the query does not survive truncation here.")
     else:
         lines.append("Reading: " + readings[(wd, we)])
@@ -235,21 +241,28 @@ def diagnose(comparisons: list[dict], alpha: float = 0.05) -> list[str]:
 
 
 def analyse(rows: list[dict], sample_ids: list[str], conditions=EXP01_CONDITIONS, comparisons=EXP01_COMPARISONS,
-            *, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Summary of an exp01-style run: mean NLL, paired comparisons (Holm), hardness, ranks, diagnosis."""
+            *, n_boot: int = 2000, seed: int = 0, atol: float | None = None, primary_test: str = "t") -> dict:
+    """Summary of an exp01-style run: mean NLL, paired comparisons (Holm), hardness, ranks, diagnosis.
+
+    ``atol``: noise tolerance of the scoring dtype (``lib.noise.noise_atol``); ``primary_test``: the
+    declared test ("t" or "wilcoxon"); both recorded.
+    """
     from lib import stats
 
     names = [c.name for c in conditions]
     nll = nll_table(rows, names, sample_ids)
-    comps = stats.compare_conditions(nll, None, pairs=list(comparisons), n_boot=n_boot, seed=seed)
+    comps = stats.compare_conditions(nll, None, pairs=list(comparisons), n_boot=n_boot, seed=seed, atol=atol,
+                                     primary_test=primary_test)
     ref = names[0]
     return {
         "n_samples": len(sample_ids),
+        "primary_test": primary_test,
+        "noise_atol": stats.NOISE_ATOL if atol is None else float(atol),
         "mean_nll": {n: float(v.mean()) for n, v in nll.items()},
         "sd_nll": {n: float(v.std(ddof=1)) if len(v) > 1 else float("nan") for n, v in nll.items()},
         "comparisons": comps,
-        "hardness": stats.hardness_table(nll, ref, names[1:], seed=seed) if len(sample_ids) >= 10 else [],
-        "ranks": stats.ranks_per_sample(nll),
+        "hardness": stats.hardness_table(nll, ref, names[1:], seed=seed, atol=atol) if len(sample_ids) >= 10 else [],
+        "ranks": stats.ranks_per_sample(nll, atol=atol),
         "diagnosis": diagnose(comps) if set(comparisons) == set(EXP01_COMPARISONS) else [],
     }
 
@@ -302,7 +315,7 @@ def cache_lengths(lm, sample, other_query: str) -> dict[str, int]:
     return out
 
 
-RUNTIME_KNOBS = ("BATCH_SIZE", "CHUNK", "MEM_BUDGET_GB", "OUT_DIR", "FRESH", "SMOKE", "N_BOOT", "PROGRESS")
+RUNTIME_KNOBS = ("BATCH_SIZE", "CHUNK", "MEM_BUDGET_GB", "OUT_DIR", "FRESH", "SMOKE", "N_BOOT", "PROGRESS", "PRIMARY_TEST")
 
 
 def store_config(params: dict, lm, conditions=EXP01_CONDITIONS) -> dict:

@@ -10,11 +10,15 @@ Conventions
 * Every input array must be one-dimensional, non-empty and finite; paired arrays must have equal
   length. Anything else raises ``ValueError`` naming the offending value; unknown condition names
   list the known ones (with a "did you mean").
-* Float noise is not an effect: a per-sample delta with ``|delta| <= NOISE_ATOL`` (1e-5 nats,
-  the measured agreement of two numerically different but mathematically equal scoring paths)
-  counts as exactly 0 in d, its CI, the win rate and the tests. Without this, two identical
-  conditions scored in different batches get an arbitrary d (measured: d = +0.43 from deltas of
-  1e-8), because d divides the mean by the sd of the noise.
+* Float noise is not an effect: a per-sample delta with ``|delta| <= atol`` counts as exactly 0
+  in d, its CI, the mean delta, the win rate, the tests, ranks and hardness means. The rule and
+  its dtype-dependent tolerances live in ``lib/noise.py`` (``noise_atol(dtype)``); every function
+  here takes ``atol=`` (default ``NOISE_ATOL``, float32's 1e-5 nats). Without the rule, two
+  identical conditions scored in different batches get an arbitrary d (measured: d = +0.43 from
+  deltas of 1e-8), because d divides the mean by the sd of the noise.
+* Every comparison carries its absolute size beside d: the mean delta in nats and as a
+  percentage of the mean reference NLL (``pct_of_ref``), each with a bootstrap CI drawn from the
+  same resamples as d's CI.
 * Randomness (bootstrap, RTM null) comes from ``numpy.random.default_rng(seed)`` only, so every
   result is deterministic for a seed.
 """
@@ -29,11 +33,15 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import stats as _sps
 
+from lib.noise import clean_delta, noise_atol, snap_ties
+from lib.verdicts import check_primary_test
+
 __all__ = [
     "PairedResult",
     "bootstrap_ci_d",
     "cohens_d_paired",
     "compare_conditions",
+    "bootstrap_ci_mean",
     "hardness_table",
     "holm",
     "paired_test",
@@ -58,13 +66,12 @@ def _as_values(x, name: str) -> np.ndarray:
     return arr
 
 
-NOISE_ATOL = 1e-5
+NOISE_ATOL = noise_atol("float32")  # the float32 default; other dtypes: lib.noise.noise_atol(dtype)
 
 
-def _delta(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """``r - c`` with float-noise differences (``|delta| <= NOISE_ATOL``) set to exactly 0."""
-    d = r - c
-    return np.where(np.abs(d) <= NOISE_ATOL, 0.0, d)
+def _delta(r: np.ndarray, c: np.ndarray, atol: float | None = None) -> np.ndarray:
+    """``r - c`` with float-noise differences (``|delta| <= atol``) set to exactly 0 (``lib.noise``)."""
+    return clean_delta(r, c, atol)
 
 
 def _paired(ref, cond) -> tuple[np.ndarray, np.ndarray]:
@@ -115,17 +122,30 @@ def _d_rows(delta: np.ndarray) -> np.ndarray:
     return d
 
 
-def cohens_d_paired(ref, cond) -> float:
+def cohens_d_paired(ref, cond, *, atol: float | None = None) -> float:
     """Cohen's d of the paired differences ``delta = ref - cond`` (positive: condition better).
 
     ``mean(delta) / std(delta, ddof=1)``; nan if fewer than 2 samples; if the sd is 0, 0.0 when
     the mean is 0 and +-inf otherwise.
     """
     r, c = _paired(ref, cond)
-    return float(_d_rows(_delta(r, c)))
+    return float(_d_rows(_delta(r, c, atol)))
 
 
-def bootstrap_ci_d(ref, cond, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def _boot_setup(ref, cond, n_boot, ci, seed, atol):
+    """Validated ``(ref, cleaned delta, (n_boot, n) resample indices or None for n < 2, alpha)``."""
+    r, c = _paired(ref, cond)
+    n_boot = _check_positive_int(n_boot, "n_boot")
+    if not (isinstance(ci, (float, int)) and 0.0 < float(ci) < 1.0):
+        raise ValueError(f"ci must be a level strictly between 0 and 1 (e.g. 0.95), got {ci!r}")
+    delta = _delta(r, c, atol)
+    n = delta.size
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n)) if n >= 2 else None  # (n_boot, n)
+    return r, delta, idx, (1.0 - float(ci)) / 2.0
+
+
+def bootstrap_ci_d(ref, cond, n_boot: int = 2000, ci: float = 0.95, seed: int = 0, *,
+                   atol: float | None = None) -> tuple[float, float]:
     """Percentile bootstrap CI of the paired Cohen's d, resampling sample indices (pairs kept).
 
     All ``n_boot`` resamples are drawn at once as an ``(n_boot, n)`` index matrix. Replicates
@@ -133,30 +153,44 @@ def bootstrap_ci_d(ref, cond, n_boot: int = 2000, ci: float = 0.95, seed: int = 
     or use the order statistic (``inverted_cdf``) when a replicate is infinite. Returns
     ``(nan, nan)`` for fewer than 2 samples.
     """
-    r, c = _paired(ref, cond)
-    n_boot = _check_positive_int(n_boot, "n_boot")
-    if not (isinstance(ci, (float, int)) and 0.0 < float(ci) < 1.0):
-        raise ValueError(f"ci must be a level strictly between 0 and 1 (e.g. 0.95), got {ci!r}")
-    delta = _delta(r, c)
-    n = delta.size
-    if n < 2:
+    _, delta, idx, alpha = _boot_setup(ref, cond, n_boot, ci, seed, atol)
+    if idx is None:
         return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))  # (n_boot, n)
     boot_d = _d_rows(delta[idx])  # (n_boot,)
-    alpha = (1.0 - float(ci)) / 2.0
     method = "linear" if np.all(np.isfinite(boot_d)) else "inverted_cdf"
     lo, hi = np.quantile(boot_d, [alpha, 1.0 - alpha], method=method)
     return (float(lo), float(hi))
 
 
-def win_rate(ref, cond) -> float:
+def bootstrap_ci_mean(ref, cond, n_boot: int = 2000, ci: float = 0.95, seed: int = 0, *,
+                      atol: float | None = None) -> dict:
+    """Percentile bootstrap CIs of the mean delta (nats) and of ``pct_of_ref`` = 100 * mean delta /
+    mean reference NLL, from the same resamples as ``bootstrap_ci_d`` with the same seed.
+
+    Returns ``{"mean_delta_ci": (lo, hi), "pct_ci": (lo, hi)}``; nan for fewer than 2 samples,
+    and a nan pct CI when a resample's mean reference NLL is 0.
+    """
+    r, delta, idx, alpha = _boot_setup(ref, cond, n_boot, ci, seed, atol)
+    nan2 = (float("nan"), float("nan"))
+    if idx is None:
+        return {"mean_delta_ci": nan2, "pct_ci": nan2}
+    m = delta[idx].mean(axis=1)  # (n_boot,)
+    ref_m = r[idx].mean(axis=1)  # (n_boot,)
+    lo, hi = np.quantile(m, [alpha, 1.0 - alpha])
+    out = {"mean_delta_ci": (float(lo), float(hi)), "pct_ci": nan2}
+    if np.all(ref_m != 0):
+        plo, phi = np.quantile(100.0 * m / ref_m, [alpha, 1.0 - alpha])
+        out["pct_ci"] = (float(plo), float(phi))
+    return out
+
+
+def win_rate(ref, cond, *, atol: float | None = None) -> float:
     """Share of samples on which the condition is strictly better (``delta = ref - cond > 0``).
 
     Ties (``delta == 0``) count half, so two identical conditions have a win rate of exactly 0.5.
     """
     r, c = _paired(ref, cond)
-    delta = _delta(r, c)
+    delta = _delta(r, c, atol)
     return float((np.sum(delta > 0) + 0.5 * np.sum(delta == 0)) / delta.size)
 
 
@@ -165,9 +199,12 @@ def win_rate(ref, cond) -> float:
 class PairedResult:
     """Summary of one paired comparison; signs follow ``delta = ref - cond`` (positive: cond better).
 
+    ``mean_delta`` is the mean noise-cleaned delta in nats and ``pct_of_ref`` the same as a
+    percentage of ``mean_ref``; both with bootstrap CIs from the resamples of d's CI.
     ``t``/``p_t`` come from a one-sample t-test of the noise-cleaned deltas (``ttest_rel(ref, cond)``
-    when no delta is within ``NOISE_ATOL``) and ``p_wilcoxon`` from ``scipy.stats.wilcoxon`` of the
-    same deltas (two-sided); p-values are nan where the test is undefined
+    when no delta is within ``noise_atol``) and ``p_wilcoxon`` from ``scipy.stats.wilcoxon`` of the
+    same deltas (two-sided), with ``rank_biserial`` its effect size and direction
+    ((R+ - R-) / (R+ + R-) over non-zero deltas); p-values are nan where the test is undefined
     (n < 2, or all deltas 0 for Wilcoxon).
     """
 
@@ -175,6 +212,11 @@ class PairedResult:
     mean_ref: float
     mean_cond: float
     mean_delta: float
+    mean_delta_ci_low: float
+    mean_delta_ci_high: float
+    pct_of_ref: float
+    pct_ci_low: float
+    pct_ci_high: float
     d: float
     ci_low: float
     ci_high: float
@@ -182,6 +224,8 @@ class PairedResult:
     t: float
     p_t: float
     p_wilcoxon: float
+    rank_biserial: float
+    noise_atol: float
 
     def __post_init__(self):
         _check_positive_int(self.n, "n")
@@ -191,21 +235,35 @@ class PairedResult:
             p = getattr(self, name)
             if not (np.isnan(p) or 0.0 <= p <= 1.0):
                 raise ValueError(f"{name} must be nan or lie in [0, 1], got {p!r}")
-        if not (np.isnan(self.ci_low) or np.isnan(self.ci_high)) and self.ci_low > self.ci_high:
-            raise ValueError(f"ci_low {self.ci_low!r} exceeds ci_high {self.ci_high!r}")
+        for lo, hi in (("ci_low", "ci_high"), ("mean_delta_ci_low", "mean_delta_ci_high"), ("pct_ci_low", "pct_ci_high")):
+            vlo, vhi = getattr(self, lo), getattr(self, hi)
+            if not (np.isnan(vlo) or np.isnan(vhi)) and vlo > vhi:
+                raise ValueError(f"{lo} {vlo!r} exceeds {hi} {vhi!r}")
+        if not (self.noise_atol >= 0):
+            raise ValueError(f"noise_atol must be >= 0 nats, got {self.noise_atol!r}")
 
     def to_dict(self) -> dict:
         """Plain dict of the fields (python floats/ints), ready for JSON."""
         return asdict(self)
 
 
-def paired_test(ref, cond, n_boot: int = 2000, seed: int = 0) -> PairedResult:
-    """Paired comparison of ``cond`` against ``ref``: means, delta, d with bootstrap CI, win rate,
-    paired t-test and Wilcoxon signed-rank test (see ``PairedResult``)."""
+def _rank_biserial(delta: np.ndarray) -> float:
+    nz = delta[delta != 0]
+    if nz.size == 0:
+        return float("nan")
+    rk = _sps.rankdata(np.abs(nz))
+    return float((rk[nz > 0].sum() - rk[nz < 0].sum()) / rk.sum())
+
+
+def paired_test(ref, cond, n_boot: int = 2000, seed: int = 0, *, atol: float | None = None) -> PairedResult:
+    """Paired comparison of ``cond`` against ``ref``: means, mean delta (nats, % of ref) with CIs, d with
+    bootstrap CI, win rate, paired t-test and Wilcoxon signed-rank test (see ``PairedResult``)."""
     r, c = _paired(ref, cond)
-    delta = _delta(r, c)
+    tol = NOISE_ATOL if atol is None else atol
+    delta = _delta(r, c, tol)
     n = delta.size
-    lo, hi = bootstrap_ci_d(r, c, n_boot=n_boot, seed=seed)
+    lo, hi = bootstrap_ci_d(r, c, n_boot=n_boot, seed=seed, atol=tol)
+    mci = bootstrap_ci_mean(r, c, n_boot=n_boot, seed=seed, atol=tol)
     if n < 2:
         t = p_t = float("nan")
     else:
@@ -218,18 +276,26 @@ def paired_test(ref, cond, n_boot: int = 2000, seed: int = 0) -> PairedResult:
         p_w = float("nan")
     else:
         p_w = float(_sps.wilcoxon(delta).pvalue)
+    mean_ref, mean_delta = float(r.mean()), float(delta.mean())
     return PairedResult(
         n=int(n),
-        mean_ref=float(r.mean()),
+        mean_ref=mean_ref,
         mean_cond=float(c.mean()),
-        mean_delta=float((r - c).mean()),
+        mean_delta=mean_delta,
+        mean_delta_ci_low=mci["mean_delta_ci"][0],
+        mean_delta_ci_high=mci["mean_delta_ci"][1],
+        pct_of_ref=100.0 * mean_delta / mean_ref if mean_ref != 0 else float("nan"),
+        pct_ci_low=mci["pct_ci"][0],
+        pct_ci_high=mci["pct_ci"][1],
         d=float(_d_rows(delta)),
         ci_low=lo,
         ci_high=hi,
-        win_rate=win_rate(r, c),
+        win_rate=win_rate(r, c, atol=tol),
         t=t,
         p_t=p_t,
         p_wilcoxon=p_w,
+        rank_biserial=_rank_biserial(delta),
+        noise_atol=float(tol),
     )
 
 
@@ -268,15 +334,22 @@ def compare_conditions(
     pairs: list[tuple[str, str]] | None = None,
     n_boot: int = 2000,
     seed: int = 0,
+    *,
+    atol: float | None = None,
+    primary_test: str = "t",
 ) -> list[dict]:
     """One row per comparison, with Holm-adjusted p-values across the rows of this call.
 
     Either ``ref`` (with ``conds``, default: every other condition in ``nll`` order) or explicit
     ``pairs`` of ``(ref_name, cond_name)``; passing both ``pairs`` and ``ref``/``conds`` raises.
     Each row holds ``label`` ("<cond> vs <ref>"), ``ref``, ``cond``, the ``PairedResult`` fields,
-    ``p_holm`` (Holm over ``p_t``) and ``p_holm_wilcoxon`` (Holm over ``p_wilcoxon``). Every row
-    uses the same ``seed``, so equal-length comparisons share bootstrap indices.
+    ``p_holm`` (Holm over ``p_t``) and ``p_holm_wilcoxon`` (Holm over ``p_wilcoxon``), the declared
+    ``primary_test`` ("t" or "wilcoxon") and its Holm p as ``p_primary``; classify a row with
+    ``lib.verdicts.verdict`` (never "null" while either test rejects). ``atol``: the noise
+    tolerance of the scoring dtype (``lib.noise.noise_atol``). Every row uses the same ``seed``, so
+    equal-length comparisons share bootstrap indices.
     """
+    primary_test = check_primary_test(primary_test)
     data = _nll_dict(nll)
     known = list(data)
     if pairs is not None:
@@ -307,133 +380,30 @@ def compare_conditions(
         seen.add((a, b))
     rows = []
     for a, b in pair_list:
-        res = paired_test(data[a], data[b], n_boot=n_boot, seed=seed)
+        res = paired_test(data[a], data[b], n_boot=n_boot, seed=seed, atol=atol)
         rows.append({"label": f"{b} vs {a}", "ref": a, "cond": b, **res.to_dict()})
     p_holm = holm([r["p_t"] for r in rows])
     p_holm_w = holm([r["p_wilcoxon"] for r in rows])
     for row, ph, pw in zip(rows, p_holm, p_holm_w):
         row["p_holm"] = float(ph)
         row["p_holm_wilcoxon"] = float(pw)
+        row["primary_test"] = primary_test
+        row["p_primary"] = row["p_holm"] if primary_test == "t" else row["p_holm_wilcoxon"]
     return rows
 
 
-# ----------------------------------------------------------------------------- hardness
-def _rank_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
-    """Equal-count quantile bins along the last axis: bin 0 holds the lowest values.
-
-    Ranks break ties by position (stable sort), so bins differ in size by at most one.
-    """
-    n = values.shape[-1]
-    order = np.argsort(values, axis=-1, kind="stable")
-    bins = np.empty(values.shape, dtype=np.int64)
-    rank_bin = (np.arange(n) * n_bins) // n  # (n,)
-    np.put_along_axis(bins, order, np.broadcast_to(rank_bin, values.shape), axis=-1)
-    return bins
-
-
-def hardness_table(
-    nll: Mapping[str, object],
-    ref: str,
-    conds: list[str],
-    n_bins: int = 5,
-    hardness=None,
-    n_perm: int = 1000,
-    seed: int = 0,
-) -> list[dict]:
-    """Effect of each condition within quantile bins of sample hardness.
-
-    Samples are split into ``n_bins`` equal-count bins of ``hardness`` (default: the reference
-    condition's NLL; bin 0 is the easiest, i.e. lowest values). One row per (bin, cond) with
-    ``bin``, ``cond``, ``n``, ``hardness_low``/``hardness_high`` (range of hardness in the bin),
-    ``mean_ref``, ``mean_cond``, ``mean_delta``, ``d``, ``win_rate``, ``rtm_null_mean_delta``,
-    ``excess_delta`` (= mean_delta - rtm_null_mean_delta) and ``hardness_source``
-    ("ref_scores" or "external").
-
-    Why the RTM null: when the bins are chosen on the reference scores themselves, a sample lands
-    in the hardest bin partly because its reference NLL happened to be high by noise, and that
-    same noise enters ``delta = ref - cond`` with a plus sign. The hardest bin then shows a
-    positive mean delta (and the easiest a negative one) even when the condition does nothing:
-    regression to the mean. ``rtm_null_mean_delta`` estimates that artefact: in each of
-    ``n_perm`` permutations every sample's (ref, cond) pair is swapped with probability 1/2 (a
-    sign flip of delta, valid when the condition has no effect), the samples are re-binned on the
-    swapped ref values, and the per-bin mean delta is averaged over permutations. Compare
-    ``mean_delta`` with it, not with 0. With ``hardness`` given (an external measure chosen
-    independently of these scores) the artefact does not arise this way and the column is nan.
-    """
-    data = _nll_dict(nll)
-    known = list(data)
-    _check_name(ref, known)
-    if not conds:
-        raise ValueError(f"conds is empty; choose from {[k for k in known if k != ref]}")
-    for c in conds:
-        _check_name(c, known)
-        if c == ref:
-            raise ValueError(f"cond {c!r} is the reference itself")
-    if len(set(conds)) != len(conds):
-        raise ValueError(f"conds lists a condition twice: {conds!r}")
-    n_bins = _check_positive_int(n_bins, "n_bins")
-    n_perm = _check_positive_int(n_perm, "n_perm")
-    r = data[ref]
-    n = r.size
-    if n_bins > n:
-        raise ValueError(f"n_bins={n_bins} exceeds the number of samples {n}")
-    if hardness is None:
-        h = r
-        source = "ref_scores"
-    else:
-        h = _as_values(hardness, "hardness")
-        if h.size != n:
-            raise ValueError(f"hardness has {h.size} values but the conditions have {n} samples")
-        source = "external"
-    bins = _rank_bins(h, n_bins)  # (n,)
-
-    rows = []
-    for c in conds:
-        cv = data[c]
-        delta = r - cv
-        null = np.full(n_bins, np.nan)
-        if source == "ref_scores":
-            rng = np.random.default_rng(seed)  # same draws for every cond: order-independent
-            swap = rng.random((n_perm, n)) < 0.5  # (n_perm, n)
-            ref_sw = np.where(swap, cv, r)  # (n_perm, n)
-            delta_sw = np.where(swap, -delta, delta)  # (n_perm, n)
-            bins_sw = _rank_bins(ref_sw, n_bins)  # (n_perm, n)
-            for b in range(n_bins):
-                mask = bins_sw == b
-                null[b] = float(np.mean((delta_sw * mask).sum(axis=1) / mask.sum(axis=1)))
-        for b in range(n_bins):
-            sel = bins == b
-            rb, cb, hb = r[sel], cv[sel], h[sel]
-            mean_delta = float((rb - cb).mean())
-            rows.append(
-                {
-                    "bin": b,
-                    "cond": c,
-                    "n": int(sel.sum()),
-                    "hardness_low": float(hb.min()),
-                    "hardness_high": float(hb.max()),
-                    "mean_ref": float(rb.mean()),
-                    "mean_cond": float(cb.mean()),
-                    "mean_delta": mean_delta,
-                    "d": cohens_d_paired(rb, cb),
-                    "win_rate": win_rate(rb, cb),
-                    "rtm_null_mean_delta": float(null[b]),
-                    "excess_delta": mean_delta - float(null[b]),
-                    "hardness_source": source,
-                }
-            )
-    return rows
-
-
-def ranks_per_sample(nll: Mapping[str, object]) -> dict:
+# ----------------------------------------------------------------------------- ranks
+def ranks_per_sample(nll: Mapping[str, object], *, atol: float | None = None) -> dict:
     """Per-sample ranking of conditions: 1 = lowest NLL (best), ties get the average rank.
+
+    NLLs of one sample within ``atol`` of each other (float noise, ``lib.noise.snap_ties``) tie.
 
     Returns ``{"n": n, "mean_rank": {cond: float}, "share_best": {cond: float}}``. A sample whose
     lowest NLL is shared by k conditions gives each of them 1/k, so the shares sum to 1.
     """
     data = _nll_dict(nll)
     names = list(data)
-    mat = np.stack([data[k] for k in names])  # (n_cond, n)
+    mat = snap_ties(np.stack([data[k] for k in names]), atol)  # (n_cond, n)
     ranks = _sps.rankdata(mat, method="average", axis=0)  # (n_cond, n)
     is_best = mat == mat.min(axis=0, keepdims=True)  # (n_cond, n)
     share = (is_best / is_best.sum(axis=0, keepdims=True)).mean(axis=1)
@@ -442,3 +412,7 @@ def ranks_per_sample(nll: Mapping[str, object]) -> dict:
         "mean_rank": {k: float(v) for k, v in zip(names, ranks.mean(axis=1))},
         "share_best": {k: float(v) for k, v in zip(names, share)},
     }
+
+
+# hardness bins live in their own module; imported last because it uses the helpers above
+from lib.stats_hardness import hardness_table  # noqa: E402

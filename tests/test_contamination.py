@@ -140,3 +140,27 @@ def test_layer0_values_do_not_depend_on_the_prefix_tiny():
         bare, primed = encode(m, arch, doc), encode(m, arch, doc, [5, 6, 7, 8])
         assert torch.allclose(bare.values[0], primed.values[0], atol=1e-6)
         assert not torch.allclose(bare.values[1], primed.values[1], atol=1e-4)
+
+
+def test_best_cutoff_ignores_a_cutoff_that_equals_bare_up_to_float_noise():
+    """values_early_1 == bare up to 1e-8 (layer-0 values never depend on the prefix). Its raw deltas have an
+    arbitrary d (a mean of 1e-8 over an sd of 1e-9); under the one noise rule they are 0, so it cannot win,
+    and the reported d must lie inside its own CI (the bug: "d +0.30 [0.00, 0.00]")."""
+    rng = np.random.default_rng(5)
+    n, cutoffs = 200, [1, 2, 3]
+    bare = rng.normal(2, 0.5, n)
+    nll = {"bare": bare,
+           "values_early_1": bare - (1e-8 + 1e-9 * rng.random(n)),  # float noise with a positive mean
+           "values_early_2": bare - 0.05 + rng.normal(0, 0.2, n),   # a real, small effect (d ~ 0.25)
+           "values_early_3": bare + rng.normal(0, 0.2, n)}
+    r = C.best_cutoff(nll, cutoffs, n_boot=200, seed=0)
+    assert r["cutoff"] == 2
+    assert r["d_ci"][0] <= r["d"] <= r["d_ci"][1]
+    assert r["cutoff_share"]["1"] == 0.0
+    assert all(s["chosen_on_half"] != 1 for s in r["split_half"])
+    # absolute size beside d (item 4): mean delta in nats and as % of the bare NLL, with CIs
+    assert r["mean_delta_ci"][0] <= r["mean_delta"] <= r["mean_delta_ci"][1]
+    assert r["pct_of_ref"] == pytest.approx(100 * r["mean_delta"] / bare.mean())
+    # a coarser dtype tolerance widens the rule: a 1e-3-nat difference is noise in bfloat16
+    coarse = {**nll, "values_early_1": bare - 1e-3}
+    assert C.best_cutoff(coarse, cutoffs, n_boot=50, seed=0, atol=2e-3)["cutoff_share"]["1"] == 0.0

@@ -43,9 +43,28 @@ def test_paired_test_matches_scipy():
     assert res.win_rate == pytest.approx(S.win_rate(REF, COND))
     assert (res.ci_low, res.ci_high) == S.bootstrap_ci_d(REF, COND, n_boot=500, seed=1)
     d = res.to_dict()
-    assert set(d) == {"n", "mean_ref", "mean_cond", "mean_delta", "d", "ci_low", "ci_high",
-                      "win_rate", "t", "p_t", "p_wilcoxon"}
+    assert set(d) == {"n", "mean_ref", "mean_cond", "mean_delta", "mean_delta_ci_low", "mean_delta_ci_high",
+                      "pct_of_ref", "pct_ci_low", "pct_ci_high", "d", "ci_low", "ci_high",
+                      "win_rate", "t", "p_t", "p_wilcoxon", "rank_biserial", "noise_atol"}
     assert d["t"] == res.t
+    # absolute size beside d: nats and % of the reference NLL, each with its CI
+    assert res.pct_of_ref == pytest.approx(100 * statistics.mean(DELTA) / statistics.mean(REF.tolist()))
+    assert res.mean_delta_ci_low < res.mean_delta < res.mean_delta_ci_high
+    assert res.pct_ci_low < res.pct_of_ref < res.pct_ci_high
+    # rank-biserial by hand: |delta| ranks of the 10 non-zero deltas, positive minus negative over total
+    nz = [x for x in DELTA if x != 0]
+    rk = sps.rankdata(np.abs(nz))
+    assert res.rank_biserial == pytest.approx((rk[np.array(nz) > 0].sum() - rk[np.array(nz) < 0].sum()) / rk.sum())
+
+
+def test_bootstrap_ci_mean_equals_explicit_resampling():
+    idx = np.random.default_rng(4).integers(0, 12, size=(300, 12))
+    delta = REF - COND
+    m = [delta[i].mean() for i in idx]
+    pct = [100 * delta[i].mean() / REF[i].mean() for i in idx]
+    got = S.bootstrap_ci_mean(REF, COND, n_boot=300, seed=4)
+    assert got["mean_delta_ci"] == pytest.approx(tuple(np.quantile(m, [0.025, 0.975])), rel=1e-10)
+    assert got["pct_ci"] == pytest.approx(tuple(np.quantile(pct, [0.025, 0.975])), rel=1e-10)
 
 
 def test_paired_test_wilcoxon_nan_when_all_deltas_zero():
@@ -62,6 +81,8 @@ def test_paired_result_validates_itself():
         S.PairedResult(**{**good, "p_t": -0.1})
     with pytest.raises(ValueError, match="ci_low"):
         S.PairedResult(**{**good, "ci_low": 5.0, "ci_high": 1.0})
+    with pytest.raises(ValueError, match="pct_ci_low"):
+        S.PairedResult(**{**good, "pct_ci_low": 5.0, "pct_ci_high": 1.0})
 
 
 def test_bootstrap_ci_contains_d_and_is_deterministic():
@@ -238,3 +259,35 @@ def test_float_noise_is_not_an_effect():
     assert r.d == 0.0 and (r.ci_low, r.ci_high) == (0.0, 0.0) and np.isnan(r.p_wilcoxon)
     real = ref - 1e-3 + rng.normal(0, 1e-4, 50)  # a small real effect is untouched
     assert S.cohens_d_paired(ref, real) == pytest.approx(np.mean(ref - real) / np.std(ref - real, ddof=1))
+
+
+def _difficulty_data(effect, n=2000, seed=11):
+    """ref = truth + noise, cond = truth - effect + noise: ``effect`` is the known per-sample gain."""
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(2.0, 0.5, n)
+    return truth, truth + rng.normal(0, 0.3, n), truth - effect + rng.normal(0, 0.3, n)
+
+
+def test_rtm_null_keeps_a_uniform_effect_flat():
+    """A uniform true effect of 0.3 nats is the same in every bin: excess over the null must be ~0 everywhere.
+    (The old sign-flip null assumed no effect and invented "hard samples gain less": +0.36 ... +0.20.)"""
+    truth, ref, cond = _difficulty_data(0.3)
+    rows = S.hardness_table({"ref": ref, "cond": cond}, "ref", ["cond"], n_bins=5, n_perm=300)
+    excess = [r["excess_delta"] for r in rows]
+    assert max(abs(e) for e in excess) < 0.04, excess
+    # the observed bin means still show the RTM artefact, and the null reproduces it around the mean effect
+    assert rows[-1]["mean_delta"] - rows[0]["mean_delta"] > 0.3
+    assert rows[-1]["rtm_null_mean_delta"] - rows[0]["rtm_null_mean_delta"] > 0.3
+
+
+def test_rtm_null_finds_a_planted_hardness_gradient():
+    """The gain grows with true difficulty (0 for the easiest, 0.6 for the hardest): excess is negative in the
+    easiest bin and positive in the hardest, and an external hardness measure sees the same ordering."""
+    rng = np.random.default_rng(12)
+    truth = rng.normal(2.0, 0.5, 2000)
+    gain = 0.6 * (truth - truth.min()) / np.ptp(truth)
+    ref, cond = truth + rng.normal(0, 0.3, 2000), truth - gain + rng.normal(0, 0.3, 2000)
+    rows = S.hardness_table({"ref": ref, "cond": cond}, "ref", ["cond"], n_bins=5, n_perm=300)
+    assert rows[0]["excess_delta"] < -0.02 and rows[-1]["excess_delta"] > 0.02
+    ext = S.hardness_table({"ref": ref, "cond": cond}, "ref", ["cond"], n_bins=5, hardness=truth)
+    assert ext[-1]["mean_delta"] - ext[0]["mean_delta"] > 0.2

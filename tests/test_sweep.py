@@ -117,3 +117,13 @@ def test_update_plan_replaces_only_the_marked_table(tmp_path):
 def test_index_shows_missing_numbers_as_na():
     assert index._fmt({"label": "x", "d": 0.2, "ci_low": -1.0, "ci_high": None}) == "x +0.20 [-1.00, n/a]"
     assert index._fmt({"label": "x", "d": None}) == "x n/a"
+
+
+def test_index_shows_absolute_size_beside_d_when_present():
+    h = {"label": "values_early_1", "d": 0.42, "ci_low": 0.1, "ci_high": 0.75, "mean_delta": 0.0011,
+         "pct_of_ref": 0.19, "pct_ci_low": 0.05, "pct_ci_high": 0.33}
+    assert index._fmt(h) == "values_early_1 +0.0011 nats (+0.19% [+0.05, +0.33]), d +0.42 [+0.10, +0.75]"
+    row = {"experiment": "exp06", "run": "r", "model": "m", "dataset": "d", "n": 30, "commit": "abc", "date": "2026",
+           "random_init": False, "smoke": True, "primary_test": "wilcoxon", "headline": [h]}
+    line = index.table([row]).splitlines()[-1]
+    assert "| m | no | yes | d | 30 | wilcoxon |" in line and "+0.0011 nats" in line
