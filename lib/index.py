@@ -174,6 +174,9 @@ def main(argv=None) -> int:
     print(write_index(rows, Path(a.results) / "INDEX.md"))
     if not a.no_plan:
         print(update_plan(rows))
+        from lib import logblocks
+
+        print(logblocks.update_plan())  # every RUN-BLOCK in the log, from its results.json
     for e in a.figure:
         print(cross_model_figure(rows, e, Path(a.results) / f"cross_model_{e}.png"))
     return 0

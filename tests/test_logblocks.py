@@ -1,0 +1,54 @@
+"""Generated number blocks in EXPERIMENT_PLAN.md: written from results.json, and the committed log is current."""
+import json
+from pathlib import Path
+
+import pytest
+
+from lib import logblocks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _results(tmp_path, p_holm_wilcoxon):
+    run = tmp_path / "results" / "exp01_x"
+    run.mkdir(parents=True)
+    row = {"label": "D vs A", "ref": "A", "cond": "D", "mean_delta": 0.0123, "mean_delta_ci_low": 0.001,
+           "mean_delta_ci_high": 0.02, "pct_of_ref": 0.5, "pct_ci_low": 0.1, "pct_ci_high": 0.9, "d": 0.31,
+           "ci_low": 0.1, "ci_high": 0.5, "win_rate": 0.6, "p_holm": 0.2, "p_holm_wilcoxon": p_holm_wilcoxon,
+           "rank_biserial": 0.3, "primary_test": "t"}
+    (run / "results.json").write_text(json.dumps({
+        "config": {"MODEL": "m", "dtype": "torch.float32"}, "provenance": {"commit": "abcdef123456", "dirty": False,
+                                                                            "date": "2026-12-01T00:00"},
+        "data": {"name": "squad_v1.1", "n_samples": 300, "provenance": {"sha256": "f" * 64}, "content_sha256": "e" * 64},
+        "summary": {"primary_test": "t", "mean_nll": {"A": 3.0, "D": 2.9}, "comparisons": [row]}}))
+    return "results/exp01_x"
+
+
+def test_block_is_written_from_the_file_and_names_test_dependence(tmp_path):
+    run = _results(tmp_path, p_holm_wilcoxon=0.001)
+    text = f"prose\n<!-- RUN-BLOCK {run} -->\nstale 9.99\n<!-- /RUN-BLOCK -->\nmore prose\n"
+    out = logblocks.update(text, tmp_path)
+    assert "stale" not in out and out.startswith("prose\n") and out.endswith("<!-- /RUN-BLOCK -->\nmore prose\n")
+    assert "| D vs A | +0.0123 [+0.0010, +0.0200] | +0.50 [+0.10, +0.90] | +0.310 [+0.100, +0.500] | 0.60 | 0.2 | 0.001 | test-dependent |" in out
+    assert "real data" in out and "N=300" in out and "commit abcdef12" in out
+    assert logblocks.update(out, tmp_path) == out  # idempotent
+    run2 = _results(tmp_path / "b", p_holm_wilcoxon=0.5)
+    assert "| null |" in logblocks.update(f"<!-- RUN-BLOCK {run2} -->\n<!-- /RUN-BLOCK -->", tmp_path / "b")
+
+
+def test_missing_run_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="results/nope"):
+        logblocks.update("<!-- RUN-BLOCK results/nope -->\n<!-- /RUN-BLOCK -->", tmp_path)
+
+
+def test_committed_log_blocks_are_current():
+    text = (ROOT / "EXPERIMENT_PLAN.md").read_text()
+    assert logblocks.update(text) == text, "EXPERIMENT_PLAN.md is stale: run `make index`"
+
+
+def test_committed_index_table_is_current():
+    from lib import index
+
+    text = (ROOT / "EXPERIMENT_PLAN.md").read_text()
+    body = text.split(index.START, 1)[1].split(index.END, 1)[0]
+    assert body == "\n" + index.table(index.collect()) + "\n", "the results index is stale: run `make index`"
