@@ -29,6 +29,7 @@ composition as before.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -173,7 +174,10 @@ class Engine:
     def __init__(self, lm, *, mem_budget_gb: float = 2.0, max_batch: int = 64, phase_b_batch: int | None = None):
         self.lm, self.model, self.arch = lm, lm.model, lm.arch
         self.budget = token_budget(self.model, mem_budget_gb)
-        self.kv_bytes_per_token = _sizes(self.model)[0]
+        self.kv_bytes_per_token, act_bytes = _sizes(self.model)
+        # Phase B's answer-position logits and their log-softmax (float32, vocab wide), in budget tokens
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        self._logit_tokens = 8 * vocab / (self.kv_bytes_per_token + act_bytes)
         self.cache_budget_bytes = int(mem_budget_gb * 2**30 / 2)  # shaped caches alive at once
         self.max_batch = max_batch
         self.phase_b_batch = phase_b_batch
@@ -319,9 +323,11 @@ class Engine:
         for j in group_jobs:
             remaining[jobs[j][0]] = remaining.get(jobs[j][0], 0) + 1
         # Phase B pads the new tokens (what the linear layers pay for) and holds a padded copy of the
-        # batch's caches (what memory pays for): batch by new-token length, budget on the total
+        # batch's caches and vocab-wide logits at answer positions (what memory pays for): batch by
+        # new-token length, budget on the total
         new_len = [len(jobs[j][1].prompt_ids) + len(jobs[j][1].answer_ids) for j in group_jobs]
-        total = [shaped[jobs[j][0]].length + n for j, n in zip(group_jobs, new_len)]
+        total = [shaped[jobs[j][0]].length + n + math.ceil(len(jobs[j][1].answer_ids) * self._logit_tokens)
+                 for j, n in zip(group_jobs, new_len)]
         for idx in _batches(new_len, self.budget, self.phase_b_batch or self.max_batch, cost=total, min_tokens=256):
             sel = [group_jobs[k] for k in idx]
             self._score_batch(sel, jobs, shaped, nlls)

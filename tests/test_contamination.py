@@ -140,3 +140,17 @@ def test_layer0_values_do_not_depend_on_the_prefix_tiny():
         bare, primed = encode(m, arch, doc), encode(m, arch, doc, [5, 6, 7, 8])
         assert torch.allclose(bare.values[0], primed.values[0], atol=1e-6)
         assert not torch.allclose(bare.values[1], primed.values[1], atol=1e-4)
+
+
+def test_score_prepared_chunks_by_the_engine_budget():
+    """A budget that fits one sample's caches at a time gives the same rows, in the same order."""
+    m = build("gemma3")
+    lm = _LM(m, arch_of(m))
+    names, prefix, preps = ["bare", "primed", "values_only"], [5, 6, 7], _preps(4)
+    small = Engine(lm, mem_budget_gb=3.7e-4)  # cache half ~200 kB: chunks [s0, s1], [s2], [s3] (50-120 kB each)
+    rows = C.score_prepared(small, preps, names, prefix, batch_size=8)
+    big = C.score_prepared(Engine(lm), preps, names, prefix, batch_size=8)
+    assert small.stats.phase_a_forwards >= 3
+    assert [(r["sample_id"], r["condition"]) for r in rows] == [(r["sample_id"], r["condition"]) for r in big]
+    for r, b in zip(rows, big):
+        assert np.abs(np.array(r["token_nlls"]) - np.array(b["token_nlls"])).max() <= TOL
