@@ -176,3 +176,22 @@ def test_budget_too_small_for_one_cache_still_scores_it():
     e = Engine(lm, mem_budget_gb=1e-7)
     (row,) = e.score_items([it])
     assert max(abs(a - float(b)) for a, b in zip(row["token_nlls"], _reference(lm, it))) <= TOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_many_continuations_share_one_cache_real(request, monkeypatch, name):
+    lm = request.getfixturevalue(name)
+    from lib.data import synthetic_qa
+
+    s = synthetic_qa(17, 7)
+    tok = lambda t: tuple(enc_mod.tokenize(lm.tokenizer, t))  # noqa: E731
+    doc, prefix, prompt = tok(s[0].passage), tok(s[0].query + "\n"), tok(f"\n\nQuestion: {s[0].query}\nAnswer:")
+    items = [WorkItem("s0", f"cand{j}", doc, prefix, False, prompt, tok(" " + s[j].answer)) for j in range(16)]
+    calls = _spy(monkeypatch)
+    e = Engine(lm, phase_b_batch=8)
+    rows = e.score_items(items)
+    assert calls["shape"] == 1 and len({id(c) for b in calls["score"] for c in b}) == 1
+    monkeypatch.undo()
+    for it, r in zip(items, rows):
+        assert max(abs(a - float(b)) for a, b in zip(r["token_nlls"], _reference(lm, it))) <= 1e-4, it.condition
