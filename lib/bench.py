@@ -2,6 +2,7 @@
 
     python -m lib.bench                      # both designs on the bundled SmolLM2 (CPU: about 4 min)
     python -m lib.bench --design exp01 --model gemma-3-270m --n 8
+    python -m lib.bench --design many8 --model gemma-3-270m --n 12 --memory-n 120   # lib/bench_memory.py
 
 The reference loop does what the seed notebooks did, with this repo's correct kernels (so its
 NLLs are comparable): per sample and per condition one Phase A forward of the full LM (logits
@@ -352,13 +353,14 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m lib.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--design", default="both", choices=DESIGNS + ("both",))
+    ap.add_argument("--design", default="both", choices=DESIGNS + ("both", "many8"), help="many8: lib/bench_memory.py")
     ap.add_argument("--n", type=int, default=None, help="samples (default: 10 for exp01, 4 for matched13)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--mem-budget-gb", type=float, default=2.0)
     ap.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    ap.add_argument("--memory-n", type=int, default=None, help="many8: samples for the engine's extra memory probe")
     ap.add_argument("--probe", choices=("reference", "engine"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.probe:
@@ -367,9 +369,15 @@ def main(argv=None) -> int:
     out = Path(args.out)
     ok = True
     for design in (DESIGNS if args.design == "both" else (args.design,)):
-        n = args.n or (10 if design == "exp01" else 4)
-        res = bench(lm, design, n, args.repeats, args.mem_budget_gb, memory=not args.no_memory)
-        print(report(res), flush=True)
+        n = args.n or {"exp01": 10, "matched13": 4, "many8": 12}[design]
+        if design == "many8":
+            from lib import bench_memory
+
+            res = bench_memory.bench(lm, n, args.repeats, args.mem_budget_gb, args.memory_n, memory=not args.no_memory)
+            print(bench_memory.report(res), flush=True)
+        else:
+            res = bench(lm, design, n, args.repeats, args.mem_budget_gb, memory=not args.no_memory)
+            print(report(res), flush=True)
         res["provenance"] = provenance(seeds={"seed": 42})
         write_json_atomic(out / f"{design}_{args.model.replace('/', '_')}.json", res)
         ok &= res["nll_agreement_ok"]

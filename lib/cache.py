@@ -171,7 +171,9 @@ def stack_left_padded(caches: list[DocCache]) -> tuple[DocCache, torch.Tensor]:
     """Batch single-item caches by left-padding with zeros.
 
     Returns the batched cache (S = longest) and ``cache_mask`` (B, S) with 1 on real entries.
-    Padded slots get position -1. The positions of the real entries are unchanged.
+    Padded slots get position -1. The positions of the real entries are unchanged. When every row is
+    the SAME cache object, its tensors are expanded along the batch (stride 0, no copy); a forward
+    pass materialises them once when it appends the new tokens.
     """
     if not caches:
         raise ValueError("no caches to stack")
@@ -186,7 +188,10 @@ def stack_left_padded(caches: list[DocCache]) -> tuple[DocCache, torch.Tensor]:
     for b, c in enumerate(caches):
         mask[b, lmax - c.length:] = 1
         pos[b, lmax - c.length:] = c.positions[0]
-    if all(c.length == lmax for c in caches):
+    if all(c is caches[0] for c in caches):  # one cache under every row: broadcast it, no copy along the batch
+        keys = tuple(k.expand(len(caches), -1, -1, -1) for k in caches[0].keys)
+        values = tuple(v.expand(len(caches), -1, -1, -1) for v in caches[0].values)
+    elif all(c.length == lmax for c in caches):
         keys = tuple(torch.cat([c.keys[i] for c in caches]) for i in range(n_layers))
         values = tuple(torch.cat([c.values[i] for c in caches]) for i in range(n_layers))
     else:

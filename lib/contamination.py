@@ -88,7 +88,24 @@ def score_samples(engine, samples, names: list[str], prefix: list[int], *, batch
 
 
 def score_prepared(engine, preps, names: list[str], prefix: list[int], *, batch_size: int = 32) -> list[dict]:
-    """Rows for ``priming.Prepared`` items (token ids only; the query prompt is scored)."""
+    """Rows for ``priming.Prepared`` items (token ids only; the query prompt is scored).
+
+    Samples go through in consecutive chunks whose caches (full primed, bare, primed) fit the
+    engine's ``cache_budget_bytes``, so memory does not grow with the number of samples.
+    """
+    per_token = engine.kv_bytes_per_token
+    chunks, cur, used = [], [], 0
+    for p in preps:
+        cost = per_token * (3 * (1 + len(p.doc_ids)) + len(prefix))
+        if cur and used + cost > engine.cache_budget_bytes:
+            chunks.append(cur)
+            cur, used = [], 0
+        cur.append(p)
+        used += cost
+    return [row for chunk in chunks + [cur] if chunk for row in _score_chunk(engine, chunk, names, prefix, batch_size)]
+
+
+def _score_chunk(engine, preps, names: list[str], prefix: list[int], batch_size: int) -> list[dict]:
     lm = engine.lm
     encs = [(tuple(p.doc_ids), ()) for p in preps] + [(tuple(p.doc_ids), tuple(prefix)) for p in preps]
     full = engine.encode_many(encs)

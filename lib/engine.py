@@ -1,25 +1,35 @@
 """The evaluation engine: score samples x conditions with the least forward work, batched.
 
-Input is a list of ``WorkItem`` (one per (sample, condition)): the document ids, the prefix ids
-Phase A sees, how the cache is shaped, and the Phase B prompt and answer ids. The engine
+Input is a list of ``WorkItem`` (one per (sample, condition), or per (sample, condition, answer
+candidate)): the document ids, the prefix ids Phase A sees, how the cache is shaped, and the Phase B
+prompt and answer ids. The engine
 
-1. plans Phase A once per DISTINCT encoding ``(doc_ids, prefix_ids)``: conditions that share an
-   encoding (full oracle, full oracle + repeat, truncated oracle) share one forward, and the bare
-   cache is computed once per sample;
-2. runs Phase A batched across encodings, sorted by length and right-padded (a causal model's
-   real tokens never see the padding after them; positions are 0..L-1 per row; each item's cache
-   is a view ``[:L]`` of the batch, no copy); only the base model runs, no logits;
-3. shapes each item's cache (``lib.encode.shape``: keep/drop the prefix, re-position);
-4. runs Phase B batched across conditions and samples (``lib.scoring.score``: left-padded caches,
-   logits only at answer positions), items sorted by length to limit padding.
+1. dedupes: a shaped cache is identified by ``(doc_ids, prefix_ids, keep_prefix)`` and a
+   continuation by (shaped cache, prompt_ids, answer_ids). Each distinct continuation is scored
+   ONCE and its NLLs are copied to every item that asks for it, so two conditions that denote the
+   same work get the same number by construction (bitwise), whatever the batch;
+2. plans Phase A once per DISTINCT encoding ``(doc_ids, prefix_ids)``: conditions that share an
+   encoding (full oracle, full oracle + repeat, truncated oracle) share one forward;
+3. streams groups of encodings, longest first, each group small enough that its shaped caches fit
+   the cache half of ``mem_budget_gb`` (``cache_budget_bytes``; a single encoding larger than
+   that forms a group alone). Per group: Phase A batched (right-padded, positions 0..L-1 per row,
+   only the base model runs), each distinct shaped cache built once straight from the batch
+   (``lib.encode.shape``; a cache that would still view the padded batch is cloned, so no padded
+   batch outlives its forward), then Phase B batched over the group's continuations
+   (``lib.scoring.score``: left-padded caches, logits only at answer positions; a batch whose rows
+   all continue one cache broadcasts it instead of copying it). A shaped cache is dropped as soon
+   as its last continuation is scored.
 
-Batch sizes come from a token budget derived from ``mem_budget_gb``; on CUDA an out-of-memory
-error halves the batch and retries. No deep copies, no per-step ``gc.collect``/``empty_cache``.
-``run`` streams rows into a ``RunStore`` wave by wave (a wave = ``wave`` samples), so a killed run
-resumes at the first unfinished wave with the same batch composition as before.
+Memory: at most one group's shaped caches (<= ``cache_budget_bytes``) plus one Phase A or Phase B
+batch (token budget from the other half) are alive at once, whatever the number of items. On CUDA
+an out-of-memory error halves the batch and retries. No deep copies, no per-step
+``gc.collect``/``empty_cache``. ``run`` streams rows into a ``RunStore`` wave by wave (a wave =
+``wave`` samples), so a killed run resumes at the first unfinished wave with the same batch
+composition as before.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -63,18 +73,16 @@ class EngineStats:
     phase_a_tokens: int = 0  # real (unpadded) tokens
     phase_a_padded_tokens: int = 0  # tokens including padding
     phase_b_forwards: int = 0
-    phase_b_items: int = 0
+    phase_b_items: int = 0  # distinct continuations scored
     oom_retries: int = 0
+    shaped_caches: int = 0  # distinct shaped caches built (one per (encoding, keep_prefix))
+    deduplicated_items: int = 0  # items that repeated an earlier item's work: scored once, result copied
+    groups: int = 0  # streamed Phase A -> shape -> Phase B groups
+    peak_live_cache_bytes: int = 0  # most bytes of shaped caches alive at once
 
 
-def token_budget(model, mem_budget_gb: float) -> int:
-    """Tokens per Phase A batch that fit ``mem_budget_gb`` (activations + the kept KV cache).
-
-    Per token: KV entries of every layer, plus the largest transient activations of one layer
-    (hidden states, the MLP's intermediate, q/k/v), with a safety factor of 2.
-    """
-    if mem_budget_gb <= 0:
-        raise ValueError(f"mem_budget_gb must be > 0, got {mem_budget_gb}")
+def _sizes(model) -> tuple[int, int]:
+    """(KV bytes per cached token over all layers, largest transient activation bytes per token)."""
     cfg = model.config.get_text_config(decoder=True)
     p = next(model.parameters())
     size = p.element_size() if p.is_floating_point() else 2  # quantized weights compute in 16 bits
@@ -84,6 +92,19 @@ def token_budget(model, mem_budget_gb: float) -> int:
     kv_bytes = 2 * cfg.num_hidden_layers * n_kv * head_dim * size
     inter = getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)
     act_bytes = size * (6 * cfg.hidden_size + 3 * inter + 2 * n_heads * head_dim)
+    return kv_bytes, act_bytes
+
+
+def token_budget(model, mem_budget_gb: float) -> int:
+    """Tokens per Phase A batch that fit half of ``mem_budget_gb`` (activations + the kept KV cache).
+
+    Per token: KV entries of every layer, plus the largest transient activations of one layer
+    (hidden states, the MLP's intermediate, q/k/v), with a safety factor of 2. (The other half of
+    the budget holds the shaped caches alive between Phase A and Phase B.)
+    """
+    if mem_budget_gb <= 0:
+        raise ValueError(f"mem_budget_gb must be > 0, got {mem_budget_gb}")
+    kv_bytes, act_bytes = _sizes(model)
     return max(64, int(mem_budget_gb * 2**30 / (2 * (kv_bytes + act_bytes))))
 
 
@@ -114,6 +135,35 @@ def _batches(lengths: list[int], budget: int, max_batch: int, *, cost: list[int]
     return out
 
 
+def _groups(encodings: list, cost: dict, budget: int) -> list[list]:
+    """Consecutive runs of ``encodings`` whose summed ``cost`` fits ``budget`` (an oversized one stands alone)."""
+    out, cur, used = [], [], 0
+    for e in encodings:
+        if cur and used + cost[e] > budget:
+            out.append(cur)
+            cur, used = [], 0
+        cur.append(e)
+        used += cost[e]
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _nbytes(dc: kv.DocCache) -> int:
+    return sum(t.numel() * t.element_size() for t in dc.keys + dc.values)
+
+
+def _owned(dc: kv.DocCache, batch_storages) -> kv.DocCache:
+    """``dc`` with every tensor that views a Phase A batch (storage in ``batch_storages``, or not
+    exactly its own size) cloned, so the cache keeps no padded batch alive."""
+    def own(t):
+        st = t.untyped_storage()
+        shared = st.data_ptr() in batch_storages or st.nbytes() != t.numel() * t.element_size()
+        return t.clone() if shared else t
+
+    return kv.DocCache(tuple(own(k) for k in dc.keys), tuple(own(v) for v in dc.values), dc.positions, dict(dc.meta))
+
+
 def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
@@ -124,21 +174,37 @@ class Engine:
     def __init__(self, lm, *, mem_budget_gb: float = 2.0, max_batch: int = 64, phase_b_batch: int | None = None):
         self.lm, self.model, self.arch = lm, lm.model, lm.arch
         self.budget = token_budget(self.model, mem_budget_gb)
+        self.kv_bytes_per_token, act_bytes = _sizes(self.model)
+        # Phase B's answer-position logits and their log-softmax (float32, vocab wide), in budget tokens
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        self._logit_tokens = 8 * vocab / (self.kv_bytes_per_token + act_bytes)
+        self.cache_budget_bytes = int(mem_budget_gb * 2**30 / 2)  # shaped caches alive at once
         self.max_batch = max_batch
         self.phase_b_batch = phase_b_batch
         self.stats = EngineStats()
         self.device = next(self.model.parameters()).device
 
     # ---- Phase A ---------------------------------------------------------------------------
-    def encode_many(self, encodings: list[tuple]) -> list[tuple[kv.DocCache, enc_mod.Encoded]]:
-        """Full (unshaped) caches for distinct ``(doc_ids, prefix_ids)`` encodings, batched."""
+    def _built(self, encodings: list[tuple]) -> list[enc_mod.Encoded]:
         built = [enc_mod.build_inputs(self.arch, list(d), list(p)) for d, p in encodings]
         for b in built:
             if len(b.input_ids) > self.arch.max_positions:
                 raise ValueError(f"input of {len(b.input_ids)} tokens exceeds the model's {self.arch.max_positions} positions")
+        return built
+
+    def encode_many(self, encodings: list[tuple]) -> list[tuple[kv.DocCache, enc_mod.Encoded]]:
+        """Full (unshaped) caches for distinct ``(doc_ids, prefix_ids)`` encodings, batched.
+
+        Each cache owns its row (a clone of the padded batch's slice), so it never pins the batch.
+        """
+        built = self._built(encodings)
         out: list = [None] * len(built)
+
+        def take(i, row):
+            out[i] = (_owned(row, ()), built[i])
+
         for idx in _batches([len(b.input_ids) for b in built], self.budget, self.max_batch):
-            self._encode_batch(idx, built, out)
+            self._encode_batch(idx, built, take)
         self.stats.phase_a_encodings += len(built)
         return out
 
@@ -154,11 +220,13 @@ class Engine:
             self._halving_on_oom(run, idx[:half])
             self._halving_on_oom(run, idx[half:])
 
-    def _encode_batch(self, idx: list[int], built, out) -> None:
-        self._halving_on_oom(lambda part: self._encode_batch_once(part, built, out), idx)
+    def _encode_batch(self, idx: list[int], built, take) -> None:
+        self._halving_on_oom(lambda part: self._encode_batch_once(part, built, take), idx)
 
     @torch.no_grad()
-    def _encode_batch_once(self, idx: list[int], built, out) -> None:
+    def _encode_batch_once(self, idx: list[int], built, take) -> None:
+        """One padded Phase A forward; ``take(i, row)`` gets each row as a DocCache VIEW of the batch
+        (valid during the call only: keep a copy, never the view)."""
         lens = [len(built[i].input_ids) for i in idx]
         tmax = max(lens)
         ids = torch.zeros(len(idx), tmax, dtype=torch.long, device=self.device)
@@ -173,41 +241,54 @@ class Engine:
         values = [layer.values for layer in past.layers]
         for r, i in enumerate(idx):
             n = lens[r]
-            dc = kv.DocCache(
+            take(i, kv.DocCache(
                 tuple(k[r : r + 1, :, :n] for k in keys),
                 tuple(v[r : r + 1, :, :n] for v in values),
                 torch.arange(n, device=self.device)[None],
                 {"n_anchor": built[i].n_anchor, "n_prefix": built[i].n_prefix, "n_doc": built[i].n_doc},
-            )
-            out[i] = (dc, built[i])
+            ))
         self.stats.phase_a_forwards += 1
         self.stats.phase_a_tokens += sum(lens)
         self.stats.phase_a_padded_tokens += len(idx) * tmax
 
-    # ---- Phase B ---------------------------------------------------------------------------
+    # ---- plan, stream, Phase B -------------------------------------------------------------
     def score_items(self, items: list[WorkItem]) -> list[dict]:
         """Rows for ``items`` (any order, any mix of samples and conditions), in input order."""
-        keys = list(dict.fromkeys(it.encoding for it in items))
-        full = dict(zip(keys, self.encode_many(keys)))
-        caches = []
+        cache_of: dict[tuple, int] = {}  # (encoding, keep_prefix) -> shaped-cache index
+        job_of: dict[tuple, int] = {}  # (cache index, prompt_ids, answer_ids) -> distinct continuation
+        jobs: list[tuple[int, WorkItem]] = []
+        item_job = []
         for it in items:
-            dc, enc = full[it.encoding]
-            caches.append(enc_mod.shape(dc, enc, self.arch, keep_prefix=it.keep_prefix))
-        nlls: list = [None] * len(items)
-        # Phase B pads the new tokens (what the linear layers pay for) and holds a padded copy of the
-        # batch's caches (what memory pays for): batch by new-token length, budget on the total
-        new_len = [len(it.prompt_ids) + len(it.answer_ids) for it in items]
-        total = [c.length + n for c, n in zip(caches, new_len)]
-        for idx in _batches(new_len, self.budget, self.phase_b_batch or self.max_batch, cost=total, min_tokens=256):
-            self._score_batch(idx, items, caches, nlls)
+            c = cache_of.setdefault((it.encoding, it.keep_prefix), len(cache_of))
+            j = job_of.setdefault((c, it.prompt_ids, it.answer_ids), len(job_of))
+            if j == len(jobs):
+                jobs.append((c, it))
+            item_job.append(j)
+        self.stats.deduplicated_items += len(items) - len(jobs)
+        encodings = list(dict.fromkeys(enc for enc, _ in cache_of))
+        built = dict(zip(encodings, self._built(encodings)))
+        cache_len = [len(built[enc].keep_index(keep)) for enc, keep in cache_of]
+        caches_of_enc: dict[tuple, list[int]] = {}
+        for (enc, _), c in cache_of.items():
+            caches_of_enc.setdefault(enc, []).append(c)
+        jobs_of_cache: dict[int, list[int]] = {}
+        for j, (c, _) in enumerate(jobs):
+            jobs_of_cache.setdefault(c, []).append(j)
+        nlls: list = [None] * len(jobs)
+        cost = {e: self.kv_bytes_per_token * sum(cache_len[c] for c in caches_of_enc[e]) for e in encodings}
+        for group in _groups(sorted(encodings, key=lambda e: -len(built[e].input_ids)), cost, self.cache_budget_bytes):
+            self.stats.groups += 1
+            self._run_group(group, built, cache_of, caches_of_enc, [j for e in group for c in caches_of_enc[e]
+                                                                      for j in jobs_of_cache[c]], jobs, nlls)
         rows = []
-        for it, c, tok in zip(items, caches, nlls):
+        for it, j in zip(items, item_job):
+            tok = nlls[j]
             rows.append({
                 "sample_id": it.sample_id,
                 "condition": it.condition,
                 "n_doc_tokens": len(it.doc_ids),
                 "n_prefix_tokens": len(it.prefix_ids),
-                "cache_len": c.length,
+                "cache_len": cache_len[jobs[j][0]],
                 "n_prompt_tokens": len(it.prompt_ids),
                 "n_answer_tokens": len(it.answer_ids),
                 **it.row,
@@ -216,16 +297,56 @@ class Engine:
             })
         return rows
 
-    def _score_batch(self, idx, items, caches, nlls) -> None:
-        self._halving_on_oom(lambda part: self._score_batch_once(part, items, caches, nlls), idx)
+    def _run_group(self, group, built, cache_of, caches_of_enc, group_jobs, jobs, nlls) -> None:
+        """Phase A for the group's encodings, each shaped cache once, Phase B; frees caches when done."""
+        shaped: dict[int, kv.DocCache] = {}
+        keep_of = {c: keep for (_, keep), c in cache_of.items()}
+        encs = list(group)
+        enc_list = [built[e] for e in encs]
+        live = [0]  # bytes of shaped caches alive now
 
-    def _score_batch_once(self, idx, items, caches, nlls) -> None:
-        got = scoring.score(self.model, [caches[i] for i in idx], [list(items[i].prompt_ids) for i in idx],
-                            [list(items[i].answer_ids) for i in idx], batch_size=len(idx))
-        for i, t in zip(idx, got):
-            nlls[i] = t
+        def take(i, row):
+            owners = {t.untyped_storage().data_ptr() for t in row.keys + row.values}
+            for c in caches_of_enc[encs[i]]:
+                if c in shaped:  # already built before an out-of-memory retry
+                    continue
+                dc = _owned(enc_mod.shape(row, enc_list[i], self.arch, keep_prefix=keep_of[c]), owners)
+                shaped[c] = dc
+                live[0] += _nbytes(dc)
+                self.stats.shaped_caches += 1
+                self.stats.peak_live_cache_bytes = max(self.stats.peak_live_cache_bytes, live[0])
+
+        for idx in _batches([len(b.input_ids) for b in enc_list], self.budget, self.max_batch):
+            self._encode_batch(idx, enc_list, take)
+        self.stats.phase_a_encodings += len(encs)
+        remaining: dict[int, int] = {}
+        for j in group_jobs:
+            remaining[jobs[j][0]] = remaining.get(jobs[j][0], 0) + 1
+        # Phase B pads the new tokens (what the linear layers pay for) and holds a padded copy of the
+        # batch's caches and vocab-wide logits at answer positions (what memory pays for): batch by
+        # new-token length, budget on the total
+        new_len = [len(jobs[j][1].prompt_ids) + len(jobs[j][1].answer_ids) for j in group_jobs]
+        total = [shaped[jobs[j][0]].length + n + math.ceil(len(jobs[j][1].answer_ids) * self._logit_tokens)
+                 for j, n in zip(group_jobs, new_len)]
+        for idx in _batches(new_len, self.budget, self.phase_b_batch or self.max_batch, cost=total, min_tokens=256):
+            sel = [group_jobs[k] for k in idx]
+            self._score_batch(sel, jobs, shaped, nlls)
+            for j in sel:
+                c = jobs[j][0]
+                remaining[c] -= 1
+                if remaining[c] == 0:  # its last continuation is scored: free it now
+                    live[0] -= _nbytes(shaped.pop(c))
+
+    def _score_batch(self, sel, jobs, shaped, nlls) -> None:
+        self._halving_on_oom(lambda part: self._score_batch_once(part, jobs, shaped, nlls), sel)
+
+    def _score_batch_once(self, sel, jobs, shaped, nlls) -> None:
+        got = scoring.score(self.model, [shaped[jobs[j][0]] for j in sel], [list(jobs[j][1].prompt_ids) for j in sel],
+                            [list(jobs[j][1].answer_ids) for j in sel], batch_size=len(sel))
+        for j, t in zip(sel, got):
+            nlls[j] = t
         self.stats.phase_b_forwards += 1
-        self.stats.phase_b_items += len(idx)
+        self.stats.phase_b_items += len(sel)
 
     # ---- streaming -------------------------------------------------------------------------
     def run(self, items: list[WorkItem], store, *, wave: int = 8, progress: bool = True, desc: str = "samples") -> list[dict]:

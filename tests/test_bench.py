@@ -46,3 +46,25 @@ def test_reference_loop_agrees_with_engine(smollm2, design):
     rows = Engine(smollm2).score_items(items)
     assert max(float((r - torch.tensor(row["token_nlls"])).abs().max()) for r, row in zip(ref, rows)) <= 1e-4
     assert bench.useful_flops(smollm2, items) > 0
+
+
+@pytest.mark.slow
+def test_many8_design_and_paths_agree(smollm2):
+    """many8: 4 conditions x K candidates per sample, gold first; the shared-cache engine equals one cache per item."""
+    from lib import bench_memory
+
+    items = bench_memory.design_items(smollm2, 3, n_candidates=3)
+    assert len(items) == 3 * 4 * 3
+    by = {}
+    for it in items:
+        by.setdefault(it.sample_id, []).append(it)
+    for its in by.values():
+        assert len({(it.encoding, it.keep_prefix) for it in its}) == 4 and len({it.doc_ids for it in its}) == 1
+        gold = [it.answer_ids for it in its if it.row["gold"]]
+        assert len(set(gold)) == 1 and len({it.answer_ids for it in its}) == 3
+    ref = bench_memory.per_item_scores(smollm2, items)
+    got, stats = bench_memory.engine_scores(smollm2, items)
+    assert stats["shaped_caches"] == 12 and stats["phase_b_items"] == len(items)
+    assert max(float((a - b).abs().max()) for a, b in zip(ref, got)) <= 1e-4
+    with pytest.raises(ValueError, match="n_candidates"):
+        bench_memory.design_items(smollm2, 2, n_candidates=3)

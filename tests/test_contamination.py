@@ -164,3 +164,17 @@ def test_best_cutoff_ignores_a_cutoff_that_equals_bare_up_to_float_noise():
     # a coarser dtype tolerance widens the rule: a 1e-3-nat difference is noise in bfloat16
     coarse = {**nll, "values_early_1": bare - 1e-3}
     assert C.best_cutoff(coarse, cutoffs, n_boot=50, seed=0, atol=2e-3)["cutoff_share"]["1"] == 0.0
+
+
+def test_score_prepared_chunks_by_the_engine_budget():
+    """A budget that fits one sample's caches at a time gives the same rows, in the same order."""
+    m = build("gemma3")
+    lm = _LM(m, arch_of(m))
+    names, prefix, preps = ["bare", "primed", "values_only"], [5, 6, 7], _preps(4)
+    small = Engine(lm, mem_budget_gb=3.7e-4)  # cache half ~200 kB: chunks [s0, s1], [s2], [s3] (50-120 kB each)
+    rows = C.score_prepared(small, preps, names, prefix, batch_size=8)
+    big = C.score_prepared(Engine(lm), preps, names, prefix, batch_size=8)
+    assert small.stats.phase_a_forwards >= 3
+    assert [(r["sample_id"], r["condition"]) for r in rows] == [(r["sample_id"], r["condition"]) for r in big]
+    for r, b in zip(rows, big):
+        assert np.abs(np.array(r["token_nlls"]) - np.array(b["token_nlls"])).max() <= TOL
