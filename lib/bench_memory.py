@@ -51,7 +51,7 @@ def design_items(lm, n: int, seed: int = 42, n_candidates: int = N_CANDIDATES) -
                          f"n_candidates={n_candidates}")
     samples = synthetic_qa(n, seed)
     by_id = {s.id: s for s in samples}
-    other = priming.assign_other([s.id for s in samples], seed)
+    other = priming.other_assignment(samples, seed)
     static = tuple(enc_mod.tokenize(lm.tokenizer, STATIC_PREFIX + priming.PREFIX_SEP))
     rng = random.Random(seed)
     items = []
