@@ -93,11 +93,8 @@ CELLS = [
             print(f"{lab}: n={r['n']}, held-out hard n={sel['n_hard']} (out-of-fold rho of predicted vs bare NLL "
                   f"{sel['oof_spearman_rho']:+.2f}; overlap with naive {sel['overlap_with_naive']:.0%})")
         for subset in ("all", "hard_heldout", "hard_naive"):
-            print(f"\\npooled, {subset}: semantic delta d (vs random_tokens), then d vs bare")
-            vb = {x["cond"]: x for x in cross["pooled"][subset]["vs_bare"]}
-            for x in cross["pooled"][subset]["semantic"]:
-                print(f"  {x['cond']:20s} sem d={x['d']:+.3f} [{x['ci_low']:+.3f}, {x['ci_high']:+.3f}] Holm p={x['p_holm']:.3g}"
-                      f"   vs bare d={vb[x['cond']]['d']:+.3f}")
+            show.table(cross["pooled"][subset]["semantic"], title=f"pooled, {subset}: semantic delta (vs random_tokens)")
+            show.table(cross["pooled"][subset]["vs_bare"], title=f"pooled, {subset}: vs bare")
         print("\\nsign consistency of the semantic delta across data sets (held-out hard subsets):")
         for x in cross["sign_consistency_hard_heldout"]:
             print(f"  {x['cond']:20s} +{x['n_positive']} / -{x['n_negative']}  consistent={x['consistent']}  pooled d={x['pooled_d']:+.3f}")
@@ -114,7 +111,7 @@ CELLS = [
                                       title="semantic delta d (vs random_tokens), all samples", ylabel="data set"))
         figs.append(plots.plot_effects(cross["pooled"]["hard_heldout"]["semantic"], ROOT / OUT_DIR / "semantic_delta_pooled.png",
                                        title="pooled semantic delta, held-out hard subset"))
-        print([str(p) for p in figs])
+        show.figures(figs)
     """),
     *common.SAVE,
 ]

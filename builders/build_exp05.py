@@ -78,8 +78,8 @@ CELLS = [
             parts = {k: r[k]["mean"] for k in ("structure", "vocabulary", "meaning", "content_effect") if k in r}
             print(f"{r['content']:16s} L={r['length']:<4d} total {r['total']['mean']:+.4f} = "
                   + " + ".join(f"{k} {v:+.4f}" for k, v in parts.items()))
-        for r in dens:
-            print(f"{r['label']:36s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  Holm p={r['p_holm']:.3g}")
+        show.table(summary["comparisons"], title="every condition vs bare")
+        show.table(dens, title="keyword density (kw20 vs kw5 at each L)")
     """),
     md("## Figures"),
     code("""
@@ -96,7 +96,7 @@ CELLS = [
         hard = [h for h in summary["hardness"] if h["cond"].endswith(f"_L{hl}")]
         if hard:
             figs.append(plots.plot_hardness_heatmap(hard, ROOT / OUT_DIR / f"hardness_heatmap_L{hl}.png", title=f"{title}, L={hl}"))
-        print([str(p) for p in figs])
+        show.figures(figs)
     """),
     *common.SAVE,
 ]

@@ -70,15 +70,12 @@ CELLS = [
         nll = nll_table(rows, names, ids)
         summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED)
         by = {r["cond"]: r for r in summary["comparisons"]}
-        for n in contamination.FIXED[1:]:
-            r = by[n]
-            print(f"{n:14s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  win={r['win_rate']:.2f}  Holm p={r['p_holm']:.3g}")
+        show.table([by[n] for n in contamination.FIXED[1:]], title="fixed hybrids vs bare")
         curve = contamination.cutoff_curve(summary["comparisons"], cutoffs)
         best = {fam: contamination.best_cutoff(nll, cutoffs, fam, n_boot=N_BOOT, seed=SEED) for fam in ("early", "late")}
         summary.update(cutoff_curve=curve, best_cutoff=best)
-        print("\\ncutoff   early d          late d")
-        for e, l in zip(curve["early"], curve["late"]):
-            print(f"{e['cutoff']:6d}   {e['d']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]   {l['d']:+.3f} [{l['ci_low']:+.3f}, {l['ci_high']:+.3f}]")
+        for fam in ("early", "late"):
+            show.table(curve[fam], keys=("cutoff",), title=f"primed values at the {fam} layers up to each cutoff, vs bare")
         for fam, b in best.items():
             print(f"best {fam} cutoff {b['cutoff']} (bootstrap 95% range {b['cutoff_ci']}): d={b['d']:+.3f} {b['d_ci']}; "
                   f"split-half d (chosen on one half, measured on the other) {b['split_half_d']:+.3f}")
@@ -95,7 +92,7 @@ CELLS = [
         if summary["hardness"]:
             figs.append(plots.plot_hardness_heatmap([h for h in summary["hardness"] if h["cond"] in contamination.FIXED],
                                                     ROOT / OUT_DIR / "hardness_heatmap.png", title=title))
-        print([str(p) for p in figs])
+        show.figures(figs)
     """),
     *common.SAVE,
 ]

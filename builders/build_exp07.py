@@ -124,13 +124,9 @@ CELLS = [
         summary["training"] = {k: {"history": r.history, "config": r.config["config"]} for k, r in trained.items()}
         summary["nearest_tokens"] = {k: soft.nearest_tokens(lm, v, NEAREST_K) for k, v in prefixes.items()}
         summary["nearest_tokens"]["static_tokens"] = lm.tokenizer.convert_ids_to_tokens(static_ids)
-        for r in summary["comparisons"]:
-            print(f"{r['cond']:16s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  win={r['win_rate']:.2f}  Holm p={r['p_holm']:.3g}")
-        print()
-        for r in summary["pairwise"]:
-            print(f"{r['label']:34s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  Holm p={r['p_holm']:.3g}")
-        for h in summary["hardness"]:
-            print(f"bin {h['bin']} {h['cond']:16s} d={h['d']:+.3f}  excess over RTM {h['excess_delta']:+.4f}")
+        show.table(summary["comparisons"], title="each condition vs bare")
+        show.table(summary["pairwise"], title="pairwise")
+        show.table(summary["hardness"], keys=("bin", "cond"), columns=["d", "excess_delta"], title="hardness (excess over RTM)")
     """),
     md("## What the learned vectors are near\nCosine to every input embedding; position i of the prefix vs the static token at i."),
     code("""
@@ -148,7 +144,7 @@ CELLS = [
         figs = [plots.plot_training_curves({k: r.history for k, r in trained.items()}, ROOT / OUT_DIR / "training_curves.png", title=title),
                 plots.plot_soft_eval(summary["comparisons"], nll, summary["hardness"], "bare", ROOT / OUT_DIR / "evaluation.png",
                                      title=title, pair=("vel_static", "vel_soft_fact"))]
-        print([str(p) for p in figs])
+        show.figures(figs)
     """),
     md("## Save"),
     code("""

@@ -73,13 +73,11 @@ CELLS = [
         summary = {"n_samples": len(ids), "mean_nll": {n: float(v.mean()) for n, v in nll.items()}}
         summary.update(encdec.analyse(nll, rows, enc_conds, n_boot=N_BOOT, seed=SEED))
         for m, comps in summary["enc_effects"].items():
-            print(f"decoder {'with' if m == 'q' else 'without'} the query (vs bare__{m}):")
-            for r in comps:
-                print(f"  {r['cond']:22s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  win={r['win_rate']:.2f}  Holm p={r['p_holm']:.3g}")
+            show.table(comps, title=f"decoder {'with' if m == 'q' else 'without'} the query (vs bare__{m})")
         if "length_control" in summary:
-            print("2x3 control:")
-            for r in summary["length_control"]["components"] + summary["length_control"]["total"]:
-                print(f"  {r.get('component', 'total'):9s} {r['label']:30s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")
+            lc = summary["length_control"]
+            show.table([{"component": r.get("component", "total"), **r} for r in lc["components"] + lc["total"]],
+                       keys=("component",), title="2x3 control")
         print("cross-attention output share at answer positions:", {k: round(v, 3) for k, v in summary["cross_attn_share"].items()})
     """),
     md("## Figures"),
@@ -93,7 +91,7 @@ CELLS = [
         if "length_control" in summary:
             figs.append(plots.plot_effects(summary["length_control"]["components"], ROOT / OUT_DIR / "length_control.png",
                                            title="2x3 control: length (nq->rq) and semantic (rq->q) parts"))
-        print([str(p) for p in figs])
+        show.figures(figs)
     """),
     md("## Save"),
     code("""

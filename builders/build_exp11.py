@@ -66,13 +66,11 @@ CELLS = [
         summary = {"n_samples": len(ids), "mean_nll": {n: float(v.mean()) for n, v in nll.items()}}
         summary.update(prefixlm.analyse(nll, conds, modes, n_boot=N_BOOT, seed=SEED))
         for m, comps in summary["vs_bare"].items():
-            print(f"{m}: vs bare__{m}")
-            for r in comps:
-                print(f"  {r['cond']:26s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  Holm p={r['p_holm']:.3g}")
+            show.table(comps, title=f"{m}: vs bare__{m}")
         for m, sf in summary["structural_fraction"].items():
             print(f"structural fraction ({m}): {sf['fraction_of_d']:.2f} of d, {sf['fraction_of_mean_benefit']:.2f} of the mean benefit")
-        for r in summary.get("bidirectional_vs_causal", []):
-            print(f"{r['label']:44s} d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  Holm p={r['p_holm']:.3g}")
+        if summary.get("bidirectional_vs_causal"):
+            show.table(summary["bidirectional_vs_causal"], title="bidirectional vs causal")
     """),
     md("## Figures"),
     code("""
@@ -83,7 +81,7 @@ CELLS = [
                 plots.plot_mean_nll(nll, ROOT / OUT_DIR / "mean_nll.png", title=title)]
         if "bidirectional_vs_causal" in summary:
             figs.append(plots.plot_effects(summary["bidirectional_vs_causal"], ROOT / OUT_DIR / "bidirectional_vs_causal.png", title=title))
-        print([str(p) for p in figs])
+        show.figures(figs)
     """),
     md("## Save"),
     code("""

@@ -83,18 +83,13 @@ SUMMARY = [
 
         nll = nll_table(rows, names, ids)
         summary = analysis.summarize(rows, ids, names, ref=names[0], n_boot=N_BOOT, seed=SEED)
-        for r in summary["comparisons"]:
-            print(f"{r['cond']:20s} mean NLL {r['mean_cond']:.4f}  d={r['d']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  "
-                  f"win={r['win_rate']:.2f}  Holm p={r['p_holm']:.3g}")
-        print()
+        show.table(summary["comparisons"], title=f"each condition vs {names[0]} (positive: the condition has the lower NLL)")
         print("mean rank (1 = lowest NLL):", {k: round(v, 2) for k, v in summary["ranks"]["mean_rank"].items()})
         print("share best:", {k: round(v, 3) for k, v in summary["ranks"]["share_best"].items()})
     """),
     md("## Hardness\nQuintiles of the reference NLL; `excess` is the mean delta minus what regression to the mean alone gives."),
     code("""
-        for h in summary["hardness"]:
-            print(f"bin {h['bin']} {h['cond']:20s} d={h['d']:+.3f}  mean delta {h['mean_delta']:+.4f}  "
-                  f"RTM null {h['rtm_null_mean_delta']:+.4f}  excess {h['excess_delta']:+.4f}")
+        show.table(summary["hardness"], keys=("bin", "cond"), columns=["d", "mean_delta", "rtm_null_mean_delta", "excess_delta"])
     """),
 ]
 
