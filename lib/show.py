@@ -67,12 +67,12 @@ def table(rows, columns=None, title: str | None = None, keys=()) -> None:
             print(title)
         print(df.to_string(float_format=FLOAT_FORMAT) if len(df) else "(no rows)")
         return
-    from IPython.display import Markdown, display
+    from IPython.display import display
 
     if title:
-        display(Markdown(f"**{title}**"))
+        _caption(f"**{title}**", title)
     with pd.option_context("display.float_format", FLOAT_FORMAT, "display.max_rows", 500,
-                           "display.max_columns", 50, "display.width", 200):
+                           "display.max_columns", 50, "display.width", 250, "display.max_colwidth", None):
         display(df)
 
 
@@ -86,12 +86,19 @@ def figures(paths) -> None:
     if not in_kernel():
         print("\n".join(str(p) for p in paths))
         return
-    from IPython.display import SVG, Image, Markdown, display
+    from IPython.display import SVG, Image, display
 
     for p in paths:
-        display(Markdown(f"`{p.name}` ({p})"))
+        _caption(f"`{p.name}` ({p})", str(p))
         suffix = p.suffix.lower()
         if suffix == ".png":
             display(Image(filename=str(p)))
         elif suffix == ".svg":
             display(SVG(filename=str(p)))
+
+
+def _caption(markdown: str, text: str) -> None:
+    """Markdown in JupyterLab, plain text in text viewers and logs."""
+    from IPython.display import display
+
+    display({"text/markdown": markdown, "text/plain": text}, raw=True)
