@@ -57,7 +57,7 @@ def test_in_a_kernel_figures_are_png_outputs_and_tables_html(tmp_path):
     """What an executed notebook stores: image/png for each figure, text/html + text/plain for each table."""
     from lib import plots
 
-    png = plots.plot_effects(ROWS, tmp_path / "effects.png", title="t")
+    png = plots.plot_effects([{"p_holm": 0.2, **r} for r in ROWS], tmp_path / "effects.png", title="t")
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(f"from lib import show\nshow.figures([{str(png)!r}])\n"
                                           f"show.table({ROWS!r}, title='effects')")]
