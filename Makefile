@@ -33,9 +33,14 @@ test-fast: setup
 	$(PYTHON) -m pytest -q tests -m "not slow"
 
 notebooks:
-	for b in builders/build_exp*.py; do $(PYTHON) $$b; done
+	for b in builders/build_*.py; do $(PYTHON) $$b; done
 
-# JupyterLab with this environment as the notebooks' kernel ("python3", installed by setup)
+# JupyterLab with this environment as the notebooks' kernel ("python3", installed by setup).
+# Start at experiments/overview/overview.ipynb (every run side by side). Progress bars are widgets
+# (ipywidgets); figures and tables render inline. On a remote machine (no browser there):
+#   remote$  make lab LAB_ARGS="--no-browser --port=8888"           (as root add --allow-root)
+#   laptop$  ssh -N -L 8888:localhost:8888 user@remote               then open the http://localhost:8888/lab?token=... URL it printed
+# The server listens on localhost only; keep it that way and reach it through the tunnel.
 LAB_ARGS ?=
 lab: setup
 	$(PYTHON) -m jupyter lab --notebook-dir=. $(LAB_ARGS)

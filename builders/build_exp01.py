@@ -94,22 +94,18 @@ CELLS = [
     md("## Analysis"),
     code("""
         from lib.noise import noise_atol
-        from lib.verdicts import describe
 
         summary = priming.analyse(rows, ids, n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST)
-        for name, value in summary["mean_nll"].items():
-            print(f"{name:16s} mean NLL {value:.4f} (sd {summary['sd_nll'][name]:.4f})")
-        print()
-        for r in summary["comparisons"]:
-            print(describe(r, r["label"], width=36))
-        print()
+        show.table([{"condition": k, "mean_nll": v, "sd_nll": summary["sd_nll"][k]} for k, v in summary["mean_nll"].items()],
+                   columns=["condition", "mean_nll", "sd_nll"], title="mean answer NLL per condition")
+        show.table(summary["comparisons"], title="paired comparisons (delta = first - second named; positive: second is lower)")
         print("\\n".join(summary["diagnosis"]))
     """),
     md("## Figures"),
     code("""
         nll = priming.nll_table(rows, list(summary["mean_nll"]), ids)
         figs = priming.figures(summary, nll, ROOT / OUT_DIR, title=f"exp01 {MODEL} {DATASET} N={len(ids)}")
-        print([str(p) for p in figs])
+        show.figures(figs)
     """),
     md("## Save"),
     code("""

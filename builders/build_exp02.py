@@ -48,7 +48,7 @@ CELLS = [
     md("## Figures"),
     code("""
         figs = analysis.figures(summary, nll, ROOT / OUT_DIR, title=f"exp02 {MODEL} {DATASET} N={len(ids)}")
-        print([str(p) for p in figs])
+        show.figures(figs)
     """),
     *common.SAVE,
 ]

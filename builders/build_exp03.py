@@ -47,7 +47,7 @@ CELLS = [
         names = [c.name for c in conds]
         cache = surrogates.GeneratedCache(ROOT / OUT_DIR / "generated.json")
         generated = surrogates.generate(lm, samples, conditions.generated_kinds(conds), cache,
-                                        max_new_tokens=GEN_MAX_NEW_TOKENS, batch_size=GEN_BATCH)
+                                        max_new_tokens=GEN_MAX_NEW_TOKENS, batch_size=GEN_BATCH, progress=PROGRESS)
         for kind, texts in generated.items():
             print(f"{kind:14s} {texts[samples[0].id]!r}")
     """),
@@ -77,8 +77,7 @@ CELLS = [
               f"{gradient['per_sample_mean_rho']:+.3f}, {gradient['per_sample_share_positive']:.0%} positive, Wilcoxon p={gradient['per_sample_wilcoxon_p']:.3g}")
         print("mean benefit by relevance:", {k: round(v, 4) for k, v in gradient["mean_benefit"].items()})
         print(f"structural fraction: {structural['fraction_of_mean_benefit']:.2f} of the mean benefit, {structural['fraction_of_d']:.2f} of d")
-        for r in llm_vs_generic:
-            print(describe(r, r["label"], width=40))
+        show.table(llm_vs_generic, title="model-written surrogates vs extractor_matched")
     """),
     md("## Figures"),
     code("""
@@ -90,7 +89,7 @@ CELLS = [
                                        title="d vs bare in relevance order (top: least relevant)"))
         figs.append(plots.plot_effects(llm_vs_generic, ROOT / OUT_DIR / "llm_vs_generic.png",
                                        title="model-written surrogates vs extractor_matched"))
-        print([str(p) for p in figs])
+        show.figures(figs)
     """),
     *common.SAVE,
 ]

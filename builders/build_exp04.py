@@ -87,7 +87,6 @@ CELLS = [
         feats = crossdata.feature_table(items, samples)
         nll_by_ds = {lab: nll_table(rows, names, [s.id for s in d.samples]) for lab, d in datas.items()}
         from lib.noise import noise_atol
-        from lib.verdicts import describe
 
         cross = crossdata.analyse(nll_by_ds, feats, names, fraction=HARD_FRACTION, n_boot=N_BOOT, seed=SEED,
                                   atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST)
@@ -97,11 +96,8 @@ CELLS = [
             print(f"{lab}: n={r['n']}, held-out hard n={sel['n_hard']} (out-of-fold rho of predicted vs bare NLL "
                   f"{sel['oof_spearman_rho']:+.2f}; overlap with naive {sel['overlap_with_naive']:.0%})")
         for subset in ("all", "hard_heldout", "hard_naive"):
-            print(f"\\npooled, {subset}: semantic delta (vs random_tokens), then d vs bare")
-            vb = {x["cond"]: x for x in cross["pooled"][subset]["vs_bare"]}
-            for x in cross["pooled"][subset]["semantic"]:
-                v = vb[x["cond"]]
-                print("  sem " + describe(x, width=20) + f"   vs bare delta {v['mean_delta']:+.4f} ({v['pct_of_ref']:+.2f}%) d={v['d']:+.3f}")
+            show.table(cross["pooled"][subset]["semantic"], title=f"pooled, {subset}: semantic delta (vs random_tokens)")
+            show.table(cross["pooled"][subset]["vs_bare"], title=f"pooled, {subset}: vs bare")
         print("\\nsign consistency of the semantic delta across data sets (held-out hard subsets):")
         for x in cross["sign_consistency_hard_heldout"]:
             print(f"  {x['cond']:20s} +{x['n_positive']} / -{x['n_negative']}  consistent={x['consistent']}  pooled d={x['pooled_d']:+.3f}")
@@ -118,7 +114,7 @@ CELLS = [
                                       title="semantic delta d (vs random_tokens), all samples", ylabel="data set"))
         figs.append(plots.plot_effects(cross["pooled"]["hard_heldout"]["semantic"], ROOT / OUT_DIR / "semantic_delta_pooled.png",
                                        title="pooled semantic delta, held-out hard subset"))
-        print([str(p) for p in figs])
+        show.figures(figs)
     """),
     *common.SAVE,
 ]

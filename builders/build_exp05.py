@@ -66,7 +66,6 @@ CELLS = [
 
         nll = nll_table(rows, names, ids)
         from lib.noise import noise_atol
-        from lib.verdicts import describe
 
         atol = noise_atol(lm.dtype)
         summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED, atol=atol, primary_test=PRIMARY_TEST)
@@ -82,8 +81,8 @@ CELLS = [
             parts = {k: r[k]["mean"] for k in ("structure", "vocabulary", "meaning", "content_effect") if k in r}
             print(f"{r['content']:16s} L={r['length']:<4d} total {r['total']['mean']:+.4f} = "
                   + " + ".join(f"{k} {v:+.4f}" for k, v in parts.items()))
-        for r in dens:
-            print(describe(r, r["label"], width=36))
+        show.table(summary["comparisons"], title="every condition vs bare")
+        show.table(dens, title="keyword density (kw20 vs kw5 at each L)")
     """),
     md("## Figures"),
     code("""
@@ -100,7 +99,7 @@ CELLS = [
         hard = [h for h in summary["hardness"] if h["cond"].endswith(f"_L{hl}")]
         if hard:
             figs.append(plots.plot_hardness_heatmap(hard, ROOT / OUT_DIR / f"hardness_heatmap_L{hl}.png", title=f"{title}, L={hl}"))
-        print([str(p) for p in figs])
+        show.figures(figs)
     """),
     *common.SAVE,
 ]

@@ -69,21 +69,16 @@ CELLS = [
 
         nll = nll_table(rows, names, ids)
         from lib.noise import noise_atol
-        from lib.verdicts import describe
 
         atol = noise_atol(lm.dtype)
         summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED, atol=atol, primary_test=PRIMARY_TEST)
         by = {r["cond"]: r for r in summary["comparisons"]}
-        print(f"bare mean NLL {summary['mean_nll']['bare']:.4f}; noise tolerance {atol:g} nats")
-        for n in contamination.FIXED[1:]:
-            print(describe(by[n], width=14))
+        show.table([by[n] for n in contamination.FIXED[1:]], title="fixed hybrids vs bare")
         curve = contamination.cutoff_curve(summary["comparisons"], cutoffs)
         best = {fam: contamination.best_cutoff(nll, cutoffs, fam, n_boot=N_BOOT, seed=SEED, atol=atol) for fam in ("early", "late")}
         summary.update(cutoff_curve=curve, best_cutoff=best)
-        print()
         for fam in ("early", "late"):
-            for p in curve[fam]:
-                print(describe(by[f"values_{fam}_{p['cutoff']}"], width=16))
+            show.table(curve[fam], keys=("cutoff",), title=f"primed values at the {fam} layers up to each cutoff, vs bare")
         for fam, b in best.items():
             print(f"best {fam} cutoff {b['cutoff']} (bootstrap 95% range {b['cutoff_ci']}): delta {b['mean_delta']:+.4f} nats "
                   f"{[round(x, 4) for x in b['mean_delta_ci']]} ({b['pct_of_ref']:+.2f}% of bare), d={b['d']:+.3f} {b['d_ci']}; "
@@ -101,7 +96,7 @@ CELLS = [
         if summary["hardness"]:
             figs.append(plots.plot_hardness_heatmap([h for h in summary["hardness"] if h["cond"] in contamination.FIXED],
                                                     ROOT / OUT_DIR / "hardness_heatmap.png", title=title))
-        print([str(p) for p in figs])
+        show.figures(figs)
     """),
     *common.SAVE,
 ]

@@ -120,7 +120,6 @@ CELLS = [
 
         nll = nll_table(rows, names, ids)
         from lib.noise import noise_atol
-        from lib.verdicts import describe
 
         atol = noise_atol(lm.dtype)
         summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED, atol=atol, primary_test=PRIMARY_TEST)
@@ -130,14 +129,9 @@ CELLS = [
         summary["training"] = {k: {"history": r.history, "config": r.config["config"]} for k, r in trained.items()}
         summary["nearest_tokens"] = {k: soft.nearest_tokens(lm, v, NEAREST_K) for k, v in prefixes.items()}
         summary["nearest_tokens"]["static_tokens"] = lm.tokenizer.convert_ids_to_tokens(static_ids)
-        for r in summary["comparisons"]:
-            print(describe(r, width=16))
-        print()
-        for r in summary["pairwise"]:
-            print(describe(r, r["label"], width=34))
-        for h in summary["hardness"]:
-            print(f"bin {h['bin']} {h['cond']:16s} mean delta {h['mean_delta']:+.4f} ({h['pct_of_ref']:+.2f}%)  d={h['d']:+.3f}  "
-                  f"excess over a uniform effect + RTM {h['excess_delta']:+.4f}")
+        show.table(summary["comparisons"], title="each condition vs bare")
+        show.table(summary["pairwise"], title="pairwise")
+        show.table(summary["hardness"], keys=("bin", "cond"), columns=["d", "excess_delta"], title="hardness (excess over a uniform effect + regression to the mean)")
     """),
     md("## What the learned vectors are near\nCosine to every input embedding; position i of the prefix vs the static token at i."),
     code("""
@@ -155,7 +149,7 @@ CELLS = [
         figs = [plots.plot_training_curves({k: r.history for k, r in trained.items()}, ROOT / OUT_DIR / "training_curves.png", title=title),
                 plots.plot_soft_eval(summary["comparisons"], nll, summary["hardness"], "bare", ROOT / OUT_DIR / "evaluation.png",
                                      title=title, pair=("vel_static", "vel_soft_fact"))]
-        print([str(p) for p in figs])
+        show.figures(figs)
     """),
     md("## Save"),
     code("""

@@ -37,6 +37,7 @@ PARAMS = [
     Param("CURVE_EVERY", int, 10, "keep every k-th loss in metrics.json (figures use the same points)"),
     Param("SEED", int, 0, "seed for pairs, random targets, replaced dimensions and initial prompts"),
     Param("OUT_DIR", str, "results/exp08", "results folder, relative to the repo root"),
+    Param("PROGRESS", bool, True, "show a progress bar"),
     Param("SMOKE", bool, False, "small offline run: bundled SmolLM2 on synthetic passages (a -p value that differs from the default wins)"),
 ]
 SMOKE = {"MODEL": "smollm2-135m-instruct", "TEXT": "synthetic", "N_TEXTS": 200, "WINDOWS_PER_TEXT": 4, "N_FIT": 300,
@@ -64,6 +65,7 @@ CELLS = [
         import time
 
         import torch
+        from tqdm.auto import tqdm
 
         from lib import reachability as R
         from lib import reachability_plots as RP
@@ -97,7 +99,11 @@ CELLS = [
 
         def run_part(key, folder, targets, restarts, steps, labels=None, seed_offset=0, **kw):
             t0 = time.time()
-            fit = R.optimize(reader, targets, restarts=restarts, steps=steps, seed=SEED + seed_offset, **OPT, **kw)
+            with tqdm(total=targets.shape[0] * restarts * steps, desc=f"part {key} prompt-steps", disable=not PROGRESS) as bar:
+                def tick(k):  # an extension to MAX_STEPS grows the total
+                    bar.total = max(bar.total, bar.n + k)
+                    bar.update(k)
+                fit = R.optimize(reader, targets, restarts=restarts, steps=steps, seed=SEED + seed_offset, **OPT, **kw, progress=tick)
             s = RR.summarize(fit, reach_frac=REACH_FRAC, labels=labels, curve_every=CURVE_EVERY)
             timings[key] = time.time() - t0
             RP.write_part(ROOT / OUT_DIR / folder, s, part=key, config=CONFIG, provenance=provenance(seeds={"seed": SEED}),
@@ -140,7 +146,7 @@ CELLS = [
     code("""
         figs = [RP.summary_boxes(RR.condition_groups(parts), ROOT / OUT_DIR / "summary.png", title=f"exp08 {MODEL}: final MSE by condition"),
                 RP.transition(parts["4"], ROOT / OUT_DIR / "experiment4_transition.png", title=f"exp08 {MODEL}: dimension replacement")]
-        print([str(f) for f in figs])
+        show.figures(figs)
     """),
     md("## Interpretation\nThe design's table, each row tested against the measured medians (criteria in `lib/reachability_report.py`)."),
     code("""

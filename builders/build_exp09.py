@@ -72,19 +72,16 @@ CELLS = [
         nll = nll_table(rows, names, ids)
         summary = {"n_samples": len(ids), "mean_nll": {n: float(v.mean()) for n, v in nll.items()}}
         from lib.noise import noise_atol
-        from lib.verdicts import describe
 
         summary.update(encdec.analyse(nll, rows, enc_conds, n_boot=N_BOOT, seed=SEED, atol=noise_atol(em.model.dtype),
                                       primary_test=PRIMARY_TEST))
         summary.update(primary_test=PRIMARY_TEST, noise_atol=noise_atol(em.model.dtype))
         for m, comps in summary["enc_effects"].items():
-            print(f"decoder {'with' if m == 'q' else 'without'} the query (vs bare__{m}):")
-            for r in comps:
-                print("  " + describe(r, width=22))
+            show.table(comps, title=f"decoder {'with' if m == 'q' else 'without'} the query (vs bare__{m})")
         if "length_control" in summary:
-            print("2x3 control:")
-            for r in summary["length_control"]["components"] + summary["length_control"]["total"]:
-                print(f"  {r.get('component', 'total'):9s} " + describe(r, r["label"], width=30))
+            lc = summary["length_control"]
+            show.table([{"component": r.get("component", "total"), **r} for r in lc["components"] + lc["total"]],
+                       keys=("component",), title="2x3 control")
         print("cross-attention output share at answer positions:", {k: round(v, 3) for k, v in summary["cross_attn_share"].items()})
     """),
     md("## Figures"),
@@ -98,7 +95,7 @@ CELLS = [
         if "length_control" in summary:
             figs.append(plots.plot_effects(summary["length_control"]["components"], ROOT / OUT_DIR / "length_control.png",
                                            title="2x3 control: length (nq->rq) and semantic (rq->q) parts"))
-        print([str(p) for p in figs])
+        show.figures(figs)
     """),
     md("## Save"),
     code("""

@@ -75,8 +75,8 @@ CELLS = [
             figs.append(plots.plot_length_curves(doclen.curve_points(cv, lengths, actual), ROOT / OUT_DIR / "decoder_length_curves.png",
                                                  title=f"decoder-only {DEC_MODEL}", xlabel="document tokens"))
             all_rows += [{**r, "path": "decoder"} for r in rows]
-            for L in lengths:
-                print(f"L={L:5d} (~{actual[L]:.0f} tok): " + "  ".join(f"{r['label']} delta {r['mean_delta']:+.4f} ({r['pct_of_ref']:+.2f}%) d={r['d']:+.3f}" for r in cv[L]))
+            show.table([{"L": L, "doc_tokens": actual[L], **r} for L in lengths for r in cv[L]], keys=("L", "doc_tokens"))
+            show.figures(figs[-1:])
             del lm, engine
     """),
     md("## Encoder-decoder path"),
@@ -99,8 +99,8 @@ CELLS = [
             figs.append(plots.plot_length_curves(doclen.curve_points(cv, lengths, actual), ROOT / OUT_DIR / "encdec_length_curves.png",
                                                  title=f"encoder-decoder {ENCDEC_MODEL}", xlabel="document tokens"))
             all_rows += [{**r, "path": "encdec"} for r in rows]
-            for L in lengths:
-                print(f"L={L:5d} (~{actual[L]:.0f} tok): " + "  ".join(f"{r['label']} delta {r['mean_delta']:+.4f} ({r['pct_of_ref']:+.2f}%) d={r['d']:+.3f}" for r in cv[L]))
+            show.table([{"L": L, "doc_tokens": actual[L], **r} for L in lengths for r in cv[L]], keys=("L", "doc_tokens"))
+            show.figures(figs[-1:])
     """),
     md("## Save"),
     code("""

@@ -65,18 +65,15 @@ CELLS = [
         nll = nll_table(rows, names, ids)
         summary = {"n_samples": len(ids), "mean_nll": {n: float(v.mean()) for n, v in nll.items()}}
         from lib.noise import noise_atol
-        from lib.verdicts import describe
 
         summary.update(prefixlm.analyse(nll, conds, modes, n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST))
         summary.update(primary_test=PRIMARY_TEST, noise_atol=noise_atol(lm.dtype))
         for m, comps in summary["vs_bare"].items():
-            print(f"{m}: vs bare__{m}")
-            for r in comps:
-                print("  " + describe(r, width=26))
+            show.table(comps, title=f"{m}: vs bare__{m}")
         for m, sf in summary["structural_fraction"].items():
             print(f"structural fraction ({m}): {sf['fraction_of_d']:.2f} of d, {sf['fraction_of_mean_benefit']:.2f} of the mean benefit")
-        for r in summary.get("bidirectional_vs_causal", []):
-            print(describe(r, r["label"], width=44))
+        if summary.get("bidirectional_vs_causal"):
+            show.table(summary["bidirectional_vs_causal"], title="bidirectional vs causal")
     """),
     md("## Figures"),
     code("""
@@ -87,7 +84,7 @@ CELLS = [
                 plots.plot_mean_nll(nll, ROOT / OUT_DIR / "mean_nll.png", title=title)]
         if "bidirectional_vs_causal" in summary:
             figs.append(plots.plot_effects(summary["bidirectional_vs_causal"], ROOT / OUT_DIR / "bidirectional_vs_causal.png", title=title))
-        print([str(p) for p in figs])
+        show.figures(figs)
     """),
     md("## Save"),
     code("""

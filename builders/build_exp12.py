@@ -116,20 +116,17 @@ CELLS = [
         import time
 
         t0 = time.time()
-        rows = ev.evaluate(lm, eval_items, ["text", "replay"], m=0, max_new_tokens=MAX_NEW_TOKENS, batch_size=EVAL_BATCH)
+        rows = ev.evaluate(lm, eval_items, ["text", "replay"], m=0, max_new_tokens=MAX_NEW_TOKENS, batch_size=EVAL_BATCH,
+                           progress=PROGRESS)
         for m in m_list:
             comp = lat.load(ROOT / OUT_DIR / f"latent_m{m}.ckpt.pt", device=lm.device).comp
             rows += ev.evaluate(lm, eval_items, list(lat.PER_M), comp=comp, m=m, max_new_tokens=MAX_NEW_TOKENS,
-                                batch_size=EVAL_BATCH)
+                                batch_size=EVAL_BATCH, progress=PROGRESS)
         print(f"{len(rows)} rows in {time.time() - t0:.0f} s")
         d_model = lm.model.get_input_embeddings().weight.shape[1]
         summary = ev.summarize(rows, d_model=d_model, bytes_per_value=BYTES_PER_VALUE)
-        print(f"{'condition':13s} {'M':>3s} {'EM':>6s} {'F1':>6s} {'NLL/tok':>8s} {'@1':>6s} {'@5':>6s} {'distinct':>8s} {'x tokens':>8s} {'x bytes':>8s}")
-        for s in summary:
-            ct = f"{s['compression_tokens']:.1f}" if s["compression_tokens"] else "-"
-            cb = f"{s['compression_bytes']:.3f}" if s["compression_bytes"] else "-"
-            print(f"{s['condition']:13s} {s['m']:3d} {s['em']:6.3f} {s['f1']:6.3f} {s['nll_per_token']:8.3f} "
-                  f"{s['first_tok_at1']:6.3f} {s['first_tok_at5']:6.3f} {s['distinct_first_tokens']:8d} {ct:>8s} {cb:>8s}")
+        show.table(summary, keys=("condition", "m"), columns=["em", "f1", "nll_per_token", "first_tok_at1", "first_tok_at5",
+                                                             "distinct_first_tokens", "compression_tokens", "compression_bytes"])
     """),
     md("## Replay sanity check and example predictions"),
     code("""
@@ -151,7 +148,7 @@ CELLS = [
         figs = [ev.plot_curves(summary, ROOT / OUT_DIR / "curves.png", title=title),
                 plots.plot_training_curves({f"M={m}": r.history for m, r in trained.items()},
                                            ROOT / OUT_DIR / "training_curves.png", title=title)]
-        print([str(p) for p in figs])
+        show.figures(figs)
     """),
     md("## Save"),
     code("""

@@ -84,22 +84,17 @@ SUMMARY = [
 
         nll = nll_table(rows, names, ids)
         from lib.noise import noise_atol
-        from lib.verdicts import describe
 
         summary = analysis.summarize(rows, ids, names, ref=names[0], n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype),
                                      primary_test=PRIMARY_TEST)
         print(f"reference {names[0]} mean NLL {summary['mean_nll'][names[0]]:.4f}; noise tolerance {summary['noise_atol']:g} nats")
-        for r in summary["comparisons"]:
-            print(f"mean NLL {r['mean_cond']:.4f}  " + describe(r, width=20))
-        print()
+        show.table(summary["comparisons"], title=f"each condition vs {names[0]} (positive: the condition has the lower NLL)")
         print("mean rank (1 = lowest NLL):", {k: round(v, 2) for k, v in summary["ranks"]["mean_rank"].items()})
         print("share best:", {k: round(v, 3) for k, v in summary["ranks"]["share_best"].items()})
     """),
     md("## Hardness\nQuintiles of the reference NLL; `excess` is the mean delta minus what a uniform effect of the overall mean size plus regression to the mean gives."),
     code("""
-        for h in summary["hardness"]:
-            print(f"bin {h['bin']} {h['cond']:20s} mean delta {h['mean_delta']:+.4f} ({h['pct_of_ref']:+.2f}%)  d={h['d']:+.3f}  "
-                  f"null (uniform effect + RTM) {h['rtm_null_mean_delta']:+.4f}  excess {h['excess_delta']:+.4f}")
+        show.table(summary["hardness"], keys=("bin", "cond"), columns=["d", "mean_delta", "rtm_null_mean_delta", "excess_delta"])
     """),
 ]
 

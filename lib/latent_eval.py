@@ -48,12 +48,17 @@ def clean_prediction(tokenizer, toks: list[int], eos_id) -> str:
 
 
 @torch.no_grad()
-def evaluate(lm, items, conditions, *, comp=None, m: int = 0, max_new_tokens: int = 16, batch_size: int = 16) -> list[dict]:
-    """One row per (item, condition); ``m`` labels the rows (0 for text/replay)."""
+def evaluate(lm, items, conditions, *, comp=None, m: int = 0, max_new_tokens: int = 16, batch_size: int = 16,
+             progress: bool = False) -> list[dict]:
+    """One row per (item, condition); ``m`` labels the rows (0 for text/replay). ``progress``: a bar
+    over (condition, item) pairs (``tqdm.auto``: a widget in JupyterLab, text elsewhere)."""
+    from tqdm.auto import tqdm
+
     if "latent_other" in conditions and len(items) < 2:
         raise ValueError("latent_other needs at least 2 items (it uses the next item's latent)")
     model, bos, eos = lm.model, lm.arch.bos_id, lm.tokenizer.eos_token_id
     rows = []
+    bar = tqdm(total=len(conditions) * len(items), desc=f"generate M={m}", disable=not progress)
     for cond in conditions:
         # latent_other rolls within the whole evaluation set, not within a batch
         pre_all = prefixes(cond, model, bos, items, comp, m) if cond == "latent_other" else None
@@ -76,6 +81,8 @@ def evaluate(lm, items, conditions, *, comp=None, m: int = 0, max_new_tokens: in
                              "pred": pred, "em": squad.exact_match(pred, it.answers), "f1": squad.f1_score(pred, it.answers),
                              "nll_sum": float(tok_nll.sum()), "n_tokens": len(it.answer_ids),
                              "first_rank": int(ranks[i]), "pred_first": toks[i][0] if toks[i] else -1})
+            bar.update(len(chunk))
+    bar.close()
     return rows
 
 

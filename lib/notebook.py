@@ -83,6 +83,7 @@ def setup(params: list[Param], smoke: dict) -> nbformat.NotebookNode:
     if unknown:
         raise ValueError(f"smoke values for unknown parameters: {unknown}")
     defaults = {p.name: p.default for p in params}
+    has_smoke = "SMOKE" in defaults
     return code(
         f"""
         import sys
@@ -92,16 +93,16 @@ def setup(params: list[Param], smoke: dict) -> nbformat.NotebookNode:
         if ROOT is None:
             raise RuntimeError(f"run this notebook from inside the repo (no lib/ above {{Path.cwd()}})")
         sys.path.insert(0, str(ROOT))
+        from lib import show  # show.figures(paths), show.table(rows): inline figures and rendered tables
         from lib.notebook import smoke_values
 
         DEFAULTS = {defaults!r}
         SMOKE_VALUES = {smoke!r}
         _given = {{k: globals()[k] for k in DEFAULTS}}
-        CONFIG = smoke_values(SMOKE, _given, DEFAULTS, SMOKE_VALUES)
+        CONFIG = smoke_values({"SMOKE" if has_smoke else "False"}, _given, DEFAULTS, SMOKE_VALUES)
         globals().update(CONFIG)
         print("\\n".join(f"{{k}} = {{v!r}}" for k, v in CONFIG.items()))
-        print("set by SMOKE:", {{k: v for k, v in CONFIG.items() if v != _given[k]}})
-        """
+        """ + ("""print("set by SMOKE:", {k: v for k, v in CONFIG.items() if v != _given[k]})""" if has_smoke else "")
     )
 
 

@@ -345,8 +345,8 @@ def optimize(reader: ResidualReader, targets: torch.Tensor, *, restarts: int, st
     chunks = [_Chunk(reader, flat[i:i + chunk], seeds[i:i + chunk], lr, init_std) for i in range(0, len(seeds), chunk)]
     for c in chunks:
         c.run(steps)
-        if progress:
-            progress(len(c.losses) * c.prompt.shape[0])
+        if progress:  # called with the prompt-steps just done
+            progress(steps * c.prompt.shape[0])
     extension, total = None, steps
     if max_steps is not None:
         curves = np.concatenate([np.stack(c.losses, axis=1) for c in chunks])
@@ -357,7 +357,7 @@ def optimize(reader: ResidualReader, targets: torch.Tensor, *, restarts: int, st
             for c in chunks:
                 c.run(max_steps - steps)
                 if progress:
-                    progress(len(c.losses) * c.prompt.shape[0])
+                    progress((max_steps - steps) * c.prompt.shape[0])
             total = max_steps
         extension.update(steps=steps, max_steps=max_steps, steps_run=total)
     done = [c.finish() for c in chunks]

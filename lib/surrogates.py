@@ -91,15 +91,20 @@ def _chat(tokenizer, instruction: str) -> str:
     return instruction + "\n\n"
 
 
-def generate(lm, samples, kinds, cache: GeneratedCache, *, max_new_tokens: int = 32, batch_size: int = 8) -> dict:
-    """{kind: {sample_id: text}} for every sample, generating only what ``cache`` lacks (greedy)."""
+def generate(lm, samples, kinds, cache: GeneratedCache, *, max_new_tokens: int = 32, batch_size: int = 8,
+             progress: bool = False) -> dict:
+    """{kind: {sample_id: text}} for every sample, generating only what ``cache`` lacks (greedy).
+    ``progress``: a bar over the prompts still to generate (``tqdm.auto``)."""
     import torch
+    from tqdm.auto import tqdm
 
     unknown = [k for k in kinds if k not in GENERATION_PROMPTS]
     if unknown:
         raise ValueError(f"unknown generated surrogate kinds {unknown}; known: {sorted(GENERATION_PROMPTS)}")
     tok = lm.tokenizer
     out = {}
+    bar = tqdm(total=sum(cache.get(lm.name, k, s.id) is None for k in kinds for s in samples), desc="generate",
+               disable=not progress)
     for kind in kinds:
         missing = [s for s in samples if cache.get(lm.name, kind, s.id) is None]
         new = {}
@@ -119,7 +124,9 @@ def generate(lm, samples, kinds, cache: GeneratedCache, *, max_new_tokens: int =
             for s, row in zip(part, gen[:, enc["input_ids"].shape[1]:]):
                 text = tok.decode(row, skip_special_tokens=True).strip().split("\n")[0].strip()
                 new[s.id] = text  # kept as generated, even empty: the condition builder refuses empty texts
+            bar.update(len(part))
         if new:
             cache.put_many(lm.name, kind, new)
         out[kind] = {s.id: cache.get(lm.name, kind, s.id) for s in samples}
+    bar.close()
     return out

@@ -158,8 +158,12 @@ def run_job(job: Job) -> dict:
     return {"job_id": job.job_id, **res}
 
 
-def run_sweep(grid: dict, *, executor: str | None = None, force: bool = False, log=print) -> list[dict]:
-    """Run every job of the grid that is not done; returns one summary row per job."""
+def run_sweep(grid: dict, *, executor: str | None = None, force: bool = False, log=print,
+              progress: bool = False) -> list[dict]:
+    """Run every job of the grid that is not done; returns one summary row per job. ``progress``:
+    a bar over the jobs to run (``tqdm.auto``: a widget in JupyterLab, text in a terminal)."""
+    from tqdm.auto import tqdm
+
     jobs = expand(grid)
     executor = executor or grid.get("executor", "local")
     if executor not in EXECUTORS:
@@ -167,11 +171,13 @@ def run_sweep(grid: dict, *, executor: str | None = None, force: bool = False, l
     todo = [j for j in jobs if force or not is_done(j)]
     results = {j.job_id: {"job_id": j.job_id, "status": "skipped (done)"} for j in jobs if j not in todo}
     log(f"{len(jobs)} jobs, {len(todo)} to run, {len(jobs) - len(todo)} already done; executor {executor}")
+    bar = tqdm(total=len(todo), desc="sweep jobs", disable=not progress)
     if executor == "local":
         for j in todo:
             log(f"-> {j.job_id}")
             results[j.job_id] = run_job(j)
             log(f"   {results[j.job_id]['status']} in {results[j.job_id]['seconds']} s")
+            bar.update(1)
     else:
         import os
 
@@ -199,6 +205,8 @@ def run_sweep(grid: dict, *, executor: str | None = None, force: bool = False, l
                     results[j.job_id] = {"job_id": j.job_id, "status": "failed", "error": f"submitit: {err}"[:300]}
                     _write_status(j, status="failed", error=results[j.job_id]["error"])
                 log(f"   {results[j.job_id]['status']}")
+                bar.update(1)
+    bar.close()
     rows = [results[j.job_id] for j in jobs]
     write_summary(grid, jobs, rows)
     return rows
@@ -228,7 +236,7 @@ def main(argv=None) -> int:
         for j in expand(grid):
             print(f"{j.job_id:60s} {'done' if is_done(j) else read_status(j).get('status', 'new')}")
         return 0
-    rows = run_sweep(grid, executor=a.executor, force=a.force)
+    rows = run_sweep(grid, executor=a.executor, force=a.force, progress=True)
     return 0 if all(r["status"] != "failed" for r in rows) else 1
 
 
