@@ -19,6 +19,13 @@ def lm(request):
     return request.getfixturevalue(request.param)
 
 
+@pytest.fixture(scope="module", params=MODELS[:2])
+def lm_window(request):
+    """The tests about lengths past Gemma's 512 sliding window and past the context: Qwen (no window,
+    32k context) adds run time there, not a check; it runs every other oracle."""
+    return request.getfixturevalue(request.param)
+
+
 def _text(n_tokens: int, tokenizer, seed: int = 0) -> list[int]:
     """About ``n_tokens`` ids of plain English from the synthetic generator's passages."""
     ids: list[int] = []
@@ -51,8 +58,15 @@ def test_rotated_keys_match_shifted_run_every_layer(lm):
     assert set(worst) == set(lm.arch.layer_types)  # local and global layers both checked on Gemma
 
 
-@pytest.mark.parametrize("doc_len", [120, 600])  # 600 > Gemma 3 270M's sliding window of 512
-def test_bare_two_phase_equals_single_pass(lm, doc_len):
+def test_bare_two_phase_equals_single_pass(lm):
+    _two_phase_vs_single_pass(lm, 120)
+
+
+def test_bare_two_phase_equals_single_pass_past_the_window(lm_window):
+    _two_phase_vs_single_pass(lm_window, 600)  # 600 > Gemma 3 270M's sliding window of 512
+
+
+def _two_phase_vs_single_pass(lm, doc_len):
     doc = _text(doc_len, lm.tokenizer, seed=1)
     prompt = tokenize(lm.tokenizer, "\n\nQuestion: Which river flows through the town?\nAnswer:")
     ans = tokenize(lm.tokenizer, " The Shainas River")
@@ -68,7 +82,8 @@ def test_kept_prefix_two_phase_equals_single_pass(lm):
     assert (two - score_single_pass(lm.model, lm.arch, doc, prompt, ans, prefix_ids=pre)).abs().max() <= TOL
 
 
-def test_truncated_cache_over_the_window_scores_and_keeps_layer0(lm):
+def test_truncated_cache_over_the_window_scores_and_keeps_layer0(lm_window):
+    lm = lm_window
     """A primed document longer than the sliding window: no index error; layer 0 equals bare."""
     doc, pre = _text(560, lm.tokenizer, seed=3), tokenize(lm.tokenizer, "Extract the facts.\n")
     bare, primed = encode(lm.model, lm.arch, doc), encode(lm.model, lm.arch, doc, pre)
@@ -126,7 +141,8 @@ def test_exp01_conditions_share_tokens_and_cache_lengths(lm):
     assert all(r["nll"] > 0 for r in rows)
 
 
-def test_document_longer_than_context_is_truncated_and_flagged(lm):
+def test_document_longer_than_context_is_truncated_and_flagged(lm_window):
+    lm = lm_window
     long_doc = " ".join(s.passage for s in synthetic_qa(400, 8))
     s = Sample("long", "Which river?", long_doc, "Shainas River")
     assert len(tokenize(lm.tokenizer, long_doc)) > lm.arch.max_positions
