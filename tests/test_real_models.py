@@ -21,8 +21,11 @@ def lm(request):
 
 @pytest.fixture(scope="module", params=MODELS[:2])
 def lm_window(request):
-    """The tests about lengths past Gemma's 512 sliding window and past the context: Qwen (no window,
-    32k context) adds run time there, not a check; it runs every other oracle."""
+    """SmolLM2 and Gemma only. Qwen (the third bundled model) runs the core oracles in CI (RoPE shift,
+    two-phase == single pass, batched == unbatched, BOS policy); the window and context-length
+    tests check nothing for a model without a window, and the pipeline properties below are
+    model-independent and already pinned on two models. All of them passed on Qwen when it was
+    bundled (2026-12-01 log); CI time is the reason for the split."""
     return request.getfixturevalue(request.param)
 
 
@@ -75,7 +78,8 @@ def _two_phase_vs_single_pass(lm, doc_len):
     assert (two - one).abs().max() <= TOL
 
 
-def test_kept_prefix_two_phase_equals_single_pass(lm):
+def test_kept_prefix_two_phase_equals_single_pass(lm_window):
+    lm = lm_window
     doc, pre = _text(150, lm.tokenizer, seed=2), tokenize(lm.tokenizer, "What is the key fact?\n")
     prompt, ans = tokenize(lm.tokenizer, "\n\nAnswer:"), tokenize(lm.tokenizer, " a river")
     two = score(lm.model, [encode(lm.model, lm.arch, doc, pre, keep_prefix=True)], [prompt], [ans])[0]
@@ -93,7 +97,8 @@ def test_truncated_cache_over_the_window_scores_and_keeps_layer0(lm_window):
     assert torch.isfinite(nll).all()
 
 
-def test_scoring_never_changes_the_cache(lm):
+def test_scoring_never_changes_the_cache(lm_window):
+    lm = lm_window
     c = encode(lm.model, lm.arch, _text(80, lm.tokenizer, seed=4), tokenize(lm.tokenizer, "a prefix\n"))
     snap = [(k.clone(), v.clone()) for k, v in zip(c.keys, c.values)]
     args = ([tokenize(lm.tokenizer, "\n\nAnswer:")], [tokenize(lm.tokenizer, " the bakery on the main street")])
@@ -102,7 +107,8 @@ def test_scoring_never_changes_the_cache(lm):
     assert all(torch.equal(k0, k) and torch.equal(v0, v) for (k0, v0), k, v in zip(snap, c.keys, c.values))
 
 
-def test_future_answer_token_never_changes_past_nll(lm):
+def test_future_answer_token_never_changes_past_nll(lm_window):
+    lm = lm_window
     c = encode(lm.model, lm.arch, _text(60, lm.tokenizer, seed=5))
     prompt = tokenize(lm.tokenizer, "\n\nAnswer:")
     ans = tokenize(lm.tokenizer, " the post arrives twice a week")
@@ -125,7 +131,8 @@ def test_batched_equals_unbatched(lm):
         assert (got - score(lm.model, [c], [p], [a])[0]).abs().max() <= TOL
 
 
-def test_exp01_conditions_share_tokens_and_cache_lengths(lm):
+def test_exp01_conditions_share_tokens_and_cache_lengths(lm_window):
+    lm = lm_window
     samples = synthetic_qa(3, 7)
     item = priming.prepare(lm.tokenizer, lm.arch, samples[0], samples[1].query, samples[1].id)
     rows = priming.score_prepared(lm, [item])
