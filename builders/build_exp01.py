@@ -19,7 +19,8 @@ PARAMS = [
     Param("N_SAMPLES", int, 200, "samples to score (first N eligible rows)"),
     Param("MIN_PASSAGE_WORDS", int, 20, "skip passages shorter than this (0: no limit)"),
     Param("MAX_PASSAGE_WORDS", int, 150, "skip passages longer than this (0: no limit)"),
-    Param("SEED", int, 42, "seed for the random-query assignment, synthetic data and bootstrap"),
+    Param("SEED", int, 42, "seed for the random-query assignment, distractors, synthetic data and bootstrap"),
+    Param("N_DISTRACTORS", int, 4, "other samples' answers (same kind, other articles) scored on the same cache: contrastive margin, rank, top-1 (0: off)"),
     Param("BATCH_SIZE", int, 32, "Phase B items per forward (at most)"),
     Param("CHUNK", int, 8, "samples per engine wave and store append (resume granularity)"),
     Param("MEM_BUDGET_GB", float, 2.0, "memory the engine may use for one batch (sets Phase A/B batch sizes)"),
@@ -85,7 +86,7 @@ CELLS = [
         store = RunStore(ROOT / OUT_DIR / "_store", priming.store_config(CONFIG, lm), fresh=FRESH)
         print(f"{len(store)} rows already stored")
         rows = priming.run(lm, samples, store, seed=SEED, chunk=CHUNK, batch_size=BATCH_SIZE,
-                           mem_budget_gb=MEM_BUDGET_GB, progress=PROGRESS)
+                           mem_budget_gb=MEM_BUDGET_GB, progress=PROGRESS, n_distractors=N_DISTRACTORS)
         ids = [s.id for s in samples]
         wanted = set(ids)
         rows = [r for r in rows if r["sample_id"] in wanted]
@@ -100,6 +101,7 @@ CELLS = [
                    columns=["condition", "mean_nll", "sd_nll"], title="mean answer NLL per condition")
         show.table(summary["comparisons"], title="paired comparisons (delta = first - second named; positive: second is lower)")
         print("\\n".join(summary["diagnosis"]))
+        show.discrimination(summary)
     """),
     md("## Figures"),
     code("""

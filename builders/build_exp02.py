@@ -15,6 +15,7 @@ PARAMS = [
     *common.model_params("google/gemma-3-12b-it", "bfloat16", "ms_marco", 400),
     Param("CONDITIONS", str, CONDITIONS, "comma-separated condition names (lib/conditions.py); the first is the reference"),
     *common.RUNTIME,
+    common.DISTRACTORS,
     Param("OUT_DIR", str, "results/exp02", "results folder, relative to the repo root"),
     *common.TAIL,
 ]
@@ -40,7 +41,7 @@ CELLS = [
 
         conds = conditions.get([c.strip() for c in CONDITIONS.split(",") if c.strip()])
         names = [c.name for c in conds]
-        items = conditions.build_items(lm, samples, conds, seed=SEED)
+        items = conditions.build_items(lm, samples, conds, seed=SEED, n_distractors=N_DISTRACTORS)
     """),
     common.SHOW_PREFIXES,
     *common.RUN,

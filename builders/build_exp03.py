@@ -18,6 +18,7 @@ PARAMS = [
     Param("GEN_MAX_NEW_TOKENS", int, 32, "greedy tokens per model-generated surrogate (first line kept)"),
     Param("GEN_BATCH", int, 8, "prompts per generate() call"),
     *common.RUNTIME,
+    common.DISTRACTORS,
     Param("OUT_DIR", str, "results/exp03", "results folder, relative to the repo root"),
     *common.TAIL,
 ]
@@ -53,7 +54,7 @@ CELLS = [
     """),
     md("## Conditions"),
     code("""
-        items = conditions.build_items(lm, samples, conds, seed=SEED, generated=generated)
+        items = conditions.build_items(lm, samples, conds, seed=SEED, n_distractors=N_DISTRACTORS, generated=generated)
         q_ok = all(len(it.prefix_ids) == it.row["q_tokens"] + len(lm.tokenizer("\\n", add_special_tokens=False)["input_ids"])
                    for it in items if it.condition != names[0])
         print("every prefixed condition has exactly Q prefix tokens (+ separator):", q_ok)

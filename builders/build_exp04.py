@@ -22,6 +22,7 @@ PARAMS = [
     Param("GEN_MAX_NEW_TOKENS", int, 32, "greedy tokens per model-generated surrogate (first line kept)"),
     Param("GEN_BATCH", int, 8, "prompts per generate() call"),
     *common.RUNTIME,
+    common.DISTRACTORS,
     Param("OUT_DIR", str, "results/exp04", "results folder, relative to the repo root"),
     *common.TAIL,
 ]
@@ -69,7 +70,7 @@ CELLS = [
     """),
     md("## Conditions\nBuilt per data set, so `unrelated_query` and keyword statistics stay within a set."),
     code("""
-        items = [it for d in datas.values() for it in conditions.build_items(lm, d.samples, conds, seed=SEED, generated=generated)]
+        items = [it for d in datas.values() for it in conditions.build_items(lm, d.samples, conds, seed=SEED, n_distractors=N_DISTRACTORS, generated=generated)]
         for it in items:
             it.row["dataset"] = it.sample_id.split("/", 1)[0]
         sep = len(lm.tokenizer("\\n", add_special_tokens=False)["input_ids"])

@@ -18,6 +18,7 @@ PARAMS = [
     Param("CONTENTS", str, CONTENTS, "comma-separated contents (lib/prefixlen.py CONTENTS); must include random"),
     Param("HARDNESS_LENGTH", int, 0, "L whose conditions get the hardness heatmap (0: the middle of LENGTHS)"),
     *common.RUNTIME,
+    common.DISTRACTORS,
     Param("OUT_DIR", str, "results/exp05", "results folder, relative to the repo root"),
     *common.TAIL,
 ]
@@ -44,7 +45,7 @@ CELLS = [
         lengths, contents = prefixlen.parse_lengths(LENGTHS), prefixlen.parse_contents(CONTENTS)
         conds = prefixlen.grid(contents, lengths)
         names = [c.name for c in conds]
-        items = conditions.build_items(lm, samples, conds, seed=SEED)
+        items = conditions.build_items(lm, samples, conds, seed=SEED, n_distractors=N_DISTRACTORS)
         sep = len(lm.tokenizer("\\n", add_special_tokens=False)["input_ids"])
         by_cond = {c.name: c for c in conds}
         ok = all(len(it.prefix_ids) == by_cond[it.condition].length + sep for it in items if it.condition != "bare")

@@ -9,6 +9,9 @@ RUNTIME = [
     Param("N_BOOT", int, 2000, "bootstrap resamples for the CI of d"),
     Param("PRIMARY_TEST", str, "t", "paired test that decides claims (t or wilcoxon); tables show both"),
 ]
+# contrastive margin (``lib.margin``): the experiments scored through the engine with the query prompt
+DISTRACTORS = Param("N_DISTRACTORS", int, 4, "other samples' answers (same kind, other articles) scored on the same "
+                    "cache: contrastive margin, rank, top-1 (0: off)")
 TAIL = [
     Param("FRESH", bool, False, "move an existing store aside and start over"),
     Param("PROGRESS", bool, True, "show a progress bar"),
@@ -91,6 +94,7 @@ SUMMARY = [
         show.table(summary["comparisons"], title=f"each condition vs {names[0]} (positive: the condition has the lower NLL)")
         print("mean rank (1 = lowest NLL):", {k: round(v, 2) for k, v in summary["ranks"]["mean_rank"].items()})
         print("share best:", {k: round(v, 3) for k, v in summary["ranks"]["share_best"].items()})
+        show.discrimination(summary)
     """),
     md("## Hardness\nQuintiles of the reference NLL; `excess` is the mean delta minus what a uniform effect of the overall mean size plus regression to the mean gives."),
     code("""

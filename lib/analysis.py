@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from lib import plots, stats
-from lib.priming import nll_table
+from lib.priming import discrimination_summary, nll_table
 
 
 def summarize(rows: list[dict], sample_ids: list[str], names: list[str], *, ref: str = "bare",
@@ -27,16 +27,18 @@ def summarize(rows: list[dict], sample_ids: list[str], names: list[str], *, ref:
         raise ValueError(f"reference condition {ref!r} is not among the run's conditions {names}")
     nll = nll_table(rows, names, sample_ids)
     others = [n for n in names if n != ref]
+    comps = stats.compare_conditions(nll, ref, others, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
     return {
         "n_samples": len(sample_ids),
         "reference": ref,
         "primary_test": primary_test,
         "noise_atol": stats.NOISE_ATOL if atol is None else float(atol),
         "mean_nll": {n: float(v.mean()) for n, v in nll.items()},
-        "comparisons": stats.compare_conditions(nll, ref, others, n_boot=n_boot, seed=seed, atol=atol,
-                                                primary_test=primary_test),
+        "comparisons": comps,
         "ranks": stats.ranks_per_sample(nll, atol=atol),
         "hardness": stats.hardness_table(nll, ref, others, seed=seed, atol=atol) if len(sample_ids) >= 10 else [],
+        **discrimination_summary(rows, sample_ids, names, ref=ref, nll_comparisons=comps, n_boot=n_boot, seed=seed,
+                                 atol=atol, primary_test=primary_test),
     }
 
 

@@ -173,8 +173,10 @@ def prefix_ids(cond: Condition, ctx: dict) -> list[int] | None:
     return list(ids) + t(priming.PREFIX_SEP)
 
 
-def build_items(lm, samples, conds, *, seed: int = 42, generated: dict | None = None, keyword_docs: dict | None = None) -> list[WorkItem]:
-    """WorkItems for every sample x condition (all scored with the query prompt)."""
+def build_items(lm, samples, conds, *, seed: int = 42, generated: dict | None = None, keyword_docs: dict | None = None,
+                n_distractors: int = 0) -> list[WorkItem]:
+    """WorkItems for every sample x condition (all scored with the query prompt); ``n_distractors``
+    other samples' answers ride along on each item (``lib.margin``)."""
     need_kw = sorted({int(c.source.split(":")[1]) for c in conds if "keywords:" in c.source})
     docs = keyword_docs or {s.id: s.passage for s in samples}
     keywords = {k: surrogates.tfidf_keywords(docs, k) for k in need_kw}
@@ -184,20 +186,24 @@ def build_items(lm, samples, conds, *, seed: int = 42, generated: dict | None = 
         raise ValueError(f"generated surrogates {missing} are needed; run surrogates.generate first")
     by_id = {s.id: s for s in samples}
     other = priming.other_assignment(samples, seed)
+    dis = priming.distractor_pairs(samples, n_distractors, seed)
     items = []
     for s in samples:
-        p = priming.prepare(lm.tokenizer, lm.arch, s, by_id[other[s.id]].query, other[s.id])
+        p = priming.prepare(lm.tokenizer, lm.arch, s, by_id[other[s.id]].query, other[s.id], dis[s.id])
         ctx = {"tokenizer": lm.tokenizer, "arch": lm.arch, "sample": s, "other": by_id[other[s.id]],
                "keywords": keywords, "generated": generated or {}, "seed": seed}
         q_tokens = len(enc_mod.tokenize(lm.tokenizer, s.query))
         pres = [prefix_ids(c, ctx) or [] for c in conds]
         # the document is shared by every condition: cut it once so the longest prefix still fits the context
-        doc_ids, cut = enc_mod.fit_document(p.doc_ids, lm.arch, max(map(len, pres)) + len(p.prompt_ids["query"]) + len(p.answer_ids))
+        longest = max(map(len, [p.answer_ids, *p.distractor_ids]))
+        doc_ids, cut = enc_mod.fit_document(p.doc_ids, lm.arch, max(map(len, pres)) + len(p.prompt_ids["query"]) + longest)
         flags = {**p.flags, "doc_truncated": p.flags["doc_truncated"] or cut}
         for c, pre in zip(conds, pres):
             items.append(WorkItem(s.id, c.name, tuple(doc_ids), tuple(pre), c.keep_prefix,
                                   tuple(p.prompt_ids["query"]), tuple(p.answer_ids),
-                                  {"family": c.family, "q_tokens": q_tokens, **flags}))
+                                  {"family": c.family, "q_tokens": q_tokens, **flags,
+                                   **({"distractor_samples": p.distractor_samples} if p.distractor_samples else {})},
+                                  **priming.item_extras(p)))
     return items
 
 

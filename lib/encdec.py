@@ -58,6 +58,8 @@ def load(name: str, *, dtype: str | None = None, device: str | None = None) -> E
     """A hub id / local folder, or one of ``RANDOM`` (random-init tiny models, offline)."""
     import transformers as tf
 
+    from lib.models import LOADED
+
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if name in RANDOM:
         from lib.models import load_model
@@ -79,6 +81,8 @@ def load(name: str, *, dtype: str | None = None, device: str | None = None) -> E
                                 decoder_start_token_id=eos, forced_eos_token_id=None)
             model, fam = tf.BartForConditionalGeneration(cfg), "bart"
         model = model.float().to(dev).eval()
+        LOADED.append({"name": name, "source": "random-init", "family": fam, "dtype": "float32", "random_init": True,
+                       "init_seed": 0, "n_params": sum(p.numel() for p in model.parameters())})
         return EncDecLM(model, tok, fam, name, bos, eos, model.config.decoder_start_token_id, pad, random_init=True)
     torch_dtype = getattr(torch, dtype) if dtype and dtype != "auto" else (torch.bfloat16 if dev == "cuda" else torch.float32)
     tok = tf.AutoTokenizer.from_pretrained(name)
@@ -88,6 +92,8 @@ def load(name: str, *, dtype: str | None = None, device: str | None = None) -> E
     dec_cfg = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
     start = cfg.decoder_start_token_id if getattr(cfg, "decoder_start_token_id", None) is not None else dec_cfg.bos_token_id
     bos = None if fam == "t5" else (tok.bos_token_id if tok.bos_token_id is not None else cfg.bos_token_id)
+    LOADED.append({"name": name, "source": f"hub:{name}", "family": fam, "dtype": str(torch_dtype).removeprefix("torch."),
+                   "random_init": False, "hub_commit": getattr(cfg, "_commit_hash", None)})
     return EncDecLM(model, tok, fam, name, bos, tok.eos_token_id, int(start), tok.pad_token_id)
 
 

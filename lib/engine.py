@@ -37,7 +37,8 @@ from transformers import DynamicCache
 
 from lib import cache as kv
 from lib import encode as enc_mod
-from lib import scoring
+from lib import margin, scoring
+from lib.noise import noise_atol
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class WorkItem:
     prompt_ids: tuple[int, ...]
     answer_ids: tuple[int, ...]
     row: dict = field(default_factory=dict, compare=False)  # extra fields copied into the result row
+    # answers of other samples scored against the SAME cache and prompt (``lib.margin``): the row
+    # gets their NLLs, the contrastive margin, the gold answer's rank and top-1
+    distractor_ids: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self):
         if not self.doc_ids:
@@ -60,6 +64,9 @@ class WorkItem:
             raise ValueError(f"{self.sample_id}/{self.condition}: empty prompt (the last prompt token predicts answer[0])")
         if self.keep_prefix and not self.prefix_ids:
             raise ValueError(f"{self.sample_id}/{self.condition}: keep_prefix without a prefix")
+        for i, d in enumerate(self.distractor_ids):
+            if not d:
+                raise ValueError(f"{self.sample_id}/{self.condition}: distractor {i} is empty")
 
     @property
     def encoding(self) -> tuple:
@@ -183,6 +190,7 @@ class Engine:
         self.phase_b_batch = phase_b_batch
         self.stats = EngineStats()
         self.device = next(self.model.parameters()).device
+        self.atol = noise_atol(getattr(lm, "dtype", None) or next(self.model.parameters()).dtype)  # ties between a distractor and the gold answer (``margin.candidate_stats``)
 
     # ---- Phase A ---------------------------------------------------------------------------
     def _built(self, encodings: list[tuple]) -> list[enc_mod.Encoded]:
@@ -256,15 +264,22 @@ class Engine:
         """Rows for ``items`` (any order, any mix of samples and conditions), in input order."""
         cache_of: dict[tuple, int] = {}  # (encoding, keep_prefix) -> shaped-cache index
         job_of: dict[tuple, int] = {}  # (cache index, prompt_ids, answer_ids) -> distinct continuation
-        jobs: list[tuple[int, WorkItem]] = []
-        item_job = []
+        jobs: list[tuple[int, tuple, tuple]] = []  # (cache index, prompt_ids, answer_ids)
+        item_job, item_distractor_jobs = [], []
+        n_asked = 0
+
+        def job(c, prompt, answer):
+            j = job_of.setdefault((c, prompt, answer), len(job_of))
+            if j == len(jobs):
+                jobs.append((c, prompt, answer))
+            return j
+
         for it in items:
             c = cache_of.setdefault((it.encoding, it.keep_prefix), len(cache_of))
-            j = job_of.setdefault((c, it.prompt_ids, it.answer_ids), len(job_of))
-            if j == len(jobs):
-                jobs.append((c, it))
-            item_job.append(j)
-        self.stats.deduplicated_items += len(items) - len(jobs)
+            item_job.append(job(c, it.prompt_ids, it.answer_ids))
+            item_distractor_jobs.append([job(c, it.prompt_ids, d) for d in it.distractor_ids])
+            n_asked += 1 + len(it.distractor_ids)
+        self.stats.deduplicated_items += n_asked - len(jobs)
         encodings = list(dict.fromkeys(enc for enc, _ in cache_of))
         built = dict(zip(encodings, self._built(encodings)))
         cache_len = [len(built[enc].keep_index(keep)) for enc, keep in cache_of]
@@ -272,7 +287,7 @@ class Engine:
         for (enc, _), c in cache_of.items():
             caches_of_enc.setdefault(enc, []).append(c)
         jobs_of_cache: dict[int, list[int]] = {}
-        for j, (c, _) in enumerate(jobs):
+        for j, (c, _, _) in enumerate(jobs):
             jobs_of_cache.setdefault(c, []).append(j)
         nlls: list = [None] * len(jobs)
         cost = {e: self.kv_bytes_per_token * sum(cache_len[c] for c in caches_of_enc[e]) for e in encodings}
@@ -281,8 +296,13 @@ class Engine:
             self._run_group(group, built, cache_of, caches_of_enc, [j for e in group for c in caches_of_enc[e]
                                                                       for j in jobs_of_cache[c]], jobs, nlls)
         rows = []
-        for it, j in zip(items, item_job):
+        for it, j, dj in zip(items, item_job, item_distractor_jobs):
             tok = nlls[j]
+            extra = {}
+            if dj:
+                gold = float(tok.mean())
+                dn = [float(nlls[k].mean()) for k in dj]
+                extra = {"distractor_nlls": [round(x, 6) for x in dn], **margin.candidate_stats(gold, dn, self.atol)}
             rows.append({
                 "sample_id": it.sample_id,
                 "condition": it.condition,
@@ -294,6 +314,7 @@ class Engine:
                 **it.row,
                 "token_nlls": [round(float(x), 6) for x in tok],
                 "nll": float(tok.mean()),
+                **extra,
             })
         return rows
 
@@ -325,8 +346,8 @@ class Engine:
         # Phase B pads the new tokens (what the linear layers pay for) and holds a padded copy of the
         # batch's caches and vocab-wide logits at answer positions (what memory pays for): batch by
         # new-token length, budget on the total
-        new_len = [len(jobs[j][1].prompt_ids) + len(jobs[j][1].answer_ids) for j in group_jobs]
-        total = [shaped[jobs[j][0]].length + n + math.ceil(len(jobs[j][1].answer_ids) * self._logit_tokens)
+        new_len = [len(jobs[j][1]) + len(jobs[j][2]) for j in group_jobs]
+        total = [shaped[jobs[j][0]].length + n + math.ceil(len(jobs[j][2]) * self._logit_tokens)
                  for j, n in zip(group_jobs, new_len)]
         for idx in _batches(new_len, self.budget, self.phase_b_batch or self.max_batch, cost=total, min_tokens=256):
             sel = [group_jobs[k] for k in idx]
@@ -341,8 +362,8 @@ class Engine:
         self._halving_on_oom(lambda part: self._score_batch_once(part, jobs, shaped, nlls), sel)
 
     def _score_batch_once(self, sel, jobs, shaped, nlls) -> None:
-        got = scoring.score(self.model, [shaped[jobs[j][0]] for j in sel], [list(jobs[j][1].prompt_ids) for j in sel],
-                            [list(jobs[j][1].answer_ids) for j in sel], batch_size=len(sel))
+        got = scoring.score(self.model, [shaped[jobs[j][0]] for j in sel], [list(jobs[j][1]) for j in sel],
+                            [list(jobs[j][2]) for j in sel], batch_size=len(sel))
         for j, t in zip(sel, got):
             nlls[j] = t
         self.stats.phase_b_forwards += 1

@@ -5,9 +5,11 @@ between the markers of ``EXPERIMENT_PLAN.md``, so quoted numbers come from the f
     python -m lib.index --figure exp02    # also the cross-model figure of one experiment
 
 Row fields: experiment (the ``expNN`` in the run's folder path), run (folder), model, random init,
-SMOKE ("?" when the results.json does not say), data set, N, primary test, headline effects (the mean
+SMOKE and cut down (the size knobs set below the design's defaults; "?" when the results.json
+does not say), data set, N (with "shares k/N with <run>" when another run of the same experiment and model
+scored some of the same samples: not an independent replication), primary test, headline effects (the mean
 delta in nats and as % of the reference NLL with its CI beside d and its 95% CI when the results.json
-has them, d alone for older files; ``HEADLINES`` says which comparisons per experiment, default:
+has them, d alone for older files, and d(margin) with its CI where the run scored distractors; ``HEADLINES`` says which comparisons per experiment, default:
 the three largest |d| among ``summary.comparisons``), commit (short; ``+dirty`` when the tree had
 uncommitted changes), date.
 """
@@ -56,8 +58,16 @@ def _headline(exp: str, s: dict, k: int | None = 3) -> list[dict]:
         pick = _cmp(s["comparisons"], k)
         if len({r.get("ref") for r in s["comparisons"]}) > 1:  # several references (exp01): name both sides
             pick = [{**r, "_label": r.get("label")} for r in pick]
-    return [{"label": r.get("_label") or r.get("cond") or r.get("label"), "d": r["d"], "ci_low": r.get("ci_low"),
-             "ci_high": r.get("ci_high"), **{k: r[k] for k in ABSOLUTE if k in r}} for r in pick]
+    margin = {(m["ref"], m["cond"]): m for m in (s.get("discrimination") or {}).get("comparisons", [])}
+    out = []
+    for r in pick:
+        h = {"label": r.get("_label") or r.get("cond") or r.get("label"), "d": r["d"], "ci_low": r.get("ci_low"),
+             "ci_high": r.get("ci_high"), **{k: r[k] for k in ABSOLUTE if k in r}}
+        m = margin.get((r.get("ref"), r.get("cond")))
+        if m is not None:
+            h.update(d_margin=m["d"], d_margin_ci_low=m["ci_low"], d_margin_ci_high=m["ci_high"])
+        out.append(h)
+    return out
 
 
 ABSOLUTE = ("mean_delta", "pct_of_ref", "pct_ci_low", "pct_ci_high")  # shown beside d when a results.json has them
@@ -87,13 +97,46 @@ def collect(results_root=None) -> list[dict]:
         cfg, s, prov = r.get("config", {}), r.get("summary", {}), r.get("provenance", {})
         n = s.get("n_samples") or (r.get("data") or {}).get("n_samples") or ""
         commit = (prov.get("commit") or "unknown")[:8] + ("+dirty" if prov.get("dirty") else "")
-        smoke = next((x.get("SMOKE") for x in (r, cfg, r.get("runtime") or {}) if isinstance(x.get("SMOKE"), bool)), None)
+        kind = prov.get("run_kind") or {}
+        smoke = kind.get("smoke") if isinstance(kind.get("smoke"), bool) else next(
+            (x.get("SMOKE") for x in (r, cfg, r.get("runtime") or {}) if isinstance(x.get("SMOKE"), bool)), None)
+        random_init = kind["random_init"] if isinstance(kind.get("random_init"), bool) else bool(cfg.get("random_init"))
         rows.append({"experiment": exp, "run": str(rel), "model": _first(cfg, "MODEL", "DEC_MODEL", "model", "model_source"),
                      "dataset": _first(cfg, "DATASET", "DATASETS"), "n": n, "headline": _headline(exp, s),
                      "effects": _headline(exp, s, None),
-                     "commit": commit, "date": (prov.get("date") or "")[:10], "random_init": bool(cfg.get("random_init")),
-                     "smoke": smoke, "primary_test": s.get("primary_test") or ""})
-    return sorted(rows, key=lambda x: (x["experiment"], x["run"]))
+                     "commit": commit, "date": (prov.get("date") or "")[:10], "random_init": random_init,
+                     "smoke": smoke, "cut_down": sorted(kind["cut_down"]) if isinstance(kind.get("cut_down"), dict) else None,
+                     "code_changed": prov.get("code_changed_during_run"), "primary_test": s.get("primary_test") or ""})
+        rows[-1]["_samples"] = _sample_keys(f.parent, rows[-1]["dataset"], cfg)
+    rows = sorted(rows, key=lambda x: (x["experiment"], x["run"]))
+    _mark_overlaps(rows)
+    return rows
+
+
+def _sample_keys(folder: Path, dataset, cfg: dict) -> frozenset:
+    """(data set, sample id) of every scored sample (``per_item.csv``); synthetic ids are per seed."""
+    import csv
+
+    f = folder / "per_item.csv"
+    if not f.is_file():
+        return frozenset()
+    tag = f"{dataset}|seed={cfg.get('SEED')}" if str(dataset).startswith("synthetic") else str(dataset)
+    with open(f, newline="") as fh:
+        return frozenset((tag, r["sample_id"]) for r in csv.DictReader(fh) if r.get("sample_id"))
+
+
+def _mark_overlaps(rows: list[dict]) -> None:
+    """``overlaps``: the other runs OF THE SAME EXPERIMENT scoring some of the same samples, as
+    ``[(run, shared, n)]`` (a sweep cell on an earlier run's samples is not an independent replication)."""
+    for r in rows:
+        mine = r.pop("_samples")
+        r["_keys"] = mine
+    for r in rows:
+        r["overlaps"] = [(o["run"], len(r["_keys"] & o["_keys"]), len(r["_keys"])) for o in rows
+                         if o is not r and o["experiment"] == r["experiment"] and o["model"] == r["model"]
+                         and r["_keys"] & o["_keys"]]
+    for r in rows:
+        del r["_keys"]
 
 
 def _num(x) -> str:
@@ -111,7 +154,10 @@ def _fmt(h: dict) -> str:
     pct = ""
     if "pct_of_ref" in h:
         pct = f" ({_num(h.get('pct_of_ref'))}% [{_num(h.get('pct_ci_low'))}, {_num(h.get('pct_ci_high'))}])"
-    return f"{h['label']} {md} nats{pct}, d {_num(h.get('d'))}{ci}"
+    margin = ""
+    if "d_margin" in h:
+        margin = f", d(margin) {_num(h['d_margin'])} [{_num(h.get('d_margin_ci_low'))}, {_num(h.get('d_margin_ci_high'))}]"
+    return f"{h['label']} {md} nats{pct}, d {_num(h.get('d'))}{ci}{margin}"
 
 
 def _yn(x) -> str:
@@ -119,13 +165,17 @@ def _yn(x) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| experiment | run | model | random init | SMOKE | data | N | primary test | "
+    lines = ["| experiment | run | model | random init | SMOKE | cut down | data | N | primary test | "
              "headline: mean delta nats (% of ref [95% CI]), d [95% CI] | commit | date |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        cut = r.get("cut_down")
+        cut = "?" if cut is None else (", ".join(cut) or "no")
+        commit = r["commit"] + (" (code changed during run)" if r.get("code_changed") else "")
+        n = str(r["n"]) + "".join(f" (shares {k}/{m} with {run})" for run, k, m in r.get("overlaps", []))
         lines.append(f"| {r['experiment']} | {r['run']} | {r['model']} | {_yn(r.get('random_init'))} | {_yn(r.get('smoke'))} | "
-                     f"{r['dataset']} | {r['n']} | {r.get('primary_test') or 't (undeclared)'} | "
-                     f"{'; '.join(_fmt(h) for h in r['headline'])} | {r['commit']} | {r['date']} |")
+                     f"{cut} | {r['dataset']} | {n} | {r.get('primary_test') or 't (undeclared)'} | "
+                     f"{'; '.join(_fmt(h) for h in r['headline'])} | {commit} | {r['date']} |")
     return "\n".join(lines)
 
 

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from lib.hashing import cached_sha256, sha256_file
+
 LAYER_TYPES = ("full_attention", "sliding_attention")
 BOS_SOURCES = ("tokenizer", "bos_token", "eos_token", "none")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -222,7 +224,7 @@ def _convert(spec: BundledModel, out: Path, *, verbose: bool) -> None:
         del model.config.quantization_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    gguf_sha = spec.sha256 or _sha256(gguf)
+    gguf_sha = spec.sha256 or sha256_file(gguf)
     if spec.assemble or spec.parts:
         shutil.rmtree(out / "_gguf")
     del model
@@ -238,14 +240,6 @@ def _convert(spec: BundledModel, out: Path, *, verbose: bool) -> None:
     if verbose:
         print(f"[lib.models] converted {spec.name} in {seconds:.0f} s; "
               f"greedy next token of {check['prompt']!r}: {check['next_token']!r}")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_converted(folder: Path) -> dict:
@@ -410,6 +404,7 @@ class LoadedModel:
     source: str  # "bundled:<folder>", "local:<folder>" or "hub:<id>"
     device: torch.device
     dtype: torch.dtype
+    identity: dict = field(default_factory=dict)  # ``model_identity``: weights sha256, conversion record
 
 
 def resolve_dtype(dtype, device: str) -> torch.dtype:
@@ -472,9 +467,33 @@ def load_model(name: str, *, dtype: str | torch.dtype | None = None, device: str
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # pad is only ever used under an attention mask
+    identity = model_identity(name, kind, path, model, torch_dtype, load_in_4bit)
+    LOADED.append(identity)
     return LoadedModel(model=model, tokenizer=tokenizer, arch=arch_info(model, tokenizer, name),
                        name=name, source=f"{kind}:{path}", device=next(model.parameters()).device,
-                       dtype=torch_dtype)
+                       dtype=torch_dtype, identity=identity)
+
+
+# identities of the models loaded in this process, in load order; ``lib.runs.provenance`` records them
+LOADED: list[dict] = []
+WEIGHTS_SIDECAR = "dkv_weights_sha256.json"
+
+
+def model_identity(name: str, kind: str, path: str, model, dtype, load_in_4bit: bool) -> dict:
+    """What makes a loaded model THIS model: the sha256 of every weights file of a local or bundled
+    folder (cached beside it, keyed by size and mtime) and the bundled conversion record (with the
+    source GGUF's sha256); for a hub model, the resolved commit of the repo."""
+    out = {"name": name, "source": f"{kind}:{path}", "dtype": str(dtype).removeprefix("torch."),
+           "load_in_4bit": load_in_4bit, "random_init": False}
+    folder = Path(path)
+    if kind in ("bundled", "local") and folder.is_dir():
+        files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+        out["weights_sha256"] = {f.name: cached_sha256(f, folder / WEIGHTS_SIDECAR) for f in files}
+        record = folder / CONVERSION_RECORD
+        out["conversion"] = json.loads(record.read_text()) if record.is_file() else None
+    else:
+        out["hub_commit"] = getattr(model.config, "_commit_hash", None)
+    return out
 
 
 def main(argv=None) -> int:

@@ -101,6 +101,9 @@ def setup(params: list[Param], smoke: dict) -> nbformat.NotebookNode:
         _given = {{k: globals()[k] for k in DEFAULTS}}
         CONFIG = smoke_values({"SMOKE" if has_smoke else "False"}, _given, DEFAULTS, SMOKE_VALUES)
         globals().update(CONFIG)
+        from lib import codestate
+
+        RUN_START = codestate.mark_start(CONFIG, DEFAULTS)  # commit, dirty, code hash, SMOKE / cut down: see results.json
         print("\\n".join(f"{{k}} = {{v!r}}" for k, v in CONFIG.items()))
         """ + ("""print("set by SMOKE:", {k: v for k, v in CONFIG.items() if v != _given[k]})""" if has_smoke else "")
     )

@@ -124,6 +124,9 @@ class Prepared:
     answer_ids: list[int]
     other_id: str
     flags: dict = field(default_factory=dict)
+    # distractor answers (``lib.margin``), tokenized exactly as the gold answer after the query prompt
+    distractor_ids: list[list[int]] = field(default_factory=list)
+    distractor_samples: list[str] = field(default_factory=list)  # the samples they come from
 
 
 def _answer_ids(tokenizer, prompt_text: str, prompt_ids: list[int], answer: str) -> tuple[list[int], bool]:
@@ -134,21 +137,45 @@ def _answer_ids(tokenizer, prompt_text: str, prompt_ids: list[int], answer: str)
     return enc_mod.tokenize(tokenizer, " " + answer), True
 
 
-def prepare(tokenizer, arch, sample, other_query: str, other_id: str) -> Prepared:
+def prepare(tokenizer, arch, sample, other_query: str, other_id: str, distractors=()) -> Prepared:
+    """Token ids of ``sample``; ``distractors``: ``(sample id, answer)`` pairs scored beside the gold
+    answer (``lib.margin``), tokenized the same way after the same prompt."""
     q_prompt = PROMPT_QUERY.format(query=sample.query)
     prompt_ids = {"query": enc_mod.tokenize(tokenizer, q_prompt), "no_query": enc_mod.tokenize(tokenizer, PROMPT_NO_QUERY)}
     answer_ids, answer_drift = _answer_ids(tokenizer, q_prompt, prompt_ids["query"], sample.answer)
     if not answer_ids:
         raise ValueError(f"sample {sample.id!r}: answer {sample.answer!r} tokenizes to nothing")
+    distractor_ids = [_answer_ids(tokenizer, q_prompt, prompt_ids["query"], a)[0] for _, a in distractors]
+    for (sid, a), ids in zip(distractors, distractor_ids):
+        if not ids:
+            raise ValueError(f"sample {sample.id!r}: distractor {a!r} (from {sid!r}) tokenizes to nothing")
     prefix_ids = {
         "query": enc_mod.tokenize(tokenizer, sample.query + PREFIX_SEP),
         "other_query": enc_mod.tokenize(tokenizer, other_query + PREFIX_SEP),
     }
-    reserve = max(len(v) for v in prefix_ids.values()) + max(len(v) for v in prompt_ids.values()) + len(answer_ids)
+    reserve = (max(len(v) for v in prefix_ids.values()) + max(len(v) for v in prompt_ids.values())
+               + max(map(len, [answer_ids, *distractor_ids])))
     doc_ids, truncated = enc_mod.fit_document(enc_mod.tokenize(tokenizer, sample.passage), arch, reserve)
     drift = enc_mod.boundary_drift(tokenizer, sample.query + PREFIX_SEP, sample.passage, prefix_ids["query"], doc_ids) if not truncated else None
     flags = {"doc_truncated": truncated, "prefix_boundary_drift": drift, "answer_boundary_drift": answer_drift}
-    return Prepared(sample.id, doc_ids, prefix_ids, prompt_ids, answer_ids, other_id, flags)
+    return Prepared(sample.id, doc_ids, prefix_ids, prompt_ids, answer_ids, other_id, flags, distractor_ids,
+                    [sid for sid, _ in distractors])
+
+
+def distractor_pairs(samples, n_distractors: int, seed: int) -> dict[str, list[tuple[str, str]]]:
+    """{sample id: [(distractor sample id, its answer), ...]} (``margin.assign_distractors``)."""
+    from lib import margin
+
+    by_id = {s.id: s for s in samples}
+    chosen = margin.assign_distractors(samples, n_distractors, seed)
+    return {sid: [(o, by_id[o].answer) for o in others] for sid, others in chosen.items()}
+
+
+def item_extras(p: Prepared) -> dict:
+    """WorkItem keyword arguments and row fields that carry ``p``'s distractors."""
+    if not p.distractor_ids:
+        return {}
+    return {"distractor_ids": tuple(tuple(d) for d in p.distractor_ids)}
 
 
 def work_items(items: list[Prepared], conditions=EXP01_CONDITIONS) -> list:
@@ -160,8 +187,10 @@ def work_items(items: list[Prepared], conditions=EXP01_CONDITIONS) -> list:
         for c in conditions:
             prefix = () if c.prefix == "none" else tuple(it.prefix_ids[c.prefix])
             extra = {"other_id": it.other_id if c.prefix == "other_query" else None, **it.flags}
+            if it.distractor_samples:
+                extra["distractor_samples"] = list(it.distractor_samples)
             out.append(WorkItem(it.sample_id, c.name, tuple(it.doc_ids), prefix, c.keep_prefix,
-                                tuple(it.prompt_ids[c.prompt]), tuple(it.answer_ids), extra))
+                                tuple(it.prompt_ids[c.prompt]), tuple(it.answer_ids), extra, **item_extras(it)))
     return out
 
 
@@ -173,16 +202,19 @@ def score_prepared(lm, items: list[Prepared], conditions=EXP01_CONDITIONS, *, ba
 
 
 def run(lm, samples, store, *, conditions=EXP01_CONDITIONS, seed: int = 42, chunk: int = 4, batch_size: int = 16,
-        mem_budget_gb: float = 2.0, progress: bool = True) -> list[dict]:
+        mem_budget_gb: float = 2.0, progress: bool = True, n_distractors: int = 0) -> list[dict]:
     """Score every (sample, condition) not yet in ``store``; append each wave of ``chunk`` samples as it finishes.
 
-    Resumable: a killed run rerun with the same store finishes the missing items only. Returns all rows.
+    ``n_distractors`` > 0 scores that many other samples' answers beside the gold answer on the
+    same cache (``lib.margin``: margin, rank, top-1 in every row). Resumable: a killed run rerun
+    with the same store finishes the missing items only. Returns all rows.
     """
     from lib.engine import Engine
 
     by_id = {s.id: s for s in samples}
     other = other_assignment(samples, seed)
-    prepared = [prepare(lm.tokenizer, lm.arch, s, by_id[other[s.id]].query, other[s.id]) for s in samples]
+    dis = distractor_pairs(samples, n_distractors, seed)
+    prepared = [prepare(lm.tokenizer, lm.arch, s, by_id[other[s.id]].query, other[s.id], dis[s.id]) for s in samples]
     engine = Engine(lm, mem_budget_gb=mem_budget_gb, phase_b_batch=batch_size)
     return engine.run(work_items(prepared, conditions), store, wave=chunk, progress=progress)
 
@@ -264,7 +296,18 @@ def analyse(rows: list[dict], sample_ids: list[str], conditions=EXP01_CONDITIONS
         "hardness": stats.hardness_table(nll, ref, names[1:], seed=seed, atol=atol) if len(sample_ids) >= 10 else [],
         "ranks": stats.ranks_per_sample(nll, atol=atol),
         "diagnosis": diagnose(comps) if set(comparisons) == set(EXP01_COMPARISONS) else [],
+        **discrimination_summary(rows, sample_ids, names, pairs=list(comparisons), nll_comparisons=comps, n_boot=n_boot,
+                                 seed=seed, atol=atol, primary_test=primary_test),
     }
+
+
+def discrimination_summary(rows, sample_ids, names, **kw) -> dict:
+    """``{"discrimination": lib.margin.discrimination(...)}`` when the rows carry margins, else ``{}``."""
+    from lib import margin
+
+    if not margin.has_margins([r for r in rows if r["condition"] in names]):
+        return {}
+    return {"discrimination": margin.discrimination(rows, sample_ids, names, **kw)}
 
 
 def figures(summary: dict, nll: dict[str, np.ndarray], out_dir, title: str = "") -> list:

@@ -19,7 +19,6 @@ Pins are facts read off the archives on 2026-12-01 (see EXPERIMENT_PLAN.md, "Rea
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -30,6 +29,8 @@ import tarfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lib.hashing import sha256_bytes, sha256_file  # noqa: F401  (re-exported: registry.sha256_file)
 
 MANIFEST = "manifest.json"
 OFFLINE_HINT = ("offline, run on the generated data instead (DATASET=synthetic, or -p DATASET synthetic "
@@ -112,18 +113,6 @@ def data_cache_dir() -> Path:
     """$DKV_DATA_CACHE or ~/.cache/directed-kv/data."""
     env = os.environ.get("DKV_DATA_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "directed-kv" / "data"
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def tree_sha256(folder: Path) -> str:

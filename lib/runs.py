@@ -393,19 +393,19 @@ def provenance(seeds: dict | None = None, extra: dict | None = None) -> dict:
     """Git commit/dirty flag of the repo holding ``lib/``, versions, seeds, date, device, host.
 
     ``commit`` is 40 hex digits or "unknown" (``dirty`` is then None); ``dirty`` says whether
-    tracked files outside ``results/`` differ from the commit (untracked files and the results a
-    run is rewriting do not count). Package versions are None for packages that are not installed. ``extra`` keys are
+    tracked files outside ``results/`` differ from the commit or untracked files exist under the
+    code folders (``lib.codestate``; the results a run is rewriting do not count). ``start`` is the
+    same state when the run began (``codestate.mark_start``, called by every notebook's setup), and
+    ``code_changed_during_run`` compares the two; ``run_kind`` says SMOKE / cut down / random-init;
+    ``models`` lists every model loaded in the process with its weights sha256 (``lib.models.LOADED``). Package versions are None for packages that are not installed. ``extra`` keys are
     added at top level and may not shadow the standard keys.
     """
     if seeds is not None and not isinstance(seeds, dict):
         raise ValueError(f"seeds must be a dict or None, got {type(seeds).__name__}")
-    root = Path(__file__).resolve().parent.parent
-    commit = _git(root, "rev-parse", "HEAD")
-    if commit is None or len(commit) != 40:
-        commit, dirty = "unknown", None
-    else:
-        status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
-        dirty = None if status is None else bool(status)
+    from lib import codestate
+
+    now = codestate.code_state()
+    commit, dirty = now["commit"], now["dirty"]
     packages = {}
     for name in PROVENANCE_PACKAGES:
         try:
@@ -416,7 +416,17 @@ def provenance(seeds: dict | None = None, extra: dict | None = None) -> dict:
             "packages": packages, "seeds": to_jsonable(dict(seeds or {}), nan="error"),
             "date": _utc_now().isoformat(timespec="seconds"), "device": _device(),
             "hostname": socket.gethostname(), "platform": platform.platform(),
-            "executable": sys.executable}
+            "executable": sys.executable,
+            "dirty_files": now["dirty_files"], "code_sha256": now["code_sha256"]}
+    began = codestate.start()
+    prov["start"] = None if began is None else {k: began[k] for k in ("date", "commit", "dirty", "code_sha256")}
+    prov["code_changed_during_run"] = None if began is None else (
+        began["commit"] != commit or began["code_sha256"] != now["code_sha256"])
+    prov["run_kind"] = None if began is None else began["run_kind"]
+    models = sys.modules.get("lib.models")
+    prov["models"] = [dict(m) for m in getattr(models, "LOADED", [])]
+    if prov["run_kind"] is not None:
+        prov["run_kind"] = {**prov["run_kind"], "random_init": any(m.get("random_init") for m in prov["models"])}
     if extra:
         clash = sorted(set(extra) & set(prov))
         if clash:

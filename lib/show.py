@@ -114,3 +114,23 @@ def _caption(markdown: str, text: str) -> None:
     from IPython.display import display
 
     display({"text/markdown": markdown, "text/plain": text}, raw=True)
+
+
+def discrimination(summary: Mapping) -> None:
+    """The contrastive-margin tables of ``summary["discrimination"]`` (``lib.margin``), when present:
+    per condition the mean margin, gold rank and top-1; per comparison d(margin) beside d(nll) and the
+    entropy gap. Prints a line saying so when the run scored no distractors."""
+    disc = summary.get("discrimination")
+    if not disc:
+        print("no distractors scored (N_DISTRACTORS=0): likelihood only, no discrimination measure")
+        return
+    k = ", ".join(map(str, disc["n_distractors"]))
+    table([{"condition": n, "mean_margin": m, "mean_gold_rank": disc["mean_gold_rank"][n], "top1": disc["top1"][n]}
+           for n, m in disc["mean_margin"].items()], columns=["condition", "mean_margin", "mean_gold_rank", "top1"],
+          title=f"discrimination per condition (gold answer vs {k} distractors on the same cache; margin in nats)")
+    cols = [c for c in ("label", "mean_delta", "mean_delta_ci_low", "mean_delta_ci_high", "d", "ci_low", "ci_high",
+                        "d_nll", "entropy_gap", "p_holm", "p_holm_wilcoxon", "verdict")
+            if any(c in r for r in disc["comparisons"]) or c == "verdict"]
+    table(disc["comparisons"], columns=cols,
+          title="d(margin) beside d(nll): positive = the condition separates gold from distractors better; "
+                "entropy gap = d(nll) - d(margin)")

@@ -259,7 +259,8 @@ def test_provenance_keys_and_commit():
 def test_provenance_outside_git_is_unknown(tmp_path):
     lib_copy = tmp_path / "lib"
     lib_copy.mkdir()
-    (lib_copy / "runs.py").write_bytes((REPO / "lib" / "runs.py").read_bytes())
+    for name in ("runs.py", "codestate.py"):
+        (lib_copy / name).write_bytes((REPO / "lib" / name).read_bytes())
     (lib_copy / "__init__.py").write_text("")
     code = "import json, lib.runs as r; print(json.dumps(r.provenance()))"
     env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path.parent)}
