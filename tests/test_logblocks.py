@@ -52,3 +52,21 @@ def test_committed_index_table_is_current():
     text = (ROOT / "EXPERIMENT_PLAN.md").read_text()
     body = text.split(index.START, 1)[1].split(index.END, 1)[0]
     assert body == "\n" + index.table(index.collect()) + "\n", "the results index is stale: run `make index`"
+
+
+def test_block_shows_margins_and_derived_tables(tmp_path):
+    run = _results(tmp_path, p_holm_wilcoxon=0.5)
+    path = tmp_path / run / "results.json"
+    r = json.loads(path.read_text())
+    m = {**r["summary"]["comparisons"][0], "label": "D vs A (margin)", "d": 0.02, "ci_low": -0.1, "ci_high": 0.14,
+         "d_nll": 0.31, "entropy_gap": 0.29, "metric": "margin"}
+    r["summary"]["discrimination"] = {"n_distractors": [4], "mean_margin": {"A": 1.25, "D": 1.3},
+                                      "mean_gold_rank": {"A": 2.0, "D": 1.9}, "top1": {"A": 0.4, "D": 0.45}, "comparisons": [m]}
+    r["summary"]["best_cutoff"] = {"early": {"cutoff": 2, "cutoff_ci": [2, 3], "mean_delta": 0.0011, "mean_delta_ci": [0.0008, 0.0015],
+                                             "pct_of_ref": 0.2, "pct_ci": [0.1, 0.3], "d": 0.42, "d_ci": [0.3, 0.5],
+                                             "split_half_d": 0.41}}
+    path.write_text(json.dumps(r))
+    out = logblocks.render(run, tmp_path)
+    assert "vs 4 type-matched distractors" in out and "A +1.250 / 2.00 / 0.40" in out
+    assert "| D vs A (margin) |" in out and "Entropy gap d(nll) - d(margin): D vs A +0.290." in out
+    assert "Best early cutoff 2 (bootstrap 95% range 2-3): mean delta +0.0011 [+0.0008, +0.0015] nats" in out
