@@ -83,6 +83,7 @@ CELLS = [
             print(f"{r['content']:16s} L={r['length']:<4d} total {r['total']['mean']:+.4f} = "
                   + " + ".join(f"{k} {v:+.4f}" for k, v in parts.items()))
         show.table(summary["comparisons"], title="every condition vs bare")
+        show.discrimination(summary)
         show.table(dens, title="keyword density (kw20 vs kw5 at each L)")
     """),
     md("## Figures"),

@@ -17,6 +17,7 @@ PARAMS = [
     Param("PREFIX", str, "static_fact", "the priming prefix: a key of lib/surrogates.STATIC or a literal text"),
     Param("CUTOFFS", str, "all", "layer cutoffs c for values_early/values_late: all (1..n_layers-1) or e.g. 4,8,12"),
     *common.RUNTIME,
+    common.DISTRACTORS,
     Param("OUT_DIR", str, "results/exp06", "results folder, relative to the repo root"),
     *common.TAIL,
 ]
@@ -57,7 +58,7 @@ CELLS = [
         print(f"{len(store)} rows already stored")
         engine = Engine(lm, mem_budget_gb=MEM_BUDGET_GB, phase_b_batch=BATCH_SIZE)
         rows = contamination.run(engine, samples, store, names, prefix, wave=CHUNK, batch_size=BATCH_SIZE,
-                                 progress=PROGRESS)
+                                 progress=PROGRESS, n_distractors=N_DISTRACTORS, seed=SEED)
         ids = [s.id for s in samples]
         rows = [r for r in rows if r["sample_id"] in set(ids)]
         print(f"{len(rows)} rows for {len(ids)} samples")
@@ -74,6 +75,7 @@ CELLS = [
         summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED, atol=atol, primary_test=PRIMARY_TEST)
         by = {r["cond"]: r for r in summary["comparisons"]}
         show.table([by[n] for n in contamination.FIXED[1:]], title="fixed hybrids vs bare")
+        show.discrimination(summary)
         curve = contamination.cutoff_curve(summary["comparisons"], cutoffs)
         best = {fam: contamination.best_cutoff(nll, cutoffs, fam, n_boot=N_BOOT, seed=SEED, atol=atol) for fam in ("early", "late")}
         summary.update(cutoff_curve=curve, best_cutoff=best)

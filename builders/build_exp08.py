@@ -71,7 +71,7 @@ CELLS = [
         from lib import reachability_plots as RP
         from lib import reachability_report as RR
         from lib.models import load_model
-        from lib.runs import provenance, write_json_atomic
+        from lib.runs import provenance, write_per_item_csv, write_results_json
 
         lm = load_model(MODEL, dtype=DTYPE)
         reader = R.ResidualReader(lm.model, RESIDUAL)
@@ -154,13 +154,15 @@ CELLS = [
 
         table = RR.interpret(parts)
         display(Markdown(RR.interpretation_markdown(table)))
-        out = write_json_atomic(ROOT / OUT_DIR / "results.json", {
-            "config": CONFIG, "provenance": provenance(seeds={"seed": SEED}), "shared": SHARED, "steps_run": STEPS_ALL,
-            "extension": fit1.extension, "seconds": timings, "interpretation": table,
-            "headline": {k: {"share_reached": v["share_reached"], "median_final_mse": v["final_mse"]["median"],
-                             "median_relative_mse": v["relative_mse"]["median"]} for k, v in parts.items()},
-            "by_label": {"3": RR.by_label(parts["3"]), "4": RR.by_label(parts["4"])},
-            "figures": [f.name for f in figs]})
+        summary = {"n_samples": sum(v["n_targets"] for v in parts.values()),  # targets, all parts (the index's N)
+                   "n_targets": {k: v["n_targets"] for k, v in parts.items()}, "interpretation": table,
+                   "headline": {k: {"share_reached": v["share_reached"], "median_final_mse": v["final_mse"]["median"],
+                                    "median_relative_mse": v["relative_mse"]["median"]} for k, v in parts.items()},
+                   "by_label": {"3": RR.by_label(parts["3"]), "4": RR.by_label(parts["4"])}}
+        out = write_results_json(ROOT / OUT_DIR, config=CONFIG, summary=summary, provenance=provenance(seeds={"seed": SEED}),
+                                 extra={"shared": SHARED, "steps_run": STEPS_ALL, "extension": fit1.extension,
+                                        "seconds": timings, "figures": [f.name for f in figs]})
+        write_per_item_csv(ROOT / OUT_DIR, RR.per_target_rows(parts))
         print(out)
     """),
 ]

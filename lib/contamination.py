@@ -20,7 +20,7 @@ import numpy as np
 
 from lib import cache as kv
 from lib import encode as enc_mod
-from lib import priming, scoring, stats, surrogates
+from lib import margin, priming, scoring, stats, surrogates
 from lib.noise import clean_delta
 
 FIXED = ("bare", "primed", "values_only", "keys_only")
@@ -74,14 +74,20 @@ def prefix_ids(tokenizer, prefix: str) -> list[int]:
     return enc_mod.tokenize(tokenizer, text) + enc_mod.tokenize(tokenizer, priming.PREFIX_SEP)
 
 
-def score_samples(engine, samples, names: list[str], prefix: list[int], *, batch_size: int = 32) -> list[dict]:
-    """Rows (one per sample x condition) for ``samples``; Phase A batched through ``engine``."""
+def score_samples(engine, samples, names: list[str], prefix: list[int], *, batch_size: int = 32,
+                  distractors: dict | None = None) -> list[dict]:
+    """Rows (one per sample x condition) for ``samples``; Phase A batched through ``engine``.
+
+    ``distractors``: {sample id: [(other sample id, answer), ...]} (``priming.distractor_pairs``,
+    drawn once over the whole run) scored on each hybrid cache beside the gold answer (``lib.margin``).
+    """
     lm = engine.lm
     # no other-sample query is used here: preparing each sample on its own keeps a sample's ids
     # independent of which wave it is scored in
-    preps = [priming.prepare(lm.tokenizer, lm.arch, s, s.query, s.id) for s in samples]
+    dis = distractors or {}
+    preps = [priming.prepare(lm.tokenizer, lm.arch, s, s.query, s.id, dis.get(s.id, ())) for s in samples]
     for p in preps:  # the document must fit next to the prefix too
-        need = len(prefix) + len(p.prompt_ids["query"]) + len(p.answer_ids)
+        need = len(prefix) + len(p.prompt_ids["query"]) + max(map(len, [p.answer_ids, *p.distractor_ids]))
         p.doc_ids, cut = enc_mod.fit_document(p.doc_ids, lm.arch, need)
         p.flags["doc_truncated"] = p.flags["doc_truncated"] or cut
     return score_prepared(engine, preps, names, prefix, batch_size=batch_size)
@@ -114,31 +120,42 @@ def _score_chunk(engine, preps, names: list[str], prefix: list[int], batch_size:
         bare = enc_mod.shape(*full[i], lm.arch)
         primed = enc_mod.shape(*full[len(preps) + i], lm.arch)
         for name in names:
-            caches.append(hybrid(name, bare, primed))
-            prompts.append(p.prompt_ids["query"])
-            answers.append(p.answer_ids)
+            cache = hybrid(name, bare, primed)
+            for cand in [p.answer_ids, *p.distractor_ids]:  # gold first, then distractors on the same cache
+                caches.append(cache)
+                prompts.append(p.prompt_ids["query"])
+                answers.append(cand)
             meta.append((p, name))
     nlls = []
     for s in range(0, len(caches), batch_size):
         nlls += scoring.score(engine.model, caches[s:s + batch_size], prompts[s:s + batch_size], answers[s:s + batch_size],
                               batch_size=batch_size)
     engine.stats.phase_b_items += len(caches)
-    rows = []
-    for (p, name), tok in zip(meta, nlls):
-        rows.append({"sample_id": p.sample_id, "condition": name, "n_doc_tokens": len(p.doc_ids),
-                     "n_prefix_tokens": len(prefix), "n_answer_tokens": len(p.answer_ids), **p.flags,
-                     "token_nlls": [round(float(x), 6) for x in tok], "nll": float(tok.mean())})
+    rows, k = [], 0
+    for p, name in meta:
+        tok, dn = nlls[k], [float(t.mean()) for t in nlls[k + 1:k + 1 + len(p.distractor_ids)]]
+        k += 1 + len(p.distractor_ids)
+        row = {"sample_id": p.sample_id, "condition": name, "n_doc_tokens": len(p.doc_ids),
+               "n_prefix_tokens": len(prefix), "n_answer_tokens": len(p.answer_ids), **p.flags,
+               "token_nlls": [round(float(x), 6) for x in tok], "nll": float(tok.mean())}
+        if dn:
+            row.update(distractor_samples=list(p.distractor_samples), distractor_nlls=[round(x, 6) for x in dn],
+                       **margin.candidate_stats(row["nll"], dn, engine.atol))
+        rows.append(row)
     return rows
 
 
 def run(engine, samples, store, names: list[str], prefix: list[int], *, wave: int = 8,
-        batch_size: int = 32, progress: bool = True) -> list[dict]:
-    """Score every sample not yet complete in ``store``, ``wave`` samples at a time (resumable)."""
+        batch_size: int = 32, progress: bool = True, n_distractors: int = 0, seed: int = 42) -> list[dict]:
+    """Score every sample not yet complete in ``store``, ``wave`` samples at a time (resumable);
+    ``n_distractors`` answers of other samples ride along on every hybrid cache (``lib.margin``)."""
     from lib.runs import run_waves
 
     by = {s.id: s for s in samples}
+    dis = priming.distractor_pairs(samples, n_distractors, seed)
     return run_waves(store, list(by), names, lambda ids: score_samples(engine, [by[i] for i in ids], names, prefix,
-                                                                        batch_size=batch_size), wave=wave, progress=progress)
+                                                                        batch_size=batch_size, distractors=dis),
+                     wave=wave, progress=progress)
 
 
 def cutoff_curve(comparisons: list[dict], cutoffs: list[int]) -> dict[str, list[dict]]:

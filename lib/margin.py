@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 import re
+import warnings
 
 import numpy as np
 
@@ -56,7 +57,8 @@ def assign_distractors(samples, k: int, seed: int) -> dict[str, list[str]]:
     A distractor comes from another article (``meta['article']`` when every sample has one, else
     any other sample), its answer differs from every gold answer of the sample (case and
     punctuation ignored) and from the other distractors, and it has the sample's ``answer_kind``
-    when enough such samples exist (any kind fills up). The assignment of a sample depends only on
+    when enough such samples exist (any kind fills up). A pool too small for ``k`` gives fewer (a
+    warning says how many samples; each row records its count); none at all raises. The assignment of a sample depends only on
     ``seed``, the sample and the pool, never on the order in which samples are scored.
     """
     if k < 0:
@@ -82,10 +84,15 @@ def assign_distractors(samples, k: int, seed: int) -> dict[str, list[str]]:
                     continue
                 chosen.append(o.id)
                 seen.add(a)
-        if len(chosen) < k:
-            raise ValueError(f"sample {s.id!r}: only {len(chosen)} distinct distractor answers from other articles, "
-                             f"{k} asked (N_DISTRACTORS); use fewer distractors or more samples")
+        if not chosen:
+            raise ValueError(f"sample {s.id!r}: no distractor answer from another article differs from its own "
+                             f"({k} asked, N_DISTRACTORS); use more samples or N_DISTRACTORS=0")
         out[s.id] = chosen
+    short = {sid: len(v) for sid, v in out.items() if len(v) < k}
+    if short:
+        warnings.warn(f"{len(short)} of {len(out)} samples have fewer than {k} distinct distractor answers from other "
+                      f"articles (e.g. {dict(list(short.items())[:3])}); they use what there is, and every row "
+                      f"records its own count (summary['discrimination']['n_distractors'] lists the counts)")
     return out
 
 

@@ -51,6 +51,12 @@ def summarize(fit: Fit, *, reach_frac: float = 0.01, labels: list | None = None,
     }
 
 
+def per_target_rows(parts: dict) -> list[dict]:
+    """One row per (part, target) for per_item.csv: initial / final / relative MSE, reached, restarts."""
+    keep = ("target", "label", "best_restart", "initial_mse", "final_mse", "relative_mse", "reached", "restart_std")
+    return [{"part": k, **{f: t.get(f) for f in keep}} for k, s in parts.items() for t in s["targets"]]
+
+
 def _quantiles(x: np.ndarray) -> dict:
     q = np.quantile(x, [0.0, 0.25, 0.5, 0.75, 1.0])
     return {"min": float(q[0]), "q25": float(q[1]), "median": float(q[2]), "q75": float(q[3]), "max": float(q[4]),

@@ -178,3 +178,27 @@ def test_score_prepared_chunks_by_the_engine_budget():
     assert [(r["sample_id"], r["condition"]) for r in rows] == [(r["sample_id"], r["condition"]) for r in big]
     for r, b in zip(rows, big):
         assert np.abs(np.array(r["token_nlls"]) - np.array(b["token_nlls"])).max() <= TOL
+
+
+def test_distractors_on_hybrid_caches_equal_scoring_them_as_the_answer():
+    """Oracle: a distractor's NLL on a hybrid cache equals the NLL of the same tokens scored as the
+    answer of the same sample; the gold NLL does not change when distractors ride along."""
+    from dataclasses import replace
+
+    from lib import margin
+
+    m = build("gemma3")
+    lm = _LM(m, arch_of(m))
+    names, prefix, preps = ["bare", "primed", "values_early_2"], [5, 6, 7], _preps(3)
+    extra = [[7, 8], [9], [10, 11, 12]]
+    with_d = [replace(p, distractor_ids=[extra[i], p.answer_ids[:1] + [4]], distractor_samples=["x", "y"])
+              for i, p in enumerate(preps)]
+    rows = C.score_prepared(Engine(lm), with_d, names, prefix, batch_size=4)
+    plain = _by(C.score_prepared(Engine(lm), preps, names, prefix, batch_size=4))
+    for r in rows:
+        p = with_d[int(r["sample_id"][1:])]
+        assert np.abs(np.array(r["token_nlls"]) - plain[(r["sample_id"], r["condition"])]).max() <= TOL
+        for dids, got in zip(p.distractor_ids, r["distractor_nlls"]):
+            alone = C.score_prepared(Engine(lm), [replace(p, answer_ids=dids, distractor_ids=[])], [r["condition"]], prefix)
+            assert abs(got - alone[0]["nll"]) <= TOL
+        assert r["margin"] == pytest.approx(margin.candidate_stats(r["nll"], r["distractor_nlls"], 1e-5)["margin"], abs=1e-5)

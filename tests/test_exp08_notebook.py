@@ -61,7 +61,13 @@ def test_exp08_smoke_run_writes_every_file(tmp_path):
     assert r["config"]["MODEL"] == "smollm2-135m-instruct" and r["config"]["STEPS"] == 4
     assert r["steps_run"] in (4, 6) and r["extension"]["steps_run"] == r["steps_run"]
     assert r["shared"]["norm_check"]["hidden_states_includes_final_norm"] is True
-    assert len(r["interpretation"]) == 9 and all(isinstance(row["holds"], bool) for row in r["interpretation"])
+    assert len(r["summary"]["interpretation"]) == 9 and all(isinstance(row["holds"], bool) for row in r["summary"]["interpretation"])
+    # like every other experiment: a config hash, N (targets over all parts), a per-item CSV, the run kind
+    assert len(r["config_hash"]) == 64 and r["summary"]["n_samples"] == sum(r["summary"]["n_targets"].values())
+    assert r["provenance"]["run_kind"]["smoke"] is True and "N_FIT" in r["provenance"]["run_kind"]["cut_down"]
+    from lib.runs import read_per_item_csv
+    per = read_per_item_csv(tmp_path / "per_item.csv")
+    assert len(per) == r["summary"]["n_samples"] and {p["part"] for p in per} == {"1", "2a", "2b", "3", "4"}
     m4 = json.loads((tmp_path / "part4_dimensions" / "metrics.json").read_text())
     assert m4["summary"]["n_targets"] == 3 and m4["summary"]["restarts"] == 2 and set(m4["by_label"]) == {"0.0", "0.5", "1.0"}
     m1 = json.loads((tmp_path / "part1_real" / "metrics.json").read_text())

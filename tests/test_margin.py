@@ -92,9 +92,14 @@ def test_distractors_come_from_other_articles_differ_and_match_kind_first():
     assert margin.assign_distractors(samples, 0, seed=7) == {s.id: [] for s in samples}
 
 
-def test_too_few_distractors_raises_with_the_knob():
+def test_a_small_pool_gives_fewer_distractors_with_a_warning_and_none_raises():
+    few = _samples()[:3]  # three articles, three distinct answers: two distractors each at most
+    with pytest.warns(UserWarning, match="fewer than 3"):
+        got = margin.assign_distractors(few, 3, seed=0)
+    assert all(len(v) == 2 for v in got.values())
+    same = [Sample(f"q{i}", "q?", "p.", "Paris", meta={"article": f"a{i}"}) for i in range(3)]
     with pytest.raises(ValueError, match="N_DISTRACTORS"):
-        margin.assign_distractors(_samples()[:3], 3, seed=0)
+        margin.assign_distractors(same, 2, seed=0)
     with pytest.raises(ValueError, match=">= 0"):
         margin.assign_distractors(_samples(), -1, seed=0)
 
