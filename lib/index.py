@@ -198,20 +198,65 @@ def update_plan(rows: list[dict], plan=None) -> Path:
     return plan
 
 
-def cross_model_figure(rows: list[dict], experiment: str, path) -> Path:
-    """d of every primary comparison, one row per run (model | data set | run folder), one column per comparison."""
+def cross_model_figure(rows: list[dict], experiment: str, path, results_root=None) -> Path:
+    """d and its 95% CI of every primary comparison, one row per run (model | data set | run folder | N, in
+    full), one column per comparison. exp11 adds its bidirectional-vs-causal comparisons (``_figure_extras``).
+    ``results_root``: where the rows' runs live when the figure needs more than the rows carry (default: the
+    rows' own ``summary``/``folder`` when present, else the figure's folder, else ``results/``; ``_run_summary``)."""
     from lib import plots
 
+    grid = _cross_model_grid(rows, experiment, path, results_root)
+    return plots.plot_d_grid(grid, path, title=f"{experiment}: d [95% bootstrap CI] across models and data sets",
+                             ylabel="model | data set | run folder | N")
+
+
+def _cross_model_grid(rows: list[dict], experiment: str, path=None, results_root=None) -> dict:
+    """{row label: {comparison: {d, ci_low, ci_high}}} for ``plots.plot_d_grid``."""
     grid = {}
     for r in rows:
         if r["experiment"] != experiment:
             continue
-        key = f"{r['model']} | {r['dataset']} | {r['run'].split('/')[-1][:28]}"
-        grid[key] = {h["label"]: h["d"] for h in r.get("effects", r["headline"])}
+        n = r.get("n")
+        key = f"{r['model']} | {r['dataset']} | {r['run']} | N={n if n not in (None, '') else '?'}"
+        effects = list(r.get("effects", r["headline"])) + _figure_extras(r, path, results_root)
+        grid[key] = {h["label"]: {"d": h["d"], "ci_low": h.get("ci_low"), "ci_high": h.get("ci_high")} for h in effects}
     if not grid:
         raise ValueError(f"no results for experiment {experiment!r}; have {sorted({r['experiment'] for r in rows})}")
-    return plots.plot_d_grid(grid, path, title=f"{experiment}: effects across models and data sets",
-                             ylabel="model | data set")
+    return grid
+
+
+def _figure_extras(row: dict, path=None, results_root=None) -> list[dict]:
+    """Comparisons the cross-model figure shows beside ``effects``. exp11: ``summary.bidirectional_vs_causal``
+    (each condition under the bidirectional Phase A mask vs the same condition causal; d about -2 on Gemma),
+    which ``_headline`` leaves out because it picks the vs-bare comparisons only."""
+    if row["experiment"] != "exp11":
+        return []
+    s = _run_summary(row, path, results_root)
+    return [{"label": c.get("label") or f"{c['cond']} vs {c['ref']}", "d": c["d"], "ci_low": c.get("ci_low"),
+             "ci_high": c.get("ci_high")} for c in s.get("bidirectional_vs_causal") or []]
+
+
+def _run_summary(row: dict, path=None, results_root=None) -> dict:
+    """The ``summary`` of ``row``'s results.json: the row's own (overview rows carry it), else read from the
+    row's ``folder``, then under ``results_root`` when given, else under the figure's folder (``python -m
+    lib.index`` writes it into the results root) and ``results/``. A file whose model or data set differ
+    from the row's is another run of the same name and is passed over."""
+    if isinstance(row.get("summary"), dict):
+        return row["summary"]
+    tried = []
+    if row.get("folder"):
+        tried.append(Path(row["folder"]) / "results.json")
+    roots = [Path(results_root)] if results_root else ([Path(path).parent] if path else []) + [ROOT / "results"]
+    tried += [root / row["run"] / "results.json" for root in roots]
+    for f in tried:
+        if f.is_file():
+            r = json.loads(f.read_text())
+            cfg = r.get("config", {})
+            if (_first(cfg, "MODEL", "DEC_MODEL", "model", "model_source"), _first(cfg, "DATASET", "DATASETS")) == \
+                    (row["model"], row["dataset"]):
+                return r.get("summary", {})
+    raise ValueError(f"run {row['run']!r} ({row['model']}, {row['dataset']}): no results.json of it found "
+                     f"(tried {[str(f) for f in tried]}); pass results_root= (the folder collect() read)")
 
 
 def main(argv=None) -> int:

@@ -115,12 +115,22 @@ def summarize(rows: list[dict], *, d_model: int, bytes_per_value: int = 2) -> li
 
 
 def plot_curves(summary: list[dict], path, title: str = ""):
-    """F1, NLL/token and FirstTok@1 against M for each condition; text and replay as horizontal lines."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """F1, NLL/token and FirstTok@1 against M for each condition; text and replay as horizontal lines.
 
-    fig = Figure(figsize=(14, 4), layout="constrained")
-    FigureCanvasAgg(fig)
+    One legend for the three panels, outside them on the right: inside, it covered the text/replay
+    reference lines."""
+    from lib import plots
+
+    out = plots.out_path(path)
+    fig = _curves_figure(summary, title)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    return out
+
+
+def _curves_figure(summary: list[dict], title: str = ""):
+    from lib import plots
+
+    fig = plots.new_figure(15.5, 4)
     axes = fig.subplots(1, 3)
     for ax, key, lab in zip(axes, ("f1", "nll_per_token", "first_tok_at1"), ("F1", "answer NLL per token", "FirstTok@1")):
         for i, cond in enumerate(lat.CONDITIONS):
@@ -134,10 +144,13 @@ def plot_curves(summary: list[dict], path, title: str = ""):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("M (prefix vectors / tokens)")
         ax.set_ylabel(lab)
-        ax.legend(fontsize=8)
-    fig.suptitle(title or "latent prefix vs token budget")
-    fig.savefig(path, dpi=120)
-    return path
+    seen = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    fig.legend(list(seen.values()), list(seen), fontsize=8, loc="outside right upper")
+    plots.suptitle(fig, title or "latent prefix vs token budget")
+    return fig
 
 
 def load_splits(dataset: str, n_train: int, n_eval: int, *, train_split: str = "train", eval_split: str = "validation",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import textwrap
 from pathlib import Path
 from typing import Mapping
 
@@ -21,6 +22,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.patches import Patch
 
 __all__ = ["plot_delta_hist", "plot_effects", "plot_hardness_heatmap", "plot_mean_nll"]
 
@@ -58,9 +61,34 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=120)
+    # the figures are sized so that every label fits (``_text_width_in``, ``suptitle``); the tight bbox is a
+    # backstop so that a label longer than the sizing allowed is never clipped in the saved file
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     fig.clear()
     return path
+
+
+def wrap(text: str, width_in: float, fontsize: float = 12.0) -> str:
+    """``text`` wrapped (``textwrap``, each existing line on its own) to lines that fit ``width_in`` inches at
+    ``fontsize`` points (DejaVu Sans averages about 0.6 em a character; 0.62 and a 10% margin leave room)."""
+    n = max(16, int(width_in * 72 * 0.9 / (0.62 * fontsize)))
+    return "\n".join(ln for line in str(text).splitlines() for ln in (textwrap.wrap(line, n, break_on_hyphens=False) or [""]))
+
+
+def suptitle(fig: Figure, text: str, fontsize: float = 12.0):
+    """A figure title wrapped to the figure's current width, centred on the figure (not on an axes pushed
+    aside by long tick labels), so it lies inside the figure; set the figure's final size first."""
+    return fig.suptitle(wrap(text, fig.get_figwidth(), fontsize), fontsize=fontsize)
+
+
+def _text_width_in(fig: Figure, texts, fontsize="medium") -> float:
+    """Widest rendered width (inches) of ``texts`` (multi-line texts: their widest line) at ``fontsize``."""
+    r = fig.canvas.get_renderer()
+    prop = FontProperties(size=fontsize)
+    lines = [ln for t in texts for ln in str(t).split("\n")]
+    if not lines:
+        return 0.0
+    return max(r.get_text_width_height_descent(ln, prop, ismath=False)[0] for ln in lines) / fig.dpi
 
 
 def _values(x, name: str) -> np.ndarray:
@@ -88,8 +116,14 @@ def plot_effects(rows: list[dict], path, title: str = "") -> Path:
 
     ``rows`` come from ``lib.stats.compare_conditions`` (keys ``d``, ``ci_low``, ``ci_high``,
     ``p_holm``, and ``label`` or ``ref``/``cond``). Stars after the value mark Holm-adjusted
-    p < 0.05 / 0.01 / 0.001. Non-finite d is not drawn and is written into the label.
+    p < 0.05 / 0.01 / 0.001. Non-finite d is not drawn and is written into the label. The figure is
+    as wide as its row labels need; a long title is wrapped to the figure's width.
     """
+    out = _out_path(path)
+    return _save(_effects_figure(rows, title), out)
+
+
+def _effects_figure(rows: list[dict], title: str = "") -> Figure:
     if not rows:
         raise ValueError("rows is empty; nothing to plot")
     for i, row in enumerate(rows):
@@ -103,8 +137,10 @@ def plot_effects(rows: list[dict], path, title: str = "") -> Path:
     lo = np.array([float(r["ci_low"]) for r in rows])
     hi = np.array([float(r["ci_high"]) for r in rows])
     y = np.arange(len(rows))[::-1]  # first row on top
+    ticks = [f"{lab}  (d={_fmt(v)}{_stars(r['p_holm'])})" for lab, v, r in zip(labels, d, rows)]
 
     fig = _new_figure(7.0, 1.2 + 0.45 * len(rows))
+    fig.set_figwidth(max(7.0, _text_width_in(fig, ticks) + 4.5))  # labels + a plot area of >= 4 inches
     ax = fig.add_subplot()
     finite = np.isfinite(d)
     colors = np.where(d >= 0, "tab:blue", "tab:red")
@@ -115,11 +151,10 @@ def plot_effects(rows: list[dict], path, title: str = "") -> Path:
         fmt="none", ecolor="black", capsize=3, lw=1,
     )
     ax.axvline(0.0, color="black", lw=0.8)
-    ticks = [f"{lab}  (d={_fmt(v)}{_stars(r['p_holm'])})" for lab, v, r in zip(labels, d, rows)]
     ax.set_yticks(y, ticks)
-    ax.set_xlabel("Cohen's d of ref - cond (positive: condition better)")
-    ax.set_title(title or "Paired effect sizes, 95% bootstrap CI; * Holm p")
-    return _save(fig, _out_path(path))
+    ax.set_xlabel("Cohen's d of ref - cond (positive: condition better)\nwhiskers: 95% bootstrap CI")
+    suptitle(fig, title or "Paired effect sizes, 95% bootstrap CI; * Holm p")
+    return fig
 
 
 def plot_delta_hist(deltas: Mapping[str, object], path, title: str = "") -> Path:
@@ -142,7 +177,7 @@ def plot_delta_hist(deltas: Mapping[str, object], path, title: str = "") -> Path
     for ax in list(axes.flat)[k:]:
         ax.set_visible(False)
     if title:
-        fig.suptitle(title)
+        suptitle(fig, title)
     return _save(fig, _out_path(path))
 
 
@@ -193,7 +228,7 @@ def plot_hardness_heatmap(table: list[dict], path, title: str = "") -> Path:
     ax.set_yticks(range(len(bins)), ylabels)
     ax.set_ylabel("hardness bin (0 easiest) [range]")
     fig.colorbar(im, ax=ax, label="d (positive: condition better)")
-    ax.set_title(title or "Paired d by hardness bin")
+    suptitle(fig, title or "Paired d by hardness bin")
     return _save(fig, _out_path(path))
 
 
@@ -212,15 +247,45 @@ def plot_mean_nll(nll: Mapping[str, object], path, title: str = "") -> Path:
     ax.bar(x, means, yerr=half, capsize=4, color="tab:gray", alpha=0.8, ecolor="black")
     ax.set_xticks(x, [f"{k}\n(n={arrays[k].size})" for k in names], rotation=30, ha="right")
     ax.set_ylabel("mean answer NLL (lower is better)")
-    ax.set_title(title or "Mean NLL per condition, 95% CI")
+    suptitle(fig, title or "Mean NLL per condition, 95% CI")
     return _save(fig, _out_path(path))
 
 
-def plot_d_grid(grid: Mapping[str, Mapping[str, float]], path, title: str = "", ylabel: str = "") -> Path:
+def _signed(x) -> str:
+    """+0.42 / -0.13; None (results.json's nan) as n/a; other non-finite values as themselves."""
+    if x is None:
+        return "n/a"
+    x = float(x)
+    return f"{x:+.2f}" if math.isfinite(x) else str(x)
+
+
+def _grid_cell(v) -> tuple[float, str]:
+    """(d for the colour, cell text) of a grid value: a number (d), or a mapping with ``d`` and
+    optionally ``ci_low``/``ci_high`` (then the text is ``"+0.42\\n[+0.31, +0.54]"``)."""
+    if isinstance(v, Mapping):
+        if "d" not in v:
+            raise ValueError(f"grid cell {dict(v)!r} lacks key 'd'")
+        d = v["d"]
+        text = _signed(d)
+        if "ci_low" in v or "ci_high" in v:
+            text += f"\n[{_signed(v.get('ci_low'))}, {_signed(v.get('ci_high'))}]"
+    else:
+        d, text = v, _signed(v)
+    return (float("nan") if d is None else float(d)), text
+
+
+def plot_d_grid(grid: Mapping[str, Mapping[str, object]], path, title: str = "", ylabel: str = "") -> Path:
     """Heatmap of d per (row, condition), e.g. rows = data sets; diverging at 0 (blue: better).
 
-    ``grid`` maps a row label to {condition: d}; a condition missing from a row shows "n/a".
+    ``grid`` maps a row label to {condition: d}, where d is a number or a mapping with ``d`` and its
+    95% CI (``ci_low``, ``ci_high``: written under d in the cell); a condition missing from a row shows
+    "n/a". Row labels are shown in full: the figure is as wide as they need.
     """
+    out = _out_path(path)
+    return _save(_d_grid_figure(grid, title, ylabel), out)
+
+
+def _d_grid_figure(grid: Mapping[str, Mapping[str, object]], title: str = "", ylabel: str = "") -> Figure:
     if not isinstance(grid, Mapping) or not grid:
         raise ValueError("grid must be a non-empty mapping of row label -> {condition: d}")
     rows = list(grid)
@@ -230,36 +295,58 @@ def plot_d_grid(grid: Mapping[str, Mapping[str, float]], path, title: str = "", 
     if not conds:
         raise ValueError("grid has no conditions")
     vals = np.full((len(rows), len(conds)), np.nan)
+    texts = np.full((len(rows), len(conds)), "n/a", dtype=object)
     for i, r in enumerate(rows):
         for j, c in enumerate(conds):
             if c in grid[r]:
-                vals[i, j] = float(grid[r][c])
+                vals[i, j], texts[i, j] = _grid_cell(grid[r][c])
     finite = np.isfinite(vals)
     vmax = float(np.max(np.abs(vals[finite]))) if finite.any() else 1.0
     vmax = vmax if vmax > 0 else 1.0
-    label_w = 0.075 * max(len(str(r)) for r in rows)  # inches for the row labels
-    label_h = 0.06 * max(len(str(c)) for c in conds)  # rotated column labels
-    fig = _new_figure(2.2 + label_w + 1.1 * len(conds), 1.6 + label_h + 0.55 * len(rows))
+    two_lines = any("\n" in t for t in texts.flat)
+
+    fig = _new_figure(4.0, 3.0)
+    # measured sizes (inches): row labels, rotated (30 degrees) column labels, the widest cell text
+    label_w = _text_width_in(fig, rows)
+    col_w = _text_width_in(fig, conds)
+    cell_w = max(1.0, _text_width_in(fig, texts.flat, fontsize=8) + 0.25)
+    row_h = 0.65 if two_lines else 0.45
+    width = 0.6 * bool(ylabel) + label_w + cell_w * len(conds) + 1.5 + 0.3  # ylabel, labels, cells, colour bar, pad
+    fig.set_figwidth(max(4.0, width, 0.5 * col_w + 1.0))  # the first column label leans left of its cell
+    n_title = wrap(title or "Paired d", fig.get_figwidth()).count("\n") + 1
+    fig.set_figheight(0.6 + 0.25 * n_title + 0.5 * col_w + 0.3 + row_h * len(rows))
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(vals), cmap="RdBu", aspect="auto",
                    norm=TwoSlopeNorm(vcenter=0.0, vmin=-vmax, vmax=vmax))
-    for i, r in enumerate(rows):
-        for j, c in enumerate(conds):
-            text = _fmt(vals[i, j]) if c in grid[r] else "n/a"
+    for i in range(len(rows)):
+        for j in range(len(conds)):
             dark = np.isfinite(vals[i, j]) and abs(vals[i, j]) > 0.6 * vmax
-            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+            ax.text(j, i, texts[i, j], ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set_xticks(range(len(conds)), conds, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     if ylabel:
         ax.set_ylabel(ylabel)
     fig.colorbar(im, ax=ax, label="d (positive: condition better)")
-    ax.set_title(title or "Paired d")
-    return _save(fig, _out_path(path))
+    suptitle(fig, title or "Paired d")
+    return fig
 
 
 def plot_length_curves(curv: Mapping[str, list[dict]], path, title: str = "", dashed=(),
                        xlabel: str = "prefix length L (tokens)", log_x: bool = True) -> Path:
-    """d vs bare against prefix length L (log2 axis), one line per content with its CI band (``dashed``: names drawn dashed)."""
+    """d vs bare against prefix length L (log2 axis), one line per content with its CI band (``dashed``: names drawn dashed).
+
+    The points' ``ci_low``/``ci_high`` are the bootstrap 95% CIs of ``lib.stats.compare_conditions``; the
+    legend names the shaded bands as such (exp05's lengths, exp06's layer cutoffs, exp10's document lengths).
+    """
+    out = _out_path(path)
+    return _save(_length_curves_figure(curv, title, dashed, xlabel, log_x), out)
+
+
+BAND_LABEL = "shaded band: 95% bootstrap CI of d"
+
+
+def _length_curves_figure(curv: Mapping[str, list[dict]], title: str = "", dashed=(),
+                          xlabel: str = "prefix length L (tokens)", log_x: bool = True) -> Figure:
     if not curv:
         raise ValueError("no curves to plot")
     fig = _new_figure(8, 5)
@@ -274,10 +361,12 @@ def plot_length_curves(curv: Mapping[str, list[dict]], path, title: str = "", da
     if log_x:
         ax.set_xscale("log", base=2)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("d vs bare (positive: lower answer NLL)")
-    ax.set_title(title or "effect vs prefix length")
-    ax.legend(fontsize=8, ncol=2)
-    return _save(fig, _out_path(path))
+    ax.set_ylabel("d vs bare (positive: lower answer NLL), 95% bootstrap CI")
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Patch(facecolor="tab:gray", alpha=0.25, label=BAND_LABEL))
+    ax.legend(handles=handles, fontsize=8, ncol=2)
+    suptitle(fig, title or "effect vs prefix length")
+    return fig
 
 
 def plot_decomposition(rows: list[dict], path, title: str = "") -> Path:
@@ -317,16 +406,35 @@ def plot_decomposition(rows: list[dict], path, title: str = "") -> Path:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(lab, h)
     fig.legend(list(seen.values()), list(seen), fontsize=8, loc="outside lower center", ncol=len(seen))
-    fig.suptitle(title or "structure / vocabulary / meaning")
+    suptitle(fig, title or "structure / vocabulary / meaning")
     return _save(fig, _out_path(path))
 
 
 def plot_training_curves(histories: Mapping[str, list[dict]], path, title: str = "", smooth: int = 10) -> Path:
-    """Loss (raw, light; running mean over ``smooth`` steps, bold), gradient norm and prefix norm per optimizer step."""
+    """Loss (raw, light; running mean over ``smooth`` steps, bold), gradient norm and, when it varies,
+    prefix norm per optimizer step; one legend for all panels, outside the axes."""
+    out = _out_path(path)
+    return _save(_training_figure(histories, title, smooth), out)
+
+
+def _constant(values: list, rtol: float = 1e-9) -> bool:
+    lo, hi = min(values), max(values)
+    return hi - lo <= rtol * max(1.0, abs(hi))
+
+
+def _training_figure(histories: Mapping[str, list[dict]], title: str = "", smooth: int = 10) -> Figure:
     if not histories or not any(histories.values()):
         raise ValueError("no training history to plot")
-    fig = _new_figure(14, 4)
-    axes = fig.subplots(1, 3)
+    norms = [h["prefix_norm"] for hist in histories.values() for h in hist if h.get("prefix_norm") is not None]
+    # exp12's compressor rescales every prefix to a fixed RMS (``Compressor.target_rms``), so its logged
+    # prefix norm is one number for the whole run: a flat panel that carries nothing. It is drawn only when
+    # it varies (exp07's free soft prefixes); otherwise its constant value is named under the loss panel.
+    show_norm = bool(norms) and not _constant(norms)
+    panels = [("loss", "answer NLL (training)"), ("grad_norm", "gradient norm (before clipping)")]
+    if show_norm:
+        panels.append(("prefix_norm", "mean prefix vector norm"))
+    fig = _new_figure(4.6 * len(panels) + 1.6, 4)
+    axes = fig.subplots(1, len(panels))
     for i, (name, hist) in enumerate(histories.items()):
         if not hist:
             continue
@@ -337,19 +445,28 @@ def plot_training_curves(histories: Mapping[str, list[dict]], path, title: str =
         run = np.convolve(loss, np.ones(k) / k, mode="valid")
         axes[0].plot(x, loss, color=color, alpha=0.25)
         axes[0].plot(x[k - 1:], run, color=color, label=name)
-        axes[1].plot(x, [h["grad_norm"] for h in hist], color=color, label=name)
-        axes[2].plot(x, [h["prefix_norm"] for h in hist], color=color, label=name)
-    for ax, lab in zip(axes, ("answer NLL (training)", "gradient norm (before clipping)", "mean prefix vector norm")):
+        for ax, (key, _) in zip(axes[1:], panels[1:]):
+            ax.plot(x, [h[key] for h in hist], color=color, label=name)
+    for ax, (_, lab) in zip(axes, panels):
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(lab)
-        ax.legend(fontsize=8)
-    fig.suptitle(title or "soft prefix training")
-    return _save(fig, _out_path(path))
+    if norms and not show_norm:
+        axes[0].set_xlabel(f"optimizer step\n(prefix vector norm constant at {norms[0]:.4g}: not plotted)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="outside right upper")
+    suptitle(fig, title or "soft prefix training")
+    return fig
 
 
 def plot_soft_eval(comparisons: list[dict], nll: Mapping[str, object], hardness: list[dict], ref: str, path,
                    title: str = "", pair: tuple[str, str] | None = None) -> Path:
-    """Four panels: d vs ``ref`` with CI; mean NLL with CI; d by hardness quintile; per-sample deltas of ``pair``."""
+    """Four panels: d vs ``ref`` with CI; mean NLL with CI; d by hardness quintile (integer ticks); per-sample deltas of ``pair``."""
+    out = _out_path(path)
+    return _save(_soft_eval_figure(comparisons, nll, hardness, ref, title, pair), out)
+
+
+def _soft_eval_figure(comparisons: list[dict], nll: Mapping[str, object], hardness: list[dict], ref: str,
+                      title: str = "", pair: tuple[str, str] | None = None) -> Figure:
     if not comparisons:
         raise ValueError("no comparisons to plot")
     arrays = {k: _values(v, f"nll[{k!r}]") for k, v in nll.items()}
@@ -377,6 +494,7 @@ def plot_soft_eval(comparisons: list[dict], nll: Mapping[str, object], hardness:
             rows = sorted((h for h in hardness if h["cond"] == cond), key=lambda h: h["bin"])
             c.plot([h["bin"] for h in rows], [h["d"] for h in rows], marker="o", label=cond, color=f"C{i}")
         c.axhline(0, color="black", lw=0.8)
+        c.set_xticks(sorted({int(h["bin"]) for h in hardness}))  # bins are integers: no 0.5 ticks
         c.set_xlabel(f"hardness quintile of {ref} NLL (0 easiest)")
         c.set_ylabel("d within the quintile")
         c.legend(fontsize=8)
@@ -389,5 +507,5 @@ def plot_soft_eval(comparisons: list[dict], nll: Mapping[str, object], hardness:
         d.set_xlabel(f"{ref} - {pair[0]} (per sample)")
         d.set_ylabel(f"{ref} - {pair[1]} (per sample)")
         d.set_title("per-sample benefit")
-    fig.suptitle(title or "soft prefix evaluation")
-    return _save(fig, _out_path(path))
+    suptitle(fig, title or "soft prefix evaluation")
+    return fig

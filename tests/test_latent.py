@@ -232,3 +232,18 @@ def test_bad_input_raises():
         lat.make_items(FakeTok(), [], anchor="Answer:")
     with pytest.raises(ValueError, match="unknown condition"):
         ev.prefixes("nope", None, BOS, [])
+
+
+def test_curves_legend_sits_outside_every_axes():
+    """exp12's curves: one legend beside the panels, clear of the text/replay reference lines."""
+    summary = [{"condition": c, "m": m, "f1": 0.1 * i, "nll_per_token": 5.0 - i, "first_tok_at1": 0.2}
+               for i, c in enumerate(lat.CONDITIONS) for m in ((0,) if c in ("text", "replay") else (4, 16))]
+    fig = ev._curves_figure(summary, "exp12 smollm2-135m-instruct synthetic train=400 eval=24")
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    (leg,) = fig.legends
+    assert [t.get_text() for t in leg.get_texts()] == list(lat.CONDITIONS)
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    lb = leg.get_window_extent(r)
+    assert not any(lb.overlaps(ax.get_window_extent(r)) for ax in fig.axes)
+    assert fig.bbox.x0 <= lb.x0 and lb.x1 <= fig.bbox.x1 and fig.bbox.y0 <= lb.y0 and lb.y1 <= fig.bbox.y1

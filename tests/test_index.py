@@ -1,0 +1,57 @@
+"""lib.index's cross-model figure: full row labels with N, d with its 95% CI, exp11's bidirectional vs causal."""
+import json
+
+import pytest
+
+from lib import index
+
+
+def _cmp(ref, cond, d):
+    return {"label": f"{cond} vs {ref}", "ref": ref, "cond": cond, "n": 16, "d": d, "ci_low": d - 0.3, "ci_high": d + 0.3}
+
+
+def _exp11(root, run, model, d_bidir):
+    folder = root / run
+    folder.mkdir(parents=True)
+    summary = {"n_samples": 16,
+               "vs_bare": {"causal": [_cmp("bare__causal", "oracle__causal", 0.2)],
+                           "bidirectional": [_cmp("bare__bidirectional", "oracle__bidirectional", 0.1)]},
+               "bidirectional_vs_causal": [_cmp("bare__causal", "bare__bidirectional", d_bidir),
+                                           _cmp("oracle__causal", "oracle__bidirectional", d_bidir + 0.05)]}
+    (folder / "results.json").write_text(json.dumps({"config": {"MODEL": model, "DATASET": "synthetic"}, "summary": summary}))
+
+
+def test_cross_model_grid_has_full_run_labels_n_and_cis():
+    run = "sweeps/smoke_with_a_long_name/exp02__qwen2.5-coder-0.5b-instruct__squad_v1.1__n300"
+    rows = [{"experiment": "exp02", "run": run, "model": "qwen2.5-coder-0.5b-instruct", "dataset": "squad_v1.1", "n": 300,
+             "headline": [], "effects": [{"label": "oracle", "d": 0.42, "ci_low": 0.31, "ci_high": 0.54}]},
+            {"experiment": "exp02", "run": "exp02", "model": "m", "dataset": "d", "n": "", "headline": [],
+             "effects": [{"label": "oracle", "d": None, "ci_low": None, "ci_high": None}]}]
+    grid = index._cross_model_grid(rows, "exp02")
+    assert list(grid) == [f"qwen2.5-coder-0.5b-instruct | squad_v1.1 | {run} | N=300", "m | d | exp02 | N=?"]
+    assert grid[list(grid)[0]] == {"oracle": {"d": 0.42, "ci_low": 0.31, "ci_high": 0.54}}
+    with pytest.raises(ValueError, match="no results for experiment 'exp03'"):
+        index._cross_model_grid(rows, "exp03")
+
+
+def test_exp11_cross_model_figure_includes_bidirectional_vs_causal(tmp_path):
+    _exp11(tmp_path, "sweeps/smoke/exp11__gemma-3-270m__synthetic", "gemma-3-270m", -2.14)
+    _exp11(tmp_path, "exp11", "smollm2-135m-instruct", -0.22)
+    rows = index.collect(tmp_path)
+    assert all("bidirectional_vs_causal" not in str(r["effects"]) for r in rows)  # _headline picks vs bare only
+    grid = index._cross_model_grid(rows, "exp11", tmp_path / "cross_model_exp11.png")
+    gemma = grid["gemma-3-270m | synthetic | sweeps/smoke/exp11__gemma-3-270m__synthetic | N=16"]
+    assert gemma["bare__bidirectional vs bare__causal"] == {"d": -2.14, "ci_low": pytest.approx(-2.44), "ci_high": pytest.approx(-1.84)}
+    assert {"oracle__causal", "oracle__bidirectional", "oracle__bidirectional vs oracle__causal"} <= set(gemma)
+    # the figure's folder, an explicit results_root, or the rows' own summary (lib.overview) all find it
+    assert index._cross_model_grid(rows, "exp11", results_root=tmp_path) == grid
+    with_summary = [{**r, "summary": json.loads((tmp_path / r["run"] / "results.json").read_text())["summary"]} for r in rows]
+    assert index._cross_model_grid(with_summary, "exp11") == grid
+    out = index.cross_model_figure(rows, "exp11", tmp_path / "cross_model_exp11.png")
+    assert out.stat().st_size > 1000
+    with pytest.raises(ValueError, match="no results.json of it found"):
+        index._cross_model_grid(rows, "exp11", results_root=tmp_path / "elsewhere")
+    # a run of the same name with another model (e.g. the repository's results/exp11) is not this row's run
+    other = [{**r, "model": "another-model"} for r in rows if r["run"] == "exp11"]
+    with pytest.raises(ValueError, match="another-model"):
+        index._cross_model_grid(other, "exp11", tmp_path / "figs" / "x.png")
