@@ -129,4 +129,9 @@ def test_index_shows_absolute_size_beside_d_when_present():
     row = {"experiment": "exp06", "run": "r", "model": "m", "dataset": "d", "n": 30, "commit": "abc", "date": "2026",
            "random_init": False, "smoke": True, "primary_test": "wilcoxon", "headline": [h]}
     line = index.table([row]).splitlines()[-1]
-    assert "| m | no | yes | d | 30 | wilcoxon |" in line and "+0.0011 nats" in line
+    assert "| m | no | yes | ? | d | 30 | wilcoxon |" in line and "+0.0011 nats" in line  # cut down unknown: "?"
+    row.update(cut_down=["N_SAMPLES"], overlaps=[("other_run", 30, 30)], code_changed=True,
+               headline=[{**h, "d_margin": 0.05, "d_margin_ci_low": -0.1, "d_margin_ci_high": 0.2}])
+    line = index.table([row]).splitlines()[-1]
+    assert "| N_SAMPLES | d | 30 (shares 30/30 with other_run) |" in line and "(code changed during run)" in line
+    assert "d(margin) +0.05 [-0.10, +0.20]" in line
