@@ -49,9 +49,12 @@ def test_exp11_cross_model_figure_includes_bidirectional_vs_causal(tmp_path):
     assert index._cross_model_grid(with_summary, "exp11") == grid
     out = index.cross_model_figure(rows, "exp11", tmp_path / "cross_model_exp11.png")
     assert out.stat().st_size > 1000
+    # rows from collect() carry their folder; without it, a results_root that lacks the run raises
+    bare_rows = [{k: v for k, v in r.items() if k != "folder"} for r in rows]
+    assert index._cross_model_grid(rows, "exp11", results_root=tmp_path / "elsewhere") == grid
     with pytest.raises(ValueError, match="no results.json of it found"):
-        index._cross_model_grid(rows, "exp11", results_root=tmp_path / "elsewhere")
+        index._cross_model_grid(bare_rows, "exp11", results_root=tmp_path / "elsewhere")
     # a run of the same name with another model (e.g. the repository's results/exp11) is not this row's run
-    other = [{**r, "model": "another-model"} for r in rows if r["run"] == "exp11"]
+    other = [{**r, "model": "another-model"} for r in bare_rows if r["run"] == "exp11"]
     with pytest.raises(ValueError, match="another-model"):
         index._cross_model_grid(other, "exp11", tmp_path / "figs" / "x.png")
