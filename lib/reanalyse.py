@@ -10,7 +10,8 @@ summary keys that the experiment's notebook computes from the rows, keeps every 
 date, the code state (``lib.codestate``), the source file and the keys recomputed.
 
 Supported: exp01 (``priming.analyse``), exp02/exp03/exp05/exp06/exp07 (``analysis.summarize`` plus
-the experiment's own derived tables). Other experiments raise: rerun their notebook instead.
+the experiment's own derived tables), exp09 (``encdec.analyse``), exp11 (``prefixlm.analyse``). Other
+experiments raise: rerun their notebook instead.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from lib.priming import nll_table
 from lib.runs import RESULTS_FILE, read_per_item_csv, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
-SUPPORTED = ("exp01", "exp02", "exp03", "exp05", "exp06", "exp07")
+SUPPORTED = ("exp01", "exp02", "exp03", "exp05", "exp06", "exp07", "exp09", "exp11")
 
 
 def _experiment(folder: Path) -> str:
@@ -53,7 +54,25 @@ def reanalyse(folder) -> dict:
     names = list(old.get("mean_nll") or dict.fromkeys(r["condition"] for r in rows))
     kw = {"n_boot": int(cfg.get("N_BOOT", 2000)), "seed": int(cfg.get("SEED", 42)),
           "atol": noise_atol(cfg.get("dtype", "float32")), "primary_test": cfg.get("PRIMARY_TEST", "t")}
-    if exp == "exp01":
+    if exp in ("exp09", "exp11"):
+        nll = nll_table(rows, names, ids)
+        new = {"n_samples": len(ids), "mean_nll": {n: float(v.mean()) for n, v in nll.items()},
+               "primary_test": kw["primary_test"], "noise_atol": kw["atol"]}
+        stat = {k: kw[k] for k in ("n_boot", "seed", "atol", "primary_test")}
+        if exp == "exp09":
+            from lib import encdec
+
+            enc = [c.strip() for c in cfg["ENC_CONDITIONS"].split(",") if c.strip()]
+            new.update(encdec.analyse(nll, rows, enc, **stat))
+        else:
+            from lib import prefixlm
+
+            conds = [c.strip() for c in cfg["CONDITIONS"].split(",") if c.strip()]
+            modes = [m.strip() for m in cfg["MODES"].split(",") if m.strip()]
+            new.update(prefixlm.analyse(nll, conds, modes, **stat))
+        recomputed = sorted(new)
+        summary = {**old, **new}
+    elif exp == "exp01":
         from lib import priming
 
         conds = priming.select_conditions(names)

@@ -10,6 +10,36 @@ from lib import reanalyse
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _ds(summary) -> dict:
+    """{(path, ref, cond): d} of every comparison row anywhere in a summary."""
+    out = {}
+
+    def walk(x, path=""):
+        if isinstance(x, dict):
+            if {"d", "ref", "cond"} <= set(x):
+                out[(path, x["ref"], x["cond"])] = x["d"]
+            for k, v in x.items():
+                walk(v, f"{path}/{k}")
+        elif isinstance(x, list):
+            for v in x:
+                walk(v, path)
+
+    walk(summary)
+    return out
+
+
+@pytest.mark.parametrize("run", ["exp09", "exp11"])
+def test_reanalysis_of_encdec_and_prefix_lm_keeps_every_d(tmp_path, run):
+    dst = tmp_path / run
+    dst.mkdir()
+    for f in ("results.json", "per_item.csv"):
+        shutil.copy(REPO / "results" / run / f, dst / f)
+    old = _ds(json.loads((REPO / "results" / run / "results.json").read_text())["summary"])
+    new = _ds(reanalyse.reanalyse(dst)["summary"])
+    assert set(old) == set(new) and len(old) >= 10
+    assert all(old[k] == pytest.approx(new[k], abs=1e-6) for k in old if old[k] is not None)
+
+
 @pytest.mark.parametrize("run", ["exp02_gemma3_270m", "exp06_gemma3_270m"])
 def test_reanalysis_keeps_the_scores_and_adds_absolute_effects(tmp_path, run):
     src = REPO / "results" / run
