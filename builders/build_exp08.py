@@ -38,7 +38,7 @@ PARAMS = [
     Param("SEED", int, 0, "seed for pairs, random targets, replaced dimensions and initial prompts"),
     Param("OUT_DIR", str, "results/exp08", "results folder, relative to the repo root"),
     Param("PROGRESS", bool, True, "show a progress bar"),
-    Param("SMOKE", bool, False, "small offline run: bundled SmolLM2 on synthetic passages (a -p value that differs from the default wins)"),
+    Param("SMOKE", bool, False, "small offline run: bundled SmolLM2 on synthetic passages (a knob given with -p keeps its value)"),
 ]
 SMOKE = {"MODEL": "smollm2-135m-instruct", "TEXT": "synthetic", "N_TEXTS": 200, "WINDOWS_PER_TEXT": 4, "N_FIT": 300,
          "N_REAL": 4, "N_RANDOM": 4, "N_PAIRS": 1, "N_DIM_TARGETS": 1, "RESTARTS": 2, "DIM_RESTARTS": 2,

@@ -15,7 +15,7 @@ DISTRACTORS = Param("N_DISTRACTORS", int, 4, "other samples' answers (same kind,
 TAIL = [
     Param("FRESH", bool, False, "move an existing store aside and start over"),
     Param("PROGRESS", bool, True, "show a progress bar"),
-    Param("SMOKE", bool, False, "small offline run: bundled SmolLM2 on synthetic QA (a -p value that differs from the default wins)"),
+    Param("SMOKE", bool, False, "small offline run: bundled SmolLM2 on synthetic QA (a knob given with -p keeps its value)"),
 ]
 
 

@@ -7,15 +7,27 @@ builder made it; never edit by hand), then ONE code cell tagged ``parameters`` w
 finds the repo root and applies the SMOKE values. Building twice gives byte-identical files:
 cell ids are positional, metadata is fixed, JSON is written with sorted keys.
 
-SMOKE: ``smoke_values`` replaces a knob only where it still holds its default, so an explicit
-``-p NAME value`` that differs from the default wins. A value EQUAL to the default cannot be told
-apart from no value: in SMOKE mode it takes the smoke value (the setup cell prints every knob SMOKE
-changed). To run a bundled model at a default-valued knob, use SMOKE=False and pass the knobs.
+SMOKE: ``smoke_values`` replaces a knob by its SMOKE value only where the knob was NOT given.
+"Given" means assigned by a cell that ran after the parameters cell: papermill's cell tagged
+``injected-parameters`` (``-p NAME value``), or a cell a user runs by hand in JupyterLab. The setup
+cell finds those cells in the kernel's input history (``given_names``), so ``-p SMOKE True
+-p N_SAMPLES 200`` keeps 200 even when 200 is the default. Why the history and not the values:
+a value equal to the default carries no trace of where it came from, and object identity does not
+either (CPython caches the ints -5..256, interns identifier-like string constants, and True/False
+are singletons, so ``N_SAMPLES = 200`` in the injected cell rebinds the name to the very object the
+parameters cell bound). The cell sources are exact whatever the type: IPython stores every cell run
+with ``store_history=True`` (papermill/nbclient, JupyterLab) before executing it. Where no history
+is found (not an IPython kernel, or the parameters cell ran without history), ``given_names`` returns
+None and a value equal to the default counts as not given (the setup cell says so). A knob whose
+value differs from its default (e.g. edited in the parameters cell) always wins. The setup cell
+prints the resolved values, the knobs given, and which ones SMOKE set.
 """
 from __future__ import annotations
 
+import ast
 import json
 import keyword
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from textwrap import dedent
@@ -23,7 +35,10 @@ from textwrap import dedent
 import nbformat
 
 TYPES = (bool, int, float, str)
-KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+# the project's own kernel (`make setup` installs it; tests/conftest.py too when missing): a user's "python3"
+# kernel is left alone. papermill and JupyterLab start the kernel named in the notebook's metadata.
+KERNEL_NAME = "directed-kv"
+KERNELSPEC = {"display_name": "Python (directed-kv)", "language": "python", "name": KERNEL_NAME}
 
 
 @dataclass(frozen=True)
@@ -69,12 +84,15 @@ def stamp(builder: str, title: str, summary: str) -> nbformat.NotebookNode:
     )
 
 
+PARAMS_HEADER = "# Parameters (papermill: -p NAME value)"  # first line of the parameters cell: given_names finds it
+
+
 def parameters(params: list[Param]) -> nbformat.NotebookNode:
     names = [p.name for p in params]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"duplicate parameters: {dup}")
-    return code("# Parameters (papermill: -p NAME value)\n" + "\n".join(p.line() for p in params), tags=("parameters",))
+    return code(PARAMS_HEADER + "\n" + "\n".join(p.line() for p in params), tags=("parameters",))
 
 
 def setup(params: list[Param], smoke: dict) -> nbformat.NotebookNode:
@@ -94,26 +112,87 @@ def setup(params: list[Param], smoke: dict) -> nbformat.NotebookNode:
             raise RuntimeError(f"run this notebook from inside the repo (no lib/ above {{Path.cwd()}})")
         sys.path.insert(0, str(ROOT))
         from lib import show  # show.figures(paths), show.table(rows): inline figures and rendered tables
-        from lib.notebook import smoke_values
+        from lib.notebook import given_names, smoke_values
 
         DEFAULTS = {defaults!r}
         SMOKE_VALUES = {smoke!r}
-        _given = {{k: globals()[k] for k in DEFAULTS}}
-        CONFIG = smoke_values({"SMOKE" if has_smoke else "False"}, _given, DEFAULTS, SMOKE_VALUES)
+        _current = {{k: globals()[k] for k in DEFAULTS}}
+        GIVEN = given_names(DEFAULTS)  # knobs assigned after the parameters cell ran (papermill -p); None: no kernel history
+        CONFIG = smoke_values({"SMOKE" if has_smoke else "False"}, _current, DEFAULTS, SMOKE_VALUES, GIVEN)
         globals().update(CONFIG)
         from lib import codestate
 
         RUN_START = codestate.mark_start(CONFIG, DEFAULTS)  # commit, dirty, code hash, SMOKE / cut down: see results.json
         print("\\n".join(f"{{k}} = {{v!r}}" for k, v in CONFIG.items()))
-        """ + ("""print("set by SMOKE:", {k: v for k, v in CONFIG.items() if v != _given[k]})""" if has_smoke else "")
+        """ + ("""print("given:", "unknown (no kernel history: a value equal to its default counts as not given)" if GIVEN is None else sorted(GIVEN))
+        print("set by SMOKE:", {k: v for k, v in CONFIG.items() if v != _current[k]})""" if has_smoke else "")
     )
 
 
-def smoke_values(smoke: bool, current: dict, defaults: dict, values: dict) -> dict:
-    """The parameter values to use: with ``smoke``, SMOKE values where a knob still has its default."""
+def _assigned(source: str) -> set[str]:
+    """Names bound at the top level of one cell (``X = ...``, ``X: int = ...``, ``X += ...``, ``X, Y = ...``)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # raw cell with magics: fall back to line starts
+        return {m.group(1) for m in re.finditer(r"^([A-Za-z_]\w*)\s*(?::[^=\n]*)?[+\-*/]?=(?!=)", source, re.M)}
+    out: set[str] = set()
+
+    def targets(t):
+        if isinstance(t, ast.Name):
+            out.add(t.id)
+        elif isinstance(t, (ast.Tuple, ast.List)):
+            for e in t.elts:
+                targets(e)
+        elif isinstance(t, ast.Starred):
+            targets(t.value)
+
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            for t in node.targets:
+                targets(t)
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+            targets(node.target)
+    return out
+
+
+def _kernel_history() -> list[str] | None:
+    try:
+        ip = get_ipython()  # noqa: F821 (a builtin inside IPython kernels)
+    except NameError:
+        return None
+    hist = getattr(getattr(ip, "history_manager", None), "input_hist_parsed", None)
+    return None if hist is None else list(hist)
+
+
+def given_names(names, history: list[str] | None = None) -> set[str] | None:
+    """The knobs among ``names`` assigned by cells that ran after the LAST run of the parameters cell.
+
+    ``history``: the cell sources in execution order (default: the IPython kernel's input history,
+    where papermill's injected-parameters cell follows the parameters cell). None when the
+    parameters cell is not in the history: the caller cannot tell "given" from "default" then.
+    """
+    history = _kernel_history() if history is None else history
+    if not history:
+        return None
+    starts = [i for i, src in enumerate(history) if src.lstrip().startswith(PARAMS_HEADER)]
+    if not starts:
+        return None
+    names = set(names)
+    return set().union(*(_assigned(src) & names for src in history[starts[-1] + 1:]))
+
+
+def smoke_values(smoke: bool, current: dict, defaults: dict, values: dict, given=None) -> dict:
+    """The parameter values to use: with ``smoke``, the SMOKE value of every knob that was not given.
+
+    ``given``: the names given explicitly (``given_names``); a knob in it keeps its value even when
+    that value equals the default. A knob whose value differs from its default counts as given too.
+    ``given=None`` (unknown) leaves only that value test.
+    """
     if not smoke:
         return dict(current)
-    return {k: (values[k] if k in values and current[k] == defaults[k] else v) for k, v in current.items()}
+    given = set(given or ())
+    return {k: (values[k] if k in values and k not in given and current[k] == defaults[k] else v)
+            for k, v in current.items()}
 
 
 def notebook(cells: list) -> nbformat.NotebookNode:

@@ -25,3 +25,27 @@ def gemma3():
 @pytest.fixture(scope="session")
 def qwen2():
     return load_model("qwen2.5-coder-0.5b-instruct", dtype="float32", device="cpu", attn_implementation="sdpa")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def directed_kv_kernel():
+    """The notebooks' kernel ("directed-kv", `lib.notebook.KERNEL_NAME`) for papermill and the
+    JupyterLab test: installed for this interpreter when missing or pointing at another one, so
+    `pytest` alone works on a fresh machine (`make setup` installs the same kernel)."""
+    import subprocess
+    import sys
+
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    from lib.notebook import KERNELSPEC
+
+    name = KERNELSPEC["name"]
+    try:
+        argv0 = KernelSpecManager().get_kernel_spec(name).argv[0]
+        ok = argv0 == sys.executable  # not resolved: a venv's python is a symlink to the system one
+    except NoSuchKernel:
+        ok = False
+    if not ok:
+        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--user", "--name", name,
+                        "--display-name", KERNELSPEC["display_name"]], check=True, capture_output=True)
+    return name

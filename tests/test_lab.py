@@ -102,6 +102,7 @@ def test_jupyterlab_server_runs_exp01_smoke_through_its_kernel(tmp_path):
         assert model["type"] == "notebook"
         nb = nbformat.from_dict(model["content"])
         kernel = nb.metadata["kernelspec"]["name"]
+        assert kernel == "directed-kv"  # the project's kernel (conftest installs it when missing), not the user's python3
         assert kernel in srv.api("/api/kernelspecs")["kernelspecs"]
         session = srv.api("/api/sessions", "POST", {"path": NB, "type": "notebook", "name": Path(NB).name,
                                                     "kernel": {"name": kernel}})

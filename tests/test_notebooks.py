@@ -46,11 +46,17 @@ def test_build_is_deterministic_and_matches_committed(builder):
     assert all(seen[p.name]["help"] == p.help and seen[p.name]["inferred_type_name"] == p.type.__name__ for p in mod.PARAMS)
 
 
-def test_jupyter_kernel_python3_runs_this_environment():
-    """`make lab` and papermill run notebooks on the kernel named in their metadata ("python3")."""
+def test_jupyter_kernel_directed_kv_runs_this_environment():
+    """`make lab` and papermill run notebooks on the kernel named in their metadata: the project's own
+    "directed-kv" (installed by `make setup`, or by conftest when missing), never the user's "python3"."""
     from jupyter_client.kernelspec import KernelSpecManager
 
-    spec = KernelSpecManager().get_kernel_spec("python3")
+    from lib.notebook import KERNEL_NAME, KERNELSPEC
+
+    assert KERNEL_NAME == KERNELSPEC["name"] == "directed-kv"
+    for builder in BUILDERS:
+        assert nbformat.read(str(_load(builder).OUT), as_version=4).metadata["kernelspec"]["name"] == KERNEL_NAME
+    spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
     res = subprocess.run([spec.argv[0], "-c", "import lib, papermill, transformers; print('ok')"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.stdout.strip() == "ok", res.stderr[-2000:]

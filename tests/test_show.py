@@ -61,7 +61,9 @@ def test_in_a_kernel_figures_are_png_outputs_and_tables_html(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(f"from lib import show\nshow.figures([{str(png)!r}])\n"
                                           f"show.table({ROWS!r}, title='effects')")]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    from lib.notebook import KERNELSPEC
+
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)  # the project's kernel, as in every generated notebook
     from pathlib import Path
 
     NotebookClient(nb, timeout=120, resources={"metadata": {"path": str(Path(__file__).resolve().parents[1])}}).execute()
