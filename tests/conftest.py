@@ -5,7 +5,7 @@ cache, ~2-3 min once; later loads take seconds).
 """
 import pytest
 
-from lib.models import load_model
+from lib.kv.models import load_model
 
 
 def pytest_configure(config):
