@@ -3,7 +3,7 @@
 Packages by layer, lowest first; a module imports only its own package and lower layers
 (``tests/test_layout.py``):
 
-    kv       exact kernels: models, rope, cache, encode, scoring, engine (+ noise, hashing, margin)
+    kv       exact kernels: models (+ bundled), rope, cache, encode, scoring, engine (+ noise, hashing, margin)
     data     samples and loaders, the offline registry, SQuAD, prefix texts, atomic JSON writes
     report   statistics, verdicts, tables, figures, the results index and overview
     lab      run stores and provenance, checkpoints, notebook kit, sweeps

@@ -1,4 +1,4 @@
-"""Exact kernels, the lowest layer: models and their layout (``models``, ``rope``), cache surgery
+"""Exact kernels, the lowest layer: models and their layout (``models``, ``bundled``: the offline GGUF conversion, ``rope``), cache surgery
 (``cache``, ``encode``), scoring (``scoring``, ``engine``) and the pure-number helpers they need
 (``noise``, ``hashing``, ``margin``). Imports nothing from the other ``lib`` packages.
 
