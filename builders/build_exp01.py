@@ -113,7 +113,7 @@ CELLS = [
     """),
     md("## Save"),
     code("""
-        from lib.lab.runs import provenance, write_per_item_csv, write_results_json
+        from lib.lab.records import provenance, write_per_item_csv, write_results_json
 
         flags = {k: sum(bool(r[k]) for r in rows if r["condition"] == "A_bare")
                  for k in ("doc_truncated", "prefix_boundary_drift", "answer_boundary_drift")}

@@ -154,7 +154,7 @@ CELLS = [
     md("## Save"),
     code("""
         import torch
-        from lib.lab.runs import provenance, write_per_item_csv, write_results_json
+        from lib.lab.records import provenance, write_per_item_csv, write_results_json
 
         torch.save({k: v.cpu() for k, v in prefixes.items()}, ROOT / OUT_DIR / "soft_prefixes.pt")
         out = write_results_json(

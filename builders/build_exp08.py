@@ -71,7 +71,7 @@ CELLS = [
         from lib.studies.reachability import plots as RP
         from lib.studies.reachability import report as RR
         from lib.kv.models import load_model
-        from lib.lab.runs import provenance, write_per_item_csv, write_results_json
+        from lib.lab.records import provenance, write_per_item_csv, write_results_json
 
         lm = load_model(MODEL, dtype=DTYPE)
         reader = R.ResidualReader(lm.model, RESIDUAL)

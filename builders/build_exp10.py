@@ -105,7 +105,7 @@ CELLS = [
     """),
     md("## Save"),
     code("""
-        from lib.lab.runs import provenance, write_per_item_csv, write_results_json
+        from lib.lab.records import provenance, write_per_item_csv, write_results_json
 
         out = write_results_json(ROOT / OUT_DIR, config={**CONFIG}, summary=summary, provenance=provenance(seeds={"seed": SEED}),
                                  extra={"data": data_info, "figures": [p.name for p in figs]})

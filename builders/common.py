@@ -105,7 +105,7 @@ SUMMARY = [
 SAVE = [
     md("## Save"),
     code("""
-        from lib.lab.runs import provenance, write_per_item_csv, write_results_json
+        from lib.lab.records import provenance, write_per_item_csv, write_results_json
 
         out = write_results_json(
             ROOT / OUT_DIR, config=store.config, summary=summary, provenance=provenance(seeds={"seed": SEED}),

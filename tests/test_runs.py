@@ -1,4 +1,5 @@
-"""Tests for lib/lab/runs.py: resumable store, kill recovery, config checks, writers, provenance."""
+"""Tests for lib/lab/runs.py (resumable store, kill recovery, config checks) and lib/lab/records.py (writers,
+provenance)."""
 import dataclasses
 import json
 import math
@@ -14,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib.lab.runs import (ConfigMismatch, RunStore, config_hash, provenance, read_per_item_csv,
-                      write_json_atomic, write_per_item_csv, write_results_json)
+from lib.data.jsonio import write_json_atomic
+from lib.lab.records import provenance, read_per_item_csv, write_per_item_csv, write_results_json
+from lib.lab.runs import ConfigMismatch, RunStore, config_hash
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = {"model": "tiny", "n_samples": 4, "seed": 0, "layers": (1, 2)}
@@ -256,9 +258,10 @@ def test_provenance_keys_and_commit():
         provenance(extra={"commit": "abc"})
 
 
-# what ``lib.lab.runs.provenance`` imports: the lab modules, the JSON writers of lib.data (the package's
+# what ``lib.lab.records.provenance`` imports: the lab modules, the JSON writers of lib.data (the package's
 # __init__ loads its core) and lib.kv.hashing
-PROVENANCE_FILES = ("lib/__init__.py", "lib/lab/__init__.py", "lib/lab/runs.py", "lib/lab/codestate.py",
+PROVENANCE_FILES = ("lib/__init__.py", "lib/lab/__init__.py", "lib/lab/runs.py", "lib/lab/records.py",
+                    "lib/lab/codestate.py",
                     "lib/data/__init__.py", "lib/data/core.py", "lib/data/realdata.py", "lib/data/registry.py",
                     "lib/data/jsonio.py", "lib/kv/__init__.py", "lib/kv/hashing.py")
 
@@ -267,7 +270,7 @@ def test_provenance_outside_git_is_unknown(tmp_path):
     for name in PROVENANCE_FILES:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes((REPO / name).read_bytes())
-    code = "import json, lib.lab.runs as r; print(json.dumps(r.provenance()))"
+    code = "import json, lib.lab.records as r; print(json.dumps(r.provenance()))"
     env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path.parent)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True,
                          capture_output=True, text=True).stdout

@@ -230,7 +230,7 @@ def load_model(name: str, *, dtype: str | torch.dtype | None = None, device: str
                        dtype=torch_dtype, identity=identity)
 
 
-# identities of the models loaded in this process, in load order; ``lib.lab.runs.provenance`` records them
+# identities of the models loaded in this process, in load order; ``lib.lab.records.provenance`` records them
 LOADED: list[dict] = []
 WEIGHTS_SIDECAR = "dkv_weights_sha256.json"
 

@@ -9,7 +9,7 @@ taken when the run STARTS and again when its results are written.
   when nothing was committed.
 * ``mark_start(config, defaults)`` (called by every notebook's setup cell) records the state at the
   start and the run's kind: SMOKE, the size knobs set below the design's defaults ("cut down");
-  ``lib.lab.runs.provenance`` adds both and ``code_changed_during_run``.
+  ``lib.lab.records.provenance`` adds both and ``code_changed_during_run``.
 """
 from __future__ import annotations
 

@@ -126,7 +126,7 @@ def read_status(job: Job) -> dict:
 
 
 def _write_status(job: Job, **kw) -> None:
-    from lib.lab.runs import write_json_atomic
+    from lib.data.jsonio import write_json_atomic
 
     job.folder().mkdir(parents=True, exist_ok=True)
     write_json_atomic(job.folder() / STATUS, {"job_id": job.job_id, "params_hash": job.params_hash(), "params": job.params, **kw})

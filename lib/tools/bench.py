@@ -308,7 +308,8 @@ def report(res: dict) -> str:
 
 def main(argv=None) -> int:
     from lib.kv.models import load_model
-    from lib.lab.runs import provenance, write_json_atomic
+    from lib.data.jsonio import write_json_atomic
+    from lib.lab.records import provenance
 
     ap = argparse.ArgumentParser(prog="python -m lib.tools.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")

@@ -24,7 +24,8 @@ from lib.report import analysis, stats
 from lib.lab import codestate
 from lib.kv.noise import noise_atol
 from lib.report.tables import nll_table
-from lib.lab.runs import RESULTS_FILE, read_per_item_csv, write_json_atomic
+from lib.data.jsonio import write_json_atomic
+from lib.lab.records import RESULTS_FILE, read_per_item_csv
 
 ROOT = Path(__file__).resolve().parents[2]
 SUPPORTED = ("exp01", "exp02", "exp03", "exp05", "exp06", "exp07")

@@ -103,7 +103,7 @@ def write_part(folder, summary: dict, *, part: str, config: dict, provenance: di
     from pathlib import Path
 
     from lib.studies.reachability.report import by_label
-    from lib.lab.runs import write_json_atomic
+    from lib.data.jsonio import write_json_atomic
 
     figs = part_figures(summary, folder, title)
     metrics = {"part": part, "config": config, "provenance": provenance, **(extra or {}), "summary": summary,
