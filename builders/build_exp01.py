@@ -5,7 +5,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
 
 OUT = ROOT / "experiments" / "exp01" / "exp01_back_to_basics.ipynb"
 
@@ -49,7 +49,7 @@ CELLS = [
     setup(PARAMS, SMOKE),
     md("## Model"),
     code("""
-        from lib.models import load_model
+        from lib.kv.models import load_model
 
         lm = load_model(MODEL, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT)
         print(lm.source, lm.device, lm.dtype)
@@ -68,7 +68,7 @@ CELLS = [
     """),
     md("## Sanity check: a one-fact document\nNLL of ` Paris` for *What is the capital of France?* under the five conditions."),
     code("""
-        from lib import priming
+        from lib.studies import priming
 
         sanity = priming.sanity_example(lm)
         for name, value in sanity.items():
@@ -81,7 +81,7 @@ CELLS = [
     """),
     md("## Run\nResumable: rerunning with the same parameters scores only what is missing; different parameters are refused."),
     code("""
-        from lib.runs import RunStore
+        from lib.lab.runs import RunStore
 
         store = RunStore(ROOT / OUT_DIR / "_store", priming.store_config(CONFIG, lm), fresh=FRESH)
         print(f"{len(store)} rows already stored")
@@ -94,7 +94,7 @@ CELLS = [
     """),
     md("## Analysis"),
     code("""
-        from lib.noise import noise_atol
+        from lib.kv.noise import noise_atol
 
         summary = priming.analyse(rows, ids, n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST)
         show.table([{"condition": k, "mean_nll": v, "sd_nll": summary["sd_nll"][k]} for k, v in summary["mean_nll"].items()],
@@ -105,13 +105,15 @@ CELLS = [
     """),
     md("## Figures"),
     code("""
-        nll = priming.nll_table(rows, list(summary["mean_nll"]), ids)
+        from lib.report.tables import nll_table
+
+        nll = nll_table(rows, list(summary["mean_nll"]), ids)
         figs = priming.figures(summary, nll, ROOT / OUT_DIR, title=f"exp01 {MODEL} {DATASET} N={len(ids)}")
         show.figures(figs)
     """),
     md("## Save"),
     code("""
-        from lib.runs import provenance, write_per_item_csv, write_results_json
+        from lib.lab.records import provenance, write_per_item_csv, write_results_json
 
         flags = {k: sum(bool(r[k]) for r in rows if r["condition"] == "A_bare")
                  for k in ("doc_truncated", "prefix_boundary_drift", "answer_boundary_drift")}

@@ -6,14 +6,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
 
 import common  # noqa: E402
-from lib.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
 
 OUT = ROOT / "experiments" / "exp02" / "exp02_surrogate_priming.ipynb"
 CONDITIONS = "bare,oracle,oracle_full,extractor,universal,static_fact,adversarial,adv_instruct"
 
 PARAMS = [
     *common.model_params("google/gemma-3-12b-it", "bfloat16", "ms_marco", 400),
-    Param("CONDITIONS", str, CONDITIONS, "comma-separated condition names (lib/conditions.py); the first is the reference"),
+    Param("CONDITIONS", str, CONDITIONS, "comma-separated condition names (lib/studies/conditions.py); the first is the reference"),
     *common.RUNTIME,
     common.DISTRACTORS,
     Param("OUT_DIR", str, "results/exp02", "results folder, relative to the repo root"),
@@ -37,7 +37,7 @@ CELLS = [
     *common.MODEL_AND_DATA,
     md("## Conditions"),
     code("""
-        from lib import conditions
+        from lib.studies import conditions
 
         conds = conditions.get([c.strip() for c in CONDITIONS.split(",") if c.strip()])
         names = [c.name for c in conds]

@@ -6,7 +6,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
 
 import common  # noqa: E402
-from lib.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
 
 OUT = ROOT / "experiments" / "exp03" / "exp03_token_matched_probing.ipynb"
 CONDITIONS = ("bare,random_tokens,repeat_token,scrambled_oracle,unrelated_query,same_topic,paraphrase,oracle_matched,"
@@ -14,7 +14,7 @@ CONDITIONS = ("bare,random_tokens,repeat_token,scrambled_oracle,unrelated_query,
 
 PARAMS = [
     *common.model_params("google/gemma-3-12b-it", "bfloat16", "ms_marco", 400),
-    Param("CONDITIONS", str, CONDITIONS, "comma-separated condition names (lib/conditions.py); the first is the reference"),
+    Param("CONDITIONS", str, CONDITIONS, "comma-separated condition names (lib/studies/conditions.py); the first is the reference"),
     Param("GEN_MAX_NEW_TOKENS", int, 32, "greedy tokens per model-generated surrogate (first line kept)"),
     Param("GEN_BATCH", int, 8, "prompts per generate() call"),
     *common.RUNTIME,
@@ -42,7 +42,8 @@ CELLS = [
     *common.MODEL_AND_DATA,
     md("## Model-generated surrogates\nGenerated once per (model, kind, sample) and cached; a rerun reuses them."),
     code("""
-        from lib import conditions, surrogates
+        from lib.studies import conditions
+        from lib.data import surrogates
 
         conds = conditions.get([c.strip() for c in CONDITIONS.split(",") if c.strip()])
         names = [c.name for c in conds]
@@ -65,7 +66,7 @@ CELLS = [
     *common.SUMMARY,
     md("## Semantic gradient, structural fraction, model-written vs generic"),
     code("""
-        from lib import stats
+        from lib.report import stats
 
         gradient = analysis.semantic_gradient(nll, ref=names[0], seed=SEED)
         structural = analysis.structural_fraction(nll, ref=names[0])
@@ -82,7 +83,7 @@ CELLS = [
     """),
     md("## Figures"),
     code("""
-        from lib import plots
+        from lib.report import plots
 
         figs = analysis.figures(summary, nll, ROOT / OUT_DIR, title=f"exp03 {MODEL} {DATASET} N={len(ids)}")
         by = {r["cond"]: r for r in summary["comparisons"]}

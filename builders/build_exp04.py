@@ -7,7 +7,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
 
 import build_exp03  # noqa: E402
 import common  # noqa: E402
-from lib.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
 
 OUT = ROOT / "experiments" / "exp04" / "exp04_hard_examples_cross_dataset.ipynb"
 
@@ -36,7 +36,7 @@ CELLS = [
         "Hard" samples are chosen without looking at the scores under test: a ridge model fitted on one
         half of a data set predicts bare NLL from score-free features (token counts, query/document
         overlap, answer-in-document) and picks the predicted-hardest share of the OTHER half (two-fold
-        cross-fitting; method in `lib/crossdata.py`). The earlier method (top share by the sample's own
+        cross-fitting; method in `lib/studies/crossdata.py`). The earlier method (top share by the sample's own
         bare NLL) is reported alongside as `hard_naive`; its d vs bare is inflated by regression to the
         mean. Per data set and pooled; sign consistency of each condition across data sets.
     """),
@@ -46,7 +46,7 @@ CELLS = [
     common.MODEL_AND_DATA[1],
     md("## Data\nSample ids are prefixed with the data-set label so one store holds every set."),
     code("""
-        from lib import crossdata
+        from lib.studies import crossdata
 
         specs = crossdata.parse_datasets(DATASETS, DATA_SOURCES)
         datas = crossdata.load(specs, N_PER_DATASET, seed=SEED, split=SPLIT or None,
@@ -59,7 +59,8 @@ CELLS = [
     """),
     md("## Model-generated surrogates\nGenerated once per (model, kind, sample) and cached in `OUT_DIR/generated.json`."),
     code("""
-        from lib import conditions, surrogates
+        from lib.studies import conditions
+        from lib.data import surrogates
 
         conds = conditions.get([c.strip() for c in CONDITIONS.split(",") if c.strip()])
         names = [c.name for c in conds]
@@ -87,7 +88,7 @@ CELLS = [
 
         feats = crossdata.feature_table(items, samples)
         nll_by_ds = {lab: nll_table(rows, names, [s.id for s in d.samples]) for lab, d in datas.items()}
-        from lib.noise import noise_atol
+        from lib.kv.noise import noise_atol
 
         cross = crossdata.analyse(nll_by_ds, feats, names, fraction=HARD_FRACTION, n_boot=N_BOOT, seed=SEED,
                                   atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST)
@@ -105,7 +106,7 @@ CELLS = [
     """),
     md("## Figures"),
     code("""
-        from lib import plots
+        from lib.report import plots
 
         title = f"exp04 {MODEL} {DATASETS} N={len(ids)}"
         figs = analysis.figures(summary, nll, ROOT / OUT_DIR, title=title)

@@ -6,7 +6,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
 
 import common  # noqa: E402
-from lib.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
 
 OUT = ROOT / "experiments" / "exp05" / "exp05_prefix_length_content.ipynb"
 CONTENTS = ("random,repeat,oracle,scrambled,extractor,scrambled_extractor,first_sentence,scrambled_first_sentence,"
@@ -15,7 +15,7 @@ CONTENTS = ("random,repeat,oracle,scrambled,extractor,scrambled_extractor,first_
 PARAMS = [
     *common.model_params("google/gemma-3-12b-it", "bfloat16", "ms_marco", 400),
     Param("LENGTHS", str, "8,16,32,64,128,256", "comma-separated prefix lengths L in tokens (every content tiled or cut to L)"),
-    Param("CONTENTS", str, CONTENTS, "comma-separated contents (lib/prefixlen.py CONTENTS); must include random"),
+    Param("CONTENTS", str, CONTENTS, "comma-separated contents (lib/studies/prefixlen.py CONTENTS); must include random"),
     Param("HARDNESS_LENGTH", int, 0, "L whose conditions get the hardness heatmap (0: the middle of LENGTHS)"),
     *common.RUNTIME,
     common.DISTRACTORS,
@@ -40,7 +40,7 @@ CELLS = [
     *common.MODEL_AND_DATA,
     md("## Conditions\n`<content>_L<L>`; each has exactly L text tokens (+ the separator)."),
     code("""
-        from lib import conditions, prefixlen
+        from lib.studies import conditions, prefixlen
 
         lengths, contents = prefixlen.parse_lengths(LENGTHS), prefixlen.parse_contents(CONTENTS)
         conds = prefixlen.grid(contents, lengths)
@@ -62,11 +62,11 @@ CELLS = [
     *common.RUN,
     md("## Effects against bare, length curves, decomposition, keyword density"),
     code("""
-        from lib import analysis
-        from lib.priming import nll_table
+        from lib.report import analysis
+        from lib.report.tables import nll_table
 
         nll = nll_table(rows, names, ids)
-        from lib.noise import noise_atol
+        from lib.kv.noise import noise_atol
 
         atol = noise_atol(lm.dtype)
         summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED, atol=atol, primary_test=PRIMARY_TEST)
@@ -88,7 +88,7 @@ CELLS = [
     """),
     md("## Figures"),
     code("""
-        from lib import plots
+        from lib.report import plots
 
         title = f"exp05 {MODEL} {DATASET} N={len(ids)}"
         hl = HARDNESS_LENGTH or lengths[len(lengths) // 2]

@@ -7,14 +7,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
 
 import common  # noqa: E402
-from lib.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
 
 OUT = ROOT / "experiments" / "exp06" / "exp06_value_contamination.ipynb"
 
 PARAMS = [
     *[replace(p, default=True) if p.name == "LOAD_IN_4BIT" else p
       for p in common.model_params("google/gemma-3-4b-it", "bfloat16", "ms_marco", 300)],
-    Param("PREFIX", str, "static_fact", "the priming prefix: a key of lib/surrogates.STATIC or a literal text"),
+    Param("PREFIX", str, "static_fact", "the priming prefix: a key of lib.data.surrogates.STATIC or a literal text"),
     Param("CUTOFFS", str, "all", "layer cutoffs c for values_early/values_late: all (1..n_layers-1) or e.g. 4,8,12"),
     *common.RUNTIME,
     common.DISTRACTORS,
@@ -39,7 +39,7 @@ CELLS = [
     *common.MODEL_AND_DATA,
     md("## Conditions"),
     code("""
-        from lib import contamination
+        from lib.studies import contamination
 
         cutoffs = contamination.parse_cutoffs(CUTOFFS, lm.arch.n_layers)
         names = contamination.condition_names(cutoffs)
@@ -49,9 +49,9 @@ CELLS = [
     """),
     md("## Run\nResumable: rerunning with the same parameters scores only what is missing; different parameters are refused."),
     code("""
-        from lib import priming
-        from lib.engine import Engine
-        from lib.runs import RunStore
+        from lib.studies import priming
+        from lib.kv.engine import Engine
+        from lib.lab.runs import RunStore
 
         store_cfg = {**priming.store_config(CONFIG, lm, conditions=()), "hybrids": names, "prefix_ids": prefix}
         store = RunStore(ROOT / OUT_DIR / "_store", store_cfg, fresh=FRESH)
@@ -65,11 +65,11 @@ CELLS = [
     """),
     md("## Effects against bare, cutoff curve, best cutoff"),
     code("""
-        from lib import analysis
-        from lib.priming import nll_table
+        from lib.report import analysis
+        from lib.report.tables import nll_table
 
         nll = nll_table(rows, names, ids)
-        from lib.noise import noise_atol
+        from lib.kv.noise import noise_atol
 
         atol = noise_atol(lm.dtype)
         summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED, atol=atol, primary_test=PRIMARY_TEST)
@@ -88,7 +88,7 @@ CELLS = [
     """),
     md("## Figures"),
     code("""
-        from lib import plots
+        from lib.report import plots
 
         title = f"exp06 {MODEL} {DATASET} N={len(ids)} prefix={PREFIX}"
         figs = [plots.plot_effects([by[n] for n in contamination.FIXED[1:]], ROOT / OUT_DIR / "effects.png", title=title),

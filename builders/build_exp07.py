@@ -7,7 +7,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
 
 import common  # noqa: E402
-from lib.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
 
 OUT = ROOT / "experiments" / "exp07" / "exp07_soft_surrogates.ipynb"
 
@@ -58,7 +58,7 @@ CELLS = [
     common.MODEL_AND_DATA[1],
     md("## Data\nTraining and evaluation samples are disjoint (checked)."),
     code("""
-        from lib import soft
+        from lib.studies import soft
 
         train_data, eval_data = soft.load_splits(DATASET, N_TRAIN, N_EVAL, train_split=TRAIN_SPLIT, eval_split=EVAL_SPLIT,
                                                  seed=SEED, source=DATA_SOURCE or None,
@@ -69,7 +69,7 @@ CELLS = [
     """),
     md("## Prefix length\nThe soft prefix has exactly as many vectors as the discrete prefix has tokens (text + separator)."),
     code("""
-        from lib import contamination
+        from lib.studies import contamination
 
         static_ids = contamination.prefix_ids(lm.tokenizer, PREFIX)
         prefix_len = len(static_ids)
@@ -79,7 +79,7 @@ CELLS = [
     """),
     md("## Training\nResumable: a rerun continues from the last checkpoint (or returns the finished prefix)."),
     code("""
-        from lib.ckpt import move_aside
+        from lib.lab.ckpt import move_aside
 
         base = dict(prefix_len=prefix_len, cutoff=CUTOFF, lr=LR, weight_decay=WEIGHT_DECAY, warmup_steps=WARMUP_STEPS,
                     grad_accum=GRAD_ACCUM, clip=CLIP, epochs=EPOCHS, init_std=INIT_STD, seed=SEED, checkpoint_every=CHECKPOINT_EVERY)
@@ -99,8 +99,8 @@ CELLS = [
     """),
     md("## Evaluation"),
     code("""
-        from lib import priming
-        from lib.runs import RunStore
+        from lib.studies import priming
+        from lib.lab.runs import RunStore
 
         prefixes = {k: r.prefix for k, r in trained.items()}
         names = ["bare", "vel_static", *[f"vel_soft_{k}" for k in prefixes]]
@@ -115,11 +115,11 @@ CELLS = [
     """),
     md("## Statistics"),
     code("""
-        from lib import analysis, stats
-        from lib.priming import nll_table
+        from lib.report import analysis, stats
+        from lib.report.tables import nll_table
 
         nll = nll_table(rows, names, ids)
-        from lib.noise import noise_atol
+        from lib.kv.noise import noise_atol
 
         atol = noise_atol(lm.dtype)
         summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED, atol=atol, primary_test=PRIMARY_TEST)
@@ -143,7 +143,7 @@ CELLS = [
     """),
     md("## Figures"),
     code("""
-        from lib import plots
+        from lib.report import plots
 
         title = f"exp07 {MODEL} {DATASET} train={len(train_exs)} eval={len(ids)} cutoff={CUTOFF}"
         figs = [plots.plot_training_curves({k: r.history for k, r in trained.items()}, ROOT / OUT_DIR / "training_curves.png", title=title),
@@ -154,7 +154,7 @@ CELLS = [
     md("## Save"),
     code("""
         import torch
-        from lib.runs import provenance, write_per_item_csv, write_results_json
+        from lib.lab.records import provenance, write_per_item_csv, write_results_json
 
         torch.save({k: v.cpu() for k, v in prefixes.items()}, ROOT / OUT_DIR / "soft_prefixes.pt")
         out = write_results_json(

@@ -5,7 +5,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
 
-from lib.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
 
 OUT = ROOT / "experiments" / "exp08" / "exp08_reachability.ipynb"
 
@@ -67,11 +67,11 @@ CELLS = [
         import torch
         from tqdm.auto import tqdm
 
-        from lib import reachability as R
-        from lib import reachability_plots as RP
-        from lib import reachability_report as RR
-        from lib.models import load_model
-        from lib.runs import provenance, write_per_item_csv, write_results_json
+        from lib.studies import reachability as R
+        from lib.studies.reachability import plots as RP
+        from lib.studies.reachability import report as RR
+        from lib.kv.models import load_model
+        from lib.lab.records import provenance, write_per_item_csv, write_results_json
 
         lm = load_model(MODEL, dtype=DTYPE)
         reader = R.ResidualReader(lm.model, RESIDUAL)
@@ -148,7 +148,7 @@ CELLS = [
                 RP.transition(parts["4"], ROOT / OUT_DIR / "experiment4_transition.png", title=f"exp08 {MODEL}: dimension replacement")]
         show.figures(figs)
     """),
-    md("## Interpretation\nThe design's table, each row tested against the measured medians (criteria in `lib/reachability_report.py`)."),
+    md("## Interpretation\nThe design's table, each row tested against the measured medians (criteria in `lib/studies/reachability/report.py`)."),
     code("""
         from IPython.display import Markdown, display
 

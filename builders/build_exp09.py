@@ -6,7 +6,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
 
 import common  # noqa: E402
-from lib.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
 
 OUT = ROOT / "experiments" / "exp09" / "exp09_encdec_enrichment.ipynb"
 
@@ -39,7 +39,7 @@ CELLS = [
     setup(PARAMS, SMOKE),
     md("## Model"),
     code("""
-        from lib import encdec
+        from lib.studies import encdec
 
         em = encdec.load(MODEL, dtype=DTYPE)
         print(em.name, em.family, em.device, "RANDOM-INIT (numbers mean nothing about language)" if em.random_init else "pretrained")
@@ -56,7 +56,7 @@ CELLS = [
     """),
     md("## Run\nResumable: rerunning with the same parameters scores only what is missing."),
     code("""
-        from lib.runs import RunStore
+        from lib.lab.runs import RunStore
 
         store = RunStore(ROOT / OUT_DIR / "_store", encdec.store_config(CONFIG, em), fresh=FRESH)
         rows = encdec.run(em, items, store, wave=CHUNK, batch_size=BATCH_SIZE, attn_probe=ATTN_PROBE, progress=PROGRESS)
@@ -66,12 +66,12 @@ CELLS = [
     """),
     md("## Effects"),
     code("""
-        from lib import analysis
-        from lib.priming import nll_table
+        from lib.report import analysis
+        from lib.report.tables import nll_table
 
         nll = nll_table(rows, names, ids)
         summary = {"n_samples": len(ids), "mean_nll": {n: float(v.mean()) for n, v in nll.items()}}
-        from lib.noise import noise_atol
+        from lib.kv.noise import noise_atol
 
         summary.update(encdec.analyse(nll, rows, enc_conds, n_boot=N_BOOT, seed=SEED, atol=noise_atol(em.model.dtype),
                                       primary_test=PRIMARY_TEST))
@@ -86,7 +86,7 @@ CELLS = [
     """),
     md("## Figures"),
     code("""
-        from lib import plots
+        from lib.report import plots
 
         title = f"exp09 {MODEL} {DATASET} N={len(ids)}"
         figs = [plots.plot_effects(summary["enc_effects"]["q"], ROOT / OUT_DIR / "effects_query_in_decoder.png", title=title + " (query in decoder)"),
@@ -99,7 +99,7 @@ CELLS = [
     """),
     md("## Save"),
     code("""
-        from lib.runs import provenance, write_per_item_csv, write_results_json
+        from lib.lab.records import provenance, write_per_item_csv, write_results_json
 
         out = write_results_json(ROOT / OUT_DIR, config=store.config, summary=summary, provenance=provenance(seeds={"seed": SEED}),
                                  extra={"data": data_info, "random_init": em.random_init, "figures": [p.name for p in figs]})

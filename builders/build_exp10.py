@@ -6,7 +6,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
 
 import common  # noqa: E402
-from lib.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
 
 OUT = ROOT / "experiments" / "exp10" / "exp10_document_length.ipynb"
 
@@ -41,7 +41,7 @@ CELLS = [
     md("## Data"),
     common.MODEL_AND_DATA[3],
     code("""
-        from lib import doclen
+        from lib.studies.encdec import doclen
 
         lengths = doclen.parse_lengths(LENGTHS)
         paths = [p.strip() for p in PATHS.split(",") if p.strip()]
@@ -52,12 +52,13 @@ CELLS = [
     """),
     md("## Decoder-only path"),
     code("""
-        from lib import analysis, plots
-        from lib.engine import Engine
-        from lib.models import load_model
-        from lib.noise import noise_atol
-        from lib.priming import nll_table, store_config
-        from lib.runs import RunStore
+        from lib.report import analysis, plots
+        from lib.kv.engine import Engine
+        from lib.kv.models import load_model
+        from lib.kv.noise import noise_atol
+        from lib.report.tables import nll_table
+        from lib.studies.priming import store_config
+        from lib.lab.runs import RunStore
 
         if "decoder" in paths:
             lm = load_model(DEC_MODEL, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT)
@@ -81,7 +82,7 @@ CELLS = [
     """),
     md("## Encoder-decoder path"),
     code("""
-        from lib import encdec
+        from lib.studies import encdec
 
         if "encdec" in paths:
             em = encdec.load(ENCDEC_MODEL, dtype=DTYPE)
@@ -104,7 +105,7 @@ CELLS = [
     """),
     md("## Save"),
     code("""
-        from lib.runs import provenance, write_per_item_csv, write_results_json
+        from lib.lab.records import provenance, write_per_item_csv, write_results_json
 
         out = write_results_json(ROOT / OUT_DIR, config={**CONFIG}, summary=summary, provenance=provenance(seeds={"seed": SEED}),
                                  extra={"data": data_info, "figures": [p.name for p in figs]})

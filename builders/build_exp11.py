@@ -6,7 +6,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
 
 import common  # noqa: E402
-from lib.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
 
 OUT = ROOT / "experiments" / "exp11" / "exp11_prefix_lm.ipynb"
 
@@ -25,7 +25,7 @@ CELLS = [
     stamp("builders/build_exp11.py", "Exp 11: prefix LM (causal vs bidirectional prefix attention)", """
         Phase A encodes `[BOS, prefix, document]` either causally (the model's own mask) or as a prefix
         LM: the block `[prefix + document]` attends bidirectionally (BOS sees only itself; sliding-window
-        layers keep a symmetric window; masks in `lib/prefixlm.py`). Phase B scores `[query prompt,
+        layers keep a symmetric window; masks in `lib/studies/prefixlm.py`). Phase B scores `[query prompt,
         answer]` against the cache, which keeps the prefix entries by default. Conditions: `bare`,
         `oracle` (the query), `random` (Q random tokens), `surr_doc` (the document's top-10 keywords).
         Per mode: d vs that mode's bare, the structural fraction (random vs oracle); per condition:
@@ -36,7 +36,7 @@ CELLS = [
     *common.MODEL_AND_DATA,
     md("## Conditions"),
     code("""
-        from lib import prefixlm
+        from lib.studies import prefixlm
 
         conds = [c.strip() for c in CONDITIONS.split(",") if c.strip()]
         modes = [m.strip() for m in MODES.split(",") if m.strip()]
@@ -49,8 +49,8 @@ CELLS = [
     """),
     md("## Run\nResumable: rerunning with the same parameters scores only what is missing."),
     code("""
-        from lib import priming
-        from lib.runs import RunStore
+        from lib.studies import priming
+        from lib.lab.runs import RunStore
 
         store = RunStore(ROOT / OUT_DIR / "_store", {**priming.store_config(CONFIG, lm, conditions=()), "names": names}, fresh=FRESH)
         rows = prefixlm.run(lm, items, store, modes, keep_prefix=KEEP_PREFIX, wave=CHUNK, batch_size=BATCH_SIZE, progress=PROGRESS)
@@ -60,11 +60,11 @@ CELLS = [
     """),
     md("## Effects"),
     code("""
-        from lib.priming import nll_table
+        from lib.report.tables import nll_table
 
         nll = nll_table(rows, names, ids)
         summary = {"n_samples": len(ids), "mean_nll": {n: float(v.mean()) for n, v in nll.items()}}
-        from lib.noise import noise_atol
+        from lib.kv.noise import noise_atol
 
         summary.update(prefixlm.analyse(nll, conds, modes, n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST))
         summary.update(primary_test=PRIMARY_TEST, noise_atol=noise_atol(lm.dtype))
@@ -77,7 +77,7 @@ CELLS = [
     """),
     md("## Figures"),
     code("""
-        from lib import plots
+        from lib.report import plots
 
         title = f"exp11 {MODEL} {DATASET} N={len(ids)}"
         figs = [plots.plot_effects([r for comps in summary["vs_bare"].values() for r in comps], ROOT / OUT_DIR / "effects.png", title=title),
@@ -88,7 +88,7 @@ CELLS = [
     """),
     md("## Save"),
     code("""
-        from lib.runs import provenance, write_per_item_csv, write_results_json
+        from lib.lab.records import provenance, write_per_item_csv, write_results_json
 
         out = write_results_json(ROOT / OUT_DIR, config=store.config, summary=summary, provenance=provenance(seeds={"seed": SEED}),
                                  extra={"data": data_info, "arch": lm.arch.to_dict(), "figures": [p.name for p in figs]})

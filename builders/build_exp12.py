@@ -6,7 +6,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
 
 import common  # noqa: E402
-from lib.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
 
 OUT = ROOT / "experiments" / "exp12" / "exp12_latent_prefix.ipynb"
 
@@ -71,7 +71,8 @@ CELLS = [
     common.MODEL_AND_DATA[1],
     md("## Data\nTraining and evaluation samples are disjoint (checked). Passages over `MAX_CONTEXT_TOKENS` are cut for every condition."),
     code("""
-        from lib import latent as lat, latent_eval as ev
+        from lib.studies import latent as lat
+        from lib.studies.latent import evaluation as ev
 
         m_list = [int(x) for x in str(M_LIST).split(",") if x.strip()]  # papermill passes "-p M_LIST 16" as an int
         if not m_list or min(m_list) < 1:
@@ -91,7 +92,7 @@ CELLS = [
     """),
     md("## Training\nOne compressor per M. Resumable: a rerun continues from the last checkpoint (or loads the finished one)."),
     code("""
-        from lib.ckpt import move_aside
+        from lib.lab.ckpt import move_aside
 
         trained = {}
         for m in m_list:
@@ -141,7 +142,7 @@ CELLS = [
     """),
     md("## Figures"),
     code("""
-        from lib import plots
+        from lib.report import plots
 
         title = f"exp12 {MODEL} {DATASET} train={len(train_items)} eval={len(eval_items)}"
         (ROOT / OUT_DIR).mkdir(parents=True, exist_ok=True)
@@ -152,7 +153,7 @@ CELLS = [
     """),
     md("## Save"),
     code("""
-        from lib.runs import provenance, write_per_item_csv, write_results_json
+        from lib.lab.records import provenance, write_per_item_csv, write_results_json
 
         out = write_results_json(
             ROOT / OUT_DIR, config=CONFIG, summary={"by_condition": summary,

@@ -5,7 +5,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
 
 OUT = ROOT / "experiments" / "overview" / "overview.ipynb"
 
@@ -32,7 +32,7 @@ CELLS = [
     setup(PARAMS, {}),
     md("## Index\nFilters: `EXPERIMENT`, `MODEL`, `DATA`, `KIND` (rerun with other values, or `-p` them in papermill)."),
     code("""
-        from lib import overview
+        from lib.report import overview
 
         every = overview.runs(ROOT / RESULTS_DIR)
         rows = overview.select(every, experiment=EXPERIMENT, model=MODEL, data=DATA, kind=KIND)

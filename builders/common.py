@@ -1,5 +1,5 @@
 """Cells shared by the conditions-vs-reference experiments (exp02 onward)."""
-from lib.notebook import Param, code, md
+from lib.lab.notebook import Param, code, md
 
 RUNTIME = [
     Param("SEED", int, 42, "seed for random/other-sample choices, synthetic data and bootstrap"),
@@ -9,7 +9,7 @@ RUNTIME = [
     Param("N_BOOT", int, 2000, "bootstrap resamples for the CI of d"),
     Param("PRIMARY_TEST", str, "t", "paired test that decides claims (t or wilcoxon); tables show both"),
 ]
-# contrastive margin (``lib.margin``): the experiments scored through the engine with the query prompt
+# contrastive margin (``lib.kv.margin``): the experiments scored through the engine with the query prompt
 DISTRACTORS = Param("N_DISTRACTORS", int, 4, "other samples' answers (same kind, other articles) scored on the same "
                     "cache: contrastive margin, rank, top-1 (0: off)")
 TAIL = [
@@ -38,7 +38,7 @@ SMOKE = {"MODEL": "smollm2-135m-instruct", "DTYPE": "auto", "DATASET": "syntheti
 MODEL_AND_DATA = [
     md("## Model"),
     code("""
-        from lib.models import load_model
+        from lib.kv.models import load_model
 
         lm = load_model(MODEL, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT)
         print(lm.source, lm.device, lm.dtype)
@@ -65,8 +65,8 @@ SHOW_PREFIXES = code("""
 RUN = [
     md("## Run\nResumable: rerunning with the same parameters scores only what is missing; different parameters are refused."),
     code("""
-        from lib.engine import Engine
-        from lib.runs import RunStore
+        from lib.kv.engine import Engine
+        from lib.lab.runs import RunStore
 
         store = RunStore(ROOT / OUT_DIR / "_store", conditions.store_config(CONFIG, lm, conds), fresh=FRESH)
         print(f"{len(store)} rows already stored")
@@ -82,11 +82,11 @@ RUN = [
 SUMMARY = [
     md("## Effects against the reference"),
     code("""
-        from lib import analysis
-        from lib.priming import nll_table
+        from lib.report import analysis
+        from lib.report.tables import nll_table
 
         nll = nll_table(rows, names, ids)
-        from lib.noise import noise_atol
+        from lib.kv.noise import noise_atol
 
         summary = analysis.summarize(rows, ids, names, ref=names[0], n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype),
                                      primary_test=PRIMARY_TEST)
@@ -105,7 +105,7 @@ SUMMARY = [
 SAVE = [
     md("## Save"),
     code("""
-        from lib.runs import provenance, write_per_item_csv, write_results_json
+        from lib.lab.records import provenance, write_per_item_csv, write_results_json
 
         out = write_results_json(
             ROOT / OUT_DIR, config=store.config, summary=summary, provenance=provenance(seeds={"seed": SEED}),

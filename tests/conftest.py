@@ -5,7 +5,7 @@ cache, ~2-3 min once; later loads take seconds).
 """
 import pytest
 
-from lib.models import load_model
+from lib.kv.models import load_model
 
 
 def pytest_configure(config):
@@ -29,7 +29,7 @@ def qwen2():
 
 @pytest.fixture(scope="session", autouse=True)
 def directed_kv_kernel():
-    """The notebooks' kernel ("directed-kv", `lib.notebook.KERNEL_NAME`) for papermill and the
+    """The notebooks' kernel ("directed-kv", `lib.lab.notebook.KERNEL_NAME`) for papermill and the
     JupyterLab test: installed for this interpreter when missing or pointing at another one, so
     `pytest` alone works on a fresh machine (`make setup` installs the same kernel)."""
     import subprocess
@@ -37,7 +37,7 @@ def directed_kv_kernel():
 
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-    from lib.notebook import KERNELSPEC
+    from lib.lab.notebook import KERNELSPEC
 
     name = KERNELSPEC["name"]
     try:

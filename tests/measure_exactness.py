@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
-from lib.encode import encode, tokenize  # noqa: E402
-from lib.models import load_model  # noqa: E402
-from lib.rope import rotate_keys  # noqa: E402
-from lib.scoring import score, score_single_pass  # noqa: E402
+from lib.kv.encode import encode, tokenize  # noqa: E402
+from lib.kv.models import load_model  # noqa: E402
+from lib.kv.rope import rotate_keys  # noqa: E402
+from lib.kv.scoring import score, score_single_pass  # noqa: E402
 from test_real_models import _keys, _text  # noqa: E402
 
 for name in ("smollm2-135m-instruct", "gemma-3-270m"):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lib import analysis
+from lib.report import analysis
 
 
 def _nll(benefits: dict[str, float], n=40, noise=0.05, seed=0):

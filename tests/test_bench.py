@@ -1,14 +1,14 @@
 """The benchmark's pieces: designs, FLOP counting, and the reference loop's agreement with the engine.
 
-Speed itself is never asserted here: it comes from `python -m lib.bench` (a ratio measured in one process).
+Speed itself is never asserted here: it comes from `python -m lib.tools.bench` (a ratio measured in one process).
 """
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from lib import bench
-from lib.engine import Engine
+from lib.tools import bench
+from lib.kv.engine import Engine
 
 
 def test_forward_flops_counts_visible_keys_and_window():
@@ -51,7 +51,7 @@ def test_reference_loop_agrees_with_engine(smollm2, design):
 @pytest.mark.slow
 def test_many8_design_and_paths_agree(smollm2):
     """many8: 4 conditions x K candidates per sample, gold first; the shared-cache engine equals one cache per item."""
-    from lib import bench_memory
+    from lib.tools import bench_memory
 
     items = bench_memory.design_items(smollm2, 3, n_candidates=3)
     assert len(items) == 3 * 4 * 3

@@ -9,15 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from lib import codestate, hashing
+from lib.lab import codestate
+from lib.kv import hashing
 
 REPO = Path(__file__).resolve().parents[1]
+# what ``lib.lab.records.provenance`` imports (the lab modules, lib.data's JSON writers, lib.kv.hashing)
+PROVENANCE_FILES = ("lib/__init__.py", "lib/lab/__init__.py", "lib/lab/runs.py", "lib/lab/records.py",
+                    "lib/lab/codestate.py",
+                    "lib/data/__init__.py", "lib/data/core.py", "lib/data/realdata.py", "lib/data/registry.py",
+                    "lib/data/jsonio.py", "lib/kv/__init__.py", "lib/kv/hashing.py")
 
 SCRIPT = """
 import json, sys
 from pathlib import Path
 sys.path.insert(0, ".")
-from lib import codestate, runs
+from lib.lab import codestate, records
 codestate.mark_start({"SMOKE": True, "N_SAMPLES": 8, "N_BOOT": 2000, "SEED": 1},
                      {"SMOKE": False, "N_SAMPLES": 200, "N_BOOT": 2000, "SEED": 42})
 step = sys.argv[1]
@@ -25,16 +31,16 @@ if step == "edit":
     Path("builders/build_x.py").write_text("X = 2\\n")
 elif step == "untracked":
     Path("lib/new_module.py").write_text("Y = 1\\n")
-print(json.dumps(runs.provenance()))
+print(json.dumps(records.provenance()))
 """
 
 
 def _repo(tmp_path):
     root = tmp_path / "repo"
-    (root / "lib").mkdir(parents=True)
-    (root / "builders").mkdir()
-    for name in ("__init__.py", "runs.py", "codestate.py"):
-        (root / "lib" / name).write_bytes((REPO / "lib" / name).read_bytes())
+    (root / "builders").mkdir(parents=True)
+    for name in PROVENANCE_FILES:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes((REPO / name).read_bytes())
     (root / "builders" / "build_x.py").write_text("X = 1\n")
     (root / "run.py").write_text(SCRIPT)
     env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
@@ -100,6 +106,7 @@ def test_a_loaded_bundled_model_is_identified_by_its_weights(smollm2):
     folder = Path(smollm2.source.split(":", 1)[1])
     assert ident["weights_sha256"] == {"model.safetensors": hashing.sha256_file(folder / "model.safetensors")}
     assert ident["conversion"]["name"] == "smollm2-135m-instruct"
-    from lib import models, runs
+    from lib.kv import models
+    from lib.lab import records
 
-    assert ident in models.LOADED and ident in runs.provenance()["models"]
+    assert ident in models.LOADED and ident in records.provenance()["models"]

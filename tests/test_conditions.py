@@ -1,11 +1,11 @@
 """The condition registry: exact token matching, surrogates, generation cache, unknown names."""
 import pytest
 
-from lib import conditions as C
-from lib import surrogates
+from lib.studies import conditions as C
+from lib.data import surrogates
 from lib.data import synthetic_qa
-from lib.encode import tokenize
-from lib.engine import Engine
+from lib.kv.encode import tokenize
+from lib.kv.engine import Engine
 
 
 def test_unknown_condition_lists_known_names():
@@ -99,7 +99,7 @@ def test_generation_is_cached_and_reused(smollm2, tmp_path, monkeypatch):
 def test_length_conditions_have_exactly_l_tokens_and_scrambles_keep_the_multiset(smollm2, L):
     from collections import Counter
 
-    from lib import prefixlen
+    from lib.studies import prefixlen
 
     samples = synthetic_qa(6, 9)
     conds = prefixlen.grid(list(prefixlen.CONTENTS), [L])
@@ -128,7 +128,7 @@ def test_length_conditions_have_exactly_l_tokens_and_scrambles_keep_the_multiset
 def test_long_prefixes_cut_the_shared_document_to_fit_the_context(smollm2):
     import dataclasses
 
-    from lib import prefixlen
+    from lib.studies import prefixlen
 
     samples = synthetic_qa(2, 4)
     small = dataclasses.replace(smollm2, arch=dataclasses.replace(smollm2.arch, max_positions=120))

@@ -3,10 +3,10 @@ import numpy as np
 import torch
 import pytest
 
-from lib import contamination as C
-from lib.engine import Engine, WorkItem
-from lib.priming import Prepared
-from lib.scoring import score_single_pass
+from lib.studies import contamination as C
+from lib.kv.engine import Engine, WorkItem
+from lib.studies.priming import Prepared
+from lib.kv.scoring import score_single_pass
 from tiny import VOCAB, arch_of, build
 
 TOL = 1e-4
@@ -57,8 +57,8 @@ def test_hybrid_identities_and_oracles_tiny(kind):
 
 def test_hybrid_composition_tiny():
     """keys_only's keys + values_only's values rebuild the primed cache exactly; early + late split the layers."""
-    from lib import cache as kv
-    from lib.encode import encode
+    from lib.kv import cache as kv
+    from lib.kv.encode import encode
 
     m = build("llama")
     arch = arch_of(m)
@@ -81,7 +81,7 @@ def test_parse_and_errors():
             C.parse_cutoffs(bad, 6)
     m = build("llama")
     arch = arch_of(m)
-    from lib.encode import encode
+    from lib.kv.encode import encode
 
     bare = encode(m, arch, [10, 11, 12])
     with pytest.raises(ValueError, match="unknown hybrid condition 'values_mid_2'"):
@@ -109,7 +109,7 @@ def test_best_cutoff_finds_the_planted_optimum_and_reports_an_honest_split_half(
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["smollm2", "gemma3"])
 def test_hybrids_real_models(request, name):
-    from lib import conditions
+    from lib.studies import conditions
     from lib.data import synthetic_qa
 
     lm = request.getfixturevalue(name)
@@ -131,7 +131,7 @@ def test_hybrids_real_models(request, name):
 
 def test_layer0_values_do_not_depend_on_the_prefix_tiny():
     """values_early_1 swaps only layer-0 values, which are projections of each token's own embedding."""
-    from lib.encode import encode
+    from lib.kv.encode import encode
 
     for kind in ("llama", "gemma3"):
         m = build(kind)
@@ -185,7 +185,7 @@ def test_distractors_on_hybrid_caches_equal_scoring_them_as_the_answer():
     answer of the same sample; the gold NLL does not change when distractors ride along."""
     from dataclasses import replace
 
-    from lib import margin
+    from lib.kv import margin
 
     m = build("gemma3")
     lm = _LM(m, arch_of(m))

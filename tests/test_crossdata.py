@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from lib import crossdata, plots
-from lib.engine import WorkItem
+from lib.studies import crossdata
+from lib.report import plots
+from lib.kv.engine import WorkItem
 
 
 def test_parse_datasets_specs_and_errors():

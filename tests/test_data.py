@@ -1,11 +1,11 @@
-"""Tests for lib/data.py: the Sample schema, the loaders on local fixtures in each data set's own
+"""Tests for lib/data/core.py: the Sample schema, the loaders on local fixtures in each data set's own
 schema (tests/data/), and the offline synthetic generator."""
 from pathlib import Path
 
 import pytest
 
-from lib.data import (DATASETS, LoadedData, Sample, _as_list, _word_window, load_samples,
-                      synthetic_qa)
+from lib.data.core import (DATASETS, LoadedData, Sample, _as_list, _word_window, load_samples,
+                           synthetic_qa)
 
 DATA = Path(__file__).parent / "data"
 MS_MARCO = DATA / "ms_marco_v1.1_sample.jsonl"

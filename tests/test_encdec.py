@@ -4,7 +4,7 @@ import torch
 from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
-from lib import encdec
+from lib.studies import encdec
 
 V = 128
 

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from lib import engine as eng
-from lib.encode import encode
-from lib.engine import Engine, WorkItem
-from lib.scoring import score
+from lib.kv import engine as eng
+from lib.kv.encode import encode
+from lib.kv.engine import Engine, WorkItem
+from lib.kv.scoring import score
 from tiny import KINDS, VOCAB, arch_of, build
 
 TOL = 1e-4
@@ -117,7 +117,7 @@ def test_batches_respect_budget_and_order():
 @pytest.mark.parametrize("name", ["smollm2", "gemma3"])
 def test_engine_equals_unbatched_real(request, name):
     lm = request.getfixturevalue(name)
-    from lib.encode import tokenize
+    from lib.kv.encode import tokenize
     from lib.data import synthetic_qa
 
     def ids_fn(n, seed):

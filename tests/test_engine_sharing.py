@@ -8,10 +8,10 @@ import weakref
 import pytest
 import torch
 
-from lib import cache as kv
-from lib import encode as enc_mod
-from lib import engine as eng
-from lib.engine import Engine, WorkItem
+from lib.kv import cache as kv
+from lib.kv import encode as enc_mod
+from lib.kv import engine as eng
+from lib.kv.engine import Engine, WorkItem
 from tiny import VOCAB, arch_of, build
 
 TOL = 1e-5

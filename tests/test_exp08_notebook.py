@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lib.notebook import read_parameters, render, notebook
+from lib.lab.notebook import read_parameters, render, notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILDER = ROOT / "builders" / "build_exp08.py"
@@ -65,7 +65,7 @@ def test_exp08_smoke_run_writes_every_file(tmp_path):
     # like every other experiment: a config hash, N (targets over all parts), a per-item CSV, the run kind
     assert len(r["config_hash"]) == 64 and r["summary"]["n_samples"] == sum(r["summary"]["n_targets"].values())
     assert r["provenance"]["run_kind"]["smoke"] is True and "N_FIT" in r["provenance"]["run_kind"]["cut_down"]
-    from lib.runs import read_per_item_csv
+    from lib.lab.records import read_per_item_csv
     per = read_per_item_csv(tmp_path / "per_item.csv")
     assert len(per) == r["summary"]["n_samples"] and {p["part"] for p in per} == {"1", "2a", "2b", "3", "4"}
     m4 = json.loads((tmp_path / "part4_dimensions" / "metrics.json").read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lib.notebook import read_parameters, render, notebook
+from lib.lab.notebook import read_parameters, render, notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILDER = ROOT / "builders" / "build_exp12.py"

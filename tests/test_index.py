@@ -1,9 +1,9 @@
-"""lib.index's cross-model figure: full row labels with N, d with its 95% CI, exp11's bidirectional vs causal."""
+"""lib.report.index's cross-model figure: full row labels with N, d with its 95% CI, exp11's bidirectional vs causal."""
 import json
 
 import pytest
 
-from lib import index
+from lib.report import index
 
 
 def _cmp(ref, cond, d):
@@ -43,7 +43,7 @@ def test_exp11_cross_model_figure_includes_bidirectional_vs_causal(tmp_path):
     gemma = grid["gemma-3-270m | synthetic | sweeps/smoke/exp11__gemma-3-270m__synthetic | N=16"]
     assert gemma["bare__bidirectional vs bare__causal"] == {"d": -2.14, "ci_low": pytest.approx(-2.44), "ci_high": pytest.approx(-1.84)}
     assert {"oracle__causal", "oracle__bidirectional", "oracle__bidirectional vs oracle__causal"} <= set(gemma)
-    # the figure's folder, an explicit results_root, or the rows' own summary (lib.overview) all find it
+    # the figure's folder, an explicit results_root, or the rows' own summary (lib.report.overview) all find it
     assert index._cross_model_grid(rows, "exp11", results_root=tmp_path) == grid
     with_summary = [{**r, "summary": json.loads((tmp_path / r["run"] / "results.json").read_text())["summary"]} for r in rows]
     assert index._cross_model_grid(with_summary, "exp11") == grid

@@ -3,10 +3,10 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from lib import cache as kv
-from lib.encode import build_inputs, encode, fit_document
-from lib.rope import layer_ropes, rotate_keys
-from lib.scoring import lm_logits, score, score_single_pass
+from lib.kv import cache as kv
+from lib.kv.encode import build_inputs, encode, fit_document
+from lib.kv.rope import layer_ropes, rotate_keys
+from lib.kv.scoring import lm_logits, score, score_single_pass
 from tiny import KINDS, VOCAB, arch_of, build
 
 TOL = 1e-4

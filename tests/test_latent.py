@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lib import latent as lat
-from lib import latent_eval as ev
-from lib import squad
+from lib.studies import latent as lat
+from lib.studies.latent import evaluation as ev
+from lib.data import squad
 from tiny import build
 
 BOS, EOS = 1, 2

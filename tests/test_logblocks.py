@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import logblocks
+from lib.report import logblocks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def test_committed_log_blocks_are_current():
 
 
 def test_committed_index_table_is_current():
-    from lib import index
+    from lib.report import index
 
     text = (ROOT / "EXPERIMENT_PLAN.md").read_text()
     body = text.split(index.START, 1)[1].split(index.END, 1)[0]

@@ -3,7 +3,8 @@ articles, and the engine's distractor NLLs equal scoring each distractor as the 
 import numpy as np
 import pytest
 
-from lib import margin
+from lib.kv import margin
+from lib.report import discrimination
 from lib.data import Sample
 
 
@@ -26,9 +27,9 @@ def test_uniform_shift_of_every_candidate_gives_zero_margin_effect():
     shift = rng.normal(0.3, 0.2, n)  # per sample, same for every candidate
     rows = _rows({"ref": g, "cond": g - shift}, {"ref": d, "cond": d - shift[:, None]})
     ids = [f"s{i}" for i in range(n)]
-    from lib import stats
+    from lib.report import stats
     nll_comps = stats.compare_conditions({"ref": g, "cond": g - shift}, "ref")
-    out = margin.discrimination(rows, ids, ["ref", "cond"], ref="ref", nll_comparisons=nll_comps, n_boot=200)
+    out = discrimination.discrimination(rows, ids, ["ref", "cond"], ref="ref", nll_comparisons=nll_comps, n_boot=200)
     c = out["comparisons"][0]
     assert nll_comps[0]["d"] > 1.0
     assert c["d"] == 0.0 and c["mean_delta"] == 0.0 and c["ci_low"] == 0.0 and c["ci_high"] == 0.0
@@ -43,7 +44,7 @@ def test_a_condition_that_helps_only_the_gold_answer_raises_the_margin():
     g = rng.gamma(2.0, 1.0, n)
     d = g[:, None] + rng.normal(0.2, 1.0, (n, k))
     rows = _rows({"ref": g, "cond": g - 0.5}, {"ref": d, "cond": d})
-    out = margin.discrimination(rows, [f"s{i}" for i in range(n)], ["ref", "cond"], ref="ref", n_boot=200)
+    out = discrimination.discrimination(rows, [f"s{i}" for i in range(n)], ["ref", "cond"], ref="ref", n_boot=200)
     c = out["comparisons"][0]
     assert c["d"] > 1.0 and c["mean_delta"] == pytest.approx(0.5)  # positive: the condition discriminates better
     assert c["mean_cond"] - c["mean_ref"] == pytest.approx(0.5)  # the margins themselves, not their negation
@@ -106,7 +107,7 @@ def test_a_small_pool_gives_fewer_distractors_with_a_warning_and_none_raises():
 
 def test_missing_margin_raises():
     with pytest.raises(ValueError, match="no 'margin'"):
-        margin.table([{"sample_id": "s0", "condition": "a", "nll": 1.0}], ["a"], ["s0"])
+        discrimination.table([{"sample_id": "s0", "condition": "a", "nll": 1.0}], ["a"], ["s0"])
 
 
 def test_engine_distractor_nlls_equal_scoring_each_distractor_as_the_answer():
@@ -116,7 +117,7 @@ def test_engine_distractor_nlls_equal_scoring_each_distractor_as_the_answer():
 
     from dataclasses import replace
 
-    from lib.engine import Engine
+    from lib.kv.engine import Engine
     from tiny import arch_of, build
 
     m = build("gemma3")

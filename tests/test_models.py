@@ -1,4 +1,4 @@
-"""lib.models: ArchInfo of tiny configs built in code and of the bundled real models; loading errors."""
+"""lib.kv.models: ArchInfo of tiny configs built in code and of the bundled real models; loading errors."""
 import json
 import time
 
@@ -9,7 +9,7 @@ from transformers import (DynamicCache, Gemma3Config, Gemma3ForConditionalGenera
                           LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast)
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from lib.models import BUNDLED, ArchInfo, BundledModel, arch_info, load_model, model_cache_dir, text_config
+from lib.kv.models import BUNDLED, ArchInfo, BundledModel, arch_info, load_model, model_cache_dir, text_config
 
 VOCAB = {"<bos>": 0, "<eos>": 1, "<unk>": 2, "a": 3, "b": 4}
 

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from lib import noise, stats as S
+from lib.kv import noise
+from lib.report import stats as S
+from lib.report import stats_hardness as H
 
 
 def test_tolerance_depends_on_the_scoring_dtype():
@@ -53,7 +55,7 @@ def test_ranks_treat_float_noise_as_a_tie():
 def test_hardness_means_use_the_noise_rule():
     rng = np.random.default_rng(3)
     a = rng.normal(2, 0.5, 50)
-    rows = S.hardness_table({"a": a, "b": a + 1e-8 * rng.random(50)}, "a", ["b"], n_bins=5, n_perm=20)
+    rows = H.hardness_table({"a": a, "b": a + 1e-8 * rng.random(50)}, "a", ["b"], n_bins=5, n_perm=20)
     assert all(r["mean_delta"] == 0.0 and r["d"] == 0.0 and r["win_rate"] == 0.5 for r in rows)
 
 
@@ -78,7 +80,7 @@ def _head_f64(m, h, targets):
 
 @pytest.mark.parametrize("kind", ["llama", "gemma3_softcap"])
 def test_bf16_model_head_and_log_softmax_run_in_float32(kind):
-    from lib import scoring
+    from lib.kv import scoring
 
     m = _bf16_model(kind)
     g = torch.Generator().manual_seed(0)
@@ -105,7 +107,7 @@ def test_bf16_model_head_and_log_softmax_run_in_float32(kind):
 
 
 def test_float32_head_passes_gradients_to_the_hidden_states():
-    from lib import scoring
+    from lib.kv import scoring
 
     m = _bf16_model("gemma3_softcap").requires_grad_(False)
     h = torch.randn(3, m.config.hidden_size, dtype=torch.bfloat16, requires_grad=True)

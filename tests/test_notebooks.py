@@ -12,8 +12,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lib import registry
-from lib.notebook import Param, read_parameters, render, notebook, smoke_values
+from lib.data import registry
+from lib.lab.notebook import Param, read_parameters, render, notebook, smoke_values
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILDERS = sorted((ROOT / "builders").glob("build_*.py"))
@@ -51,7 +51,7 @@ def test_jupyter_kernel_directed_kv_runs_this_environment():
     "directed-kv" (installed by `make setup`, or by conftest when missing), never the user's "python3"."""
     from jupyter_client.kernelspec import KernelSpecManager
 
-    from lib.notebook import KERNEL_NAME, KERNELSPEC
+    from lib.lab.notebook import KERNEL_NAME, KERNELSPEC
 
     assert KERNEL_NAME == KERNELSPEC["name"] == "directed-kv"
     for builder in BUILDERS:
@@ -324,7 +324,7 @@ def test_exp10_smoke_run_both_paths(tmp_path):
 def test_overview_notebook_shows_every_run_headless(tmp_path):
     """The overview runs without a model and its executed copy shows every results.json as an index
     row, the cross-model figures, and the chosen run's comparisons and figures."""
-    from lib import index
+    from lib.report import index
 
     out = tmp_path / "overview.ipynb"
     cmd = [sys.executable, "-m", "papermill", str(ROOT / "experiments/overview/overview.ipynb"), str(out),

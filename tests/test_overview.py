@@ -1,10 +1,10 @@
-"""lib.overview on the committed results: filters, kinds, a run's comparisons (no model)."""
+"""lib.report.overview on the committed results: filters, kinds, a run's comparisons (no model)."""
 import json
 from pathlib import Path
 
 import pytest
 
-from lib import index, overview
+from lib.report import index, overview
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,12 +1,13 @@
-"""Tests for lib.plots: each figure is written, non-empty, and readable back as an image."""
+"""Tests for lib.report.plots: each figure is written, non-empty, and readable back as an image."""
 
 import matplotlib.image as mpimg
 import matplotlib.text
 import numpy as np
 import pytest
 
-from lib import plots as P
-from lib import stats as S
+from lib.report import plots as P
+from lib.report import stats as S
+from lib.report import stats_hardness as H
 
 RNG = np.random.default_rng(0)
 NLL = {
@@ -47,7 +48,7 @@ def test_plot_delta_hist(tmp_path):
 
 
 def test_plot_hardness_heatmap(tmp_path):
-    table = S.hardness_table(NLL, "bare", ["prefix", "random"], n_bins=4, n_perm=50)
+    table = H.hardness_table(NLL, "bare", ["prefix", "random"], n_bins=4, n_perm=50)
     _assert_png(P.plot_hardness_heatmap(table, tmp_path / "heat.png"))
     with pytest.raises(ValueError, match="twice"):
         P.plot_hardness_heatmap(table + table[:1], tmp_path / "heat2.png")

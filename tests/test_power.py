@@ -1,9 +1,9 @@
-"""lib.power against textbook values and against simulation."""
+"""lib.report.power against textbook values and against simulation."""
 import numpy as np
 import pytest
 from scipy import stats
 
-from lib.power import paired_n, paired_power, plan
+from lib.report.power import paired_n, paired_power, plan
 
 
 def test_textbook_sample_sizes():

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from lib import plots, prefixlen
+from lib.report import plots
+from lib.studies import prefixlen
 
 
 def test_parse_lengths_and_contents():
@@ -67,7 +68,7 @@ def test_plots(tmp_path):
 
 
 def test_pad_document_keeps_the_passage_first_and_hits_the_target():
-    from lib import doclen
+    from lib.studies.encdec import doclen
 
     doc, fill = [1, 2, 3], [[10, 11, 12, 13], [20, 21, 22]]
     out, used = doclen.pad_document(doc, fill, [9], 8)

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from lib import prefixlm
-from lib.encode import encode as enc_encode
-from lib.scoring import score
+from lib.studies import prefixlm
+from lib.kv.encode import encode as enc_encode
+from lib.kv.scoring import score
 from tiny import VOCAB, arch_of, build
 
 KINDS = ("llama", "mistral", "gemma3", "qwen2")
@@ -79,7 +79,7 @@ def test_gemma3_gets_one_mask_per_layer_type():
 def test_causal_mask_real_models(request, name):
     lm = request.getfixturevalue(name)
     from lib.data import synthetic_qa
-    from lib.encode import tokenize
+    from lib.kv.encode import tokenize
 
     s = synthetic_qa(1, 3)[0]
     doc = tokenize(lm.tokenizer, s.passage) * 5  # ~600 tokens: past Gemma's 512 window

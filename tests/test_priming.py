@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from lib import priming
+from lib.report import tables
+from lib.studies import priming
 
 
 def test_assign_other_is_a_seeded_derangement():
@@ -37,10 +38,10 @@ def _rows(nll: dict[str, np.ndarray]):
 
 def test_nll_table_refuses_missing_items():
     rows = _rows({"A_bare": np.ones(3), "D_trunc_oracle": np.ones(3)})
-    table = priming.nll_table(rows, ["A_bare", "D_trunc_oracle"], ["s0", "s1", "s2"])
+    table = tables.nll_table(rows, ["A_bare", "D_trunc_oracle"], ["s0", "s1", "s2"])
     assert table["A_bare"].tolist() == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="no row"):
-        priming.nll_table(rows[:-1], ["A_bare", "D_trunc_oracle"], ["s0", "s1", "s2"])
+        tables.nll_table(rows[:-1], ["A_bare", "D_trunc_oracle"], ["s0", "s1", "s2"])
 
 
 def test_analyse_and_diagnosis_follow_the_numbers():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib import reachability as R
-from lib import reachability_report as RR
+from lib.studies import reachability as R
+from lib.studies.reachability import report as RR
 from tests.tiny import VOCAB, build
 
 

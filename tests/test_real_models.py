@@ -3,11 +3,11 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from lib import priming
+from lib.studies import priming
 from lib.data import Sample, synthetic_qa
-from lib.encode import encode, encode_full, fit_document, shape, tokenize
-from lib.rope import rotate_keys
-from lib.scoring import score, score_single_pass
+from lib.kv.encode import encode, encode_full, fit_document, shape, tokenize
+from lib.kv.rope import rotate_keys
+from lib.kv.scoring import score, score_single_pass
 
 pytestmark = pytest.mark.slow
 MODELS = ("smollm2", "gemma3", "qwen2")

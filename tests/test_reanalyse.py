@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import reanalyse
+from lib.tools import reanalyse
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""lib.registry and lib.realdata on small fixture archives in the real layout (offline, no downloads)."""
+"""lib.data.registry and lib.data.realdata on small fixture archives in the real layout (offline, no downloads)."""
 import bz2
 import io
 import json
@@ -9,7 +9,8 @@ from xml.sax.saxutils import escape
 
 import pytest
 
-from lib import priming, realdata, registry
+from lib.studies import priming
+from lib.data import realdata, registry
 from lib.data import load_samples
 
 SDIST_ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks/"
@@ -275,7 +276,7 @@ def test_prose_from_wiki_markup_and_brown_tags(prepared):
     assert brown[0]["text"] == 'The jury said "no evidence", and it didn\'t stop.'
     with pytest.raises(ValueError, match="unknown prose source 'wikitext'"):
         realdata.load_prose("wikitext")
-    from lib import reachability  # exp08 reads the same prose
+    from lib.studies import reachability
 
     paragraphs = reachability.load_texts("wiki", 10)
     assert len(paragraphs) == 2 and paragraphs[1].startswith("The letter was borrowed")

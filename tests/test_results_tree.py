@@ -1,5 +1,5 @@
 """results/ holds results only (issue 15, item 4): no run store and no code is committed there;
-probes that produced committed results are lib calls (``python -m lib.reachability_probe``)."""
+probes that produced committed results are lib calls (``python -m lib.studies.reachability.probe``)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +19,8 @@ def test_git_tracks_no_store_and_no_code_under_results():
 
 
 def test_reachability_probe_cli_documents_part1_long():
-    res = subprocess.run([sys.executable, "-m", "lib.reachability_probe", "part1-long", "--help"], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "lib.studies.reachability.probe", "part1-long", "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "--steps" in res.stdout and "--out" in res.stdout
-    assert "-m lib.reachability_probe part1-long" in (ROOT / "EXPERIMENT_PLAN.md").read_text()
+    assert "-m lib.studies.reachability.probe part1-long" in (ROOT / "EXPERIMENT_PLAN.md").read_text()

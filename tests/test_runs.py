@@ -1,4 +1,5 @@
-"""Tests for lib/runs.py: resumable store, kill recovery, config checks, writers, provenance."""
+"""Tests for lib/lab/runs.py (resumable store, kill recovery, config checks) and lib/lab/records.py (writers,
+provenance)."""
 import dataclasses
 import json
 import math
@@ -14,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib.runs import (ConfigMismatch, RunStore, config_hash, provenance, read_per_item_csv,
-                      write_json_atomic, write_per_item_csv, write_results_json)
+from lib.data.jsonio import write_json_atomic
+from lib.lab.records import provenance, read_per_item_csv, write_per_item_csv, write_results_json
+from lib.lab.runs import ConfigMismatch, RunStore, config_hash
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = {"model": "tiny", "n_samples": 4, "seed": 0, "layers": (1, 2)}
@@ -135,7 +137,7 @@ def test_orphan_items_without_config_raise(tmp_path):
 _CHILD = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
-    from lib.runs import RunStore
+    from lib.lab.runs import RunStore
     store = RunStore(sys.argv[2], {"exp": "kill"})
     print("ready", flush=True)
     payload = [0.125] * 300
@@ -256,13 +258,19 @@ def test_provenance_keys_and_commit():
         provenance(extra={"commit": "abc"})
 
 
+# what ``lib.lab.records.provenance`` imports: the lab modules, the JSON writers of lib.data (the package's
+# __init__ loads its core) and lib.kv.hashing
+PROVENANCE_FILES = ("lib/__init__.py", "lib/lab/__init__.py", "lib/lab/runs.py", "lib/lab/records.py",
+                    "lib/lab/codestate.py",
+                    "lib/data/__init__.py", "lib/data/core.py", "lib/data/realdata.py", "lib/data/registry.py",
+                    "lib/data/jsonio.py", "lib/kv/__init__.py", "lib/kv/hashing.py")
+
+
 def test_provenance_outside_git_is_unknown(tmp_path):
-    lib_copy = tmp_path / "lib"
-    lib_copy.mkdir()
-    for name in ("runs.py", "codestate.py"):
-        (lib_copy / name).write_bytes((REPO / "lib" / name).read_bytes())
-    (lib_copy / "__init__.py").write_text("")
-    code = "import json, lib.runs as r; print(json.dumps(r.provenance()))"
+    for name in PROVENANCE_FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes((REPO / name).read_bytes())
+    code = "import json, lib.lab.records as r; print(json.dumps(r.provenance()))"
     env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path.parent)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True,
                          capture_output=True, text=True).stdout
@@ -283,7 +291,7 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
 
 
 def test_run_waves_scores_only_what_is_missing_and_never_appends_twice(tmp_path):
-    from lib.runs import RunStore, run_waves
+    from lib.lab.runs import RunStore, run_waves
 
     store = RunStore(tmp_path / "s", {"k": 1})
     calls = []
@@ -306,7 +314,7 @@ def test_checkpoint_helpers(tmp_path):
 
     import torch
 
-    from lib import ckpt
+    from lib.lab import ckpt
 
     p = ckpt.save_atomic(tmp_path / "a.ckpt.pt", {"x": torch.arange(3)})
     assert torch.equal(torch.load(p)["x"], torch.arange(3)) and not (tmp_path / "a.ckpt.pt.tmp").exists()

@@ -1,9 +1,9 @@
-"""lib.show: which comparison columns a table shows, loud failures, and what a kernel records."""
+"""lib.report.show: which comparison columns a table shows, loud failures, and what a kernel records."""
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from lib import show
+from lib.report import show
 
 ROWS = [
     {"label": "B vs A", "cond": "B", "ref": "A", "mean_delta": 0.05, "pct_of_ref": 2.5, "d": 0.31, "ci_low": 0.1,
@@ -55,13 +55,13 @@ def test_outside_a_kernel_tables_and_figures_degrade_to_text(tmp_path, capsys):
 @pytest.mark.slow
 def test_in_a_kernel_figures_are_png_outputs_and_tables_html(tmp_path):
     """What an executed notebook stores: image/png for each figure, text/html + text/plain for each table."""
-    from lib import plots
+    from lib.report import plots
 
     png = plots.plot_effects([{"p_holm": 0.2, **r} for r in ROWS], tmp_path / "effects.png", title="t")
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(f"from lib import show\nshow.figures([{str(png)!r}])\n"
+    nb.cells = [nbformat.v4.new_code_cell(f"from lib.report import show\nshow.figures([{str(png)!r}])\n"
                                           f"show.table({ROWS!r}, title='effects')")]
-    from lib.notebook import KERNELSPEC
+    from lib.lab.notebook import KERNELSPEC
 
     nb.metadata["kernelspec"] = dict(KERNELSPEC)  # the project's kernel, as in every generated notebook
     from pathlib import Path

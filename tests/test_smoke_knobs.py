@@ -1,6 +1,6 @@
 """SMOKE never swallows an explicit value: a knob given with ``-p`` keeps its value even when it
 equals the default (issue 15, item 3). "Given" is read from the cells that ran after the parameters
-cell (``lib.notebook.given_names``), not from the values, which cannot tell (see below)."""
+cell (``lib.lab.notebook.given_names``), not from the values, which cannot tell (see below)."""
 import json
 import subprocess
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.notebook import PARAMS_HEADER, Param, code, given_names, parameters, setup, smoke_values, write_notebook
+from lib.lab.notebook import PARAMS_HEADER, Param, code, given_names, parameters, setup, smoke_values, write_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = {"MODEL": "big", "N_SAMPLES": 200, "RATE": 0.5, "PROGRESS": True, "SMOKE": False}

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from lib import contamination, soft
-from lib.engine import Engine
-from lib.priming import Prepared
+from lib.studies import contamination, soft
+from lib.kv.engine import Engine
+from lib.studies.priming import Prepared
 from tiny import VOCAB, arch_of, build
 
 TOL = 1e-4

@@ -1,4 +1,4 @@
-"""Tests for lib.stats on fixed inputs, checked against hand formulas and scipy."""
+"""Tests for lib.report.stats on fixed inputs, checked against hand formulas and scipy."""
 
 import math
 import statistics
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from lib import stats as S
+from lib.report import stats as S
+from lib.report import stats_hardness as H
 
 # 12 fixed paired NLLs; delta = ref - cond has both signs and two exact ties.
 REF = np.array([2.10, 1.85, 3.40, 0.95, 2.70, 1.20, 4.05, 2.30, 1.60, 3.10, 0.80, 2.55])
@@ -192,7 +193,7 @@ def test_nll_dict_validation():
 
 def test_hardness_bins_and_columns():
     nll = {"bare": REF, "a": COND}
-    rows = S.hardness_table(nll, "bare", ["a"], n_bins=3, n_perm=200)
+    rows = H.hardness_table(nll, "bare", ["a"], n_bins=3, n_perm=200)
     assert [r["bin"] for r in rows] == [0, 1, 2] and all(r["n"] == 4 for r in rows)
     order = np.argsort(REF)
     for r, idx in zip(rows, np.split(order, 3)):
@@ -203,7 +204,7 @@ def test_hardness_bins_and_columns():
         assert r["win_rate"] == pytest.approx(S.win_rate(REF[idx], COND[idx]))
         assert r["hardness_source"] == "ref_scores"
         assert r["excess_delta"] == pytest.approx(r["mean_delta"] - r["rtm_null_mean_delta"])
-    assert rows == S.hardness_table(nll, "bare", ["a"], n_bins=3, n_perm=200)  # seeded
+    assert rows == H.hardness_table(nll, "bare", ["a"], n_bins=3, n_perm=200)  # seeded
 
 
 def test_rtm_null_is_positive_in_hardest_bin_for_pure_noise():
@@ -212,7 +213,7 @@ def test_rtm_null_is_positive_in_hardest_bin_for_pure_noise():
     truth = rng.normal(2.0, 0.5, n)  # shared per-sample difficulty
     ref = truth + rng.normal(0, 0.3, n)
     cond = truth + rng.normal(0, 0.3, n)  # same distribution: the condition does nothing
-    rows = S.hardness_table({"ref": ref, "cond": cond}, "ref", ["cond"], n_bins=5, n_perm=300)
+    rows = H.hardness_table({"ref": ref, "cond": cond}, "ref", ["cond"], n_bins=5, n_perm=300)
     hardest, easiest = rows[-1], rows[0]
     # the artefact exists: binning on ref makes the hardest bin look improved by chance ...
     assert hardest["mean_delta"] > 0.15 and easiest["mean_delta"] < -0.15
@@ -220,7 +221,7 @@ def test_rtm_null_is_positive_in_hardest_bin_for_pure_noise():
     assert hardest["rtm_null_mean_delta"] > 0.15 and easiest["rtm_null_mean_delta"] < -0.15
     assert abs(hardest["excess_delta"]) < 0.5 * hardest["rtm_null_mean_delta"]
     # with an independent external hardness there is no RTM column
-    ext = S.hardness_table({"ref": ref, "cond": cond}, "ref", ["cond"], hardness=truth)
+    ext = H.hardness_table({"ref": ref, "cond": cond}, "ref", ["cond"], hardness=truth)
     assert all(math.isnan(r["rtm_null_mean_delta"]) and r["hardness_source"] == "external" for r in ext)
     assert abs(ext[-1]["mean_delta"]) < 0.1
 
@@ -228,13 +229,13 @@ def test_rtm_null_is_positive_in_hardest_bin_for_pure_noise():
 def test_hardness_table_validation():
     nll = {"bare": REF, "a": COND}
     with pytest.raises(ValueError, match="Did you mean 'bare'"):
-        S.hardness_table(nll, "baer", ["a"])
+        H.hardness_table(nll, "baer", ["a"])
     with pytest.raises(ValueError, match="n_bins=13 exceeds"):
-        S.hardness_table(nll, "bare", ["a"], n_bins=13)
+        H.hardness_table(nll, "bare", ["a"], n_bins=13)
     with pytest.raises(ValueError, match="hardness has 3 values"):
-        S.hardness_table(nll, "bare", ["a"], hardness=[1.0, 2.0, 3.0])
+        H.hardness_table(nll, "bare", ["a"], hardness=[1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="reference itself"):
-        S.hardness_table(nll, "bare", ["bare"])
+        H.hardness_table(nll, "bare", ["bare"])
 
 
 def test_ranks_per_sample_fixed_example():
@@ -272,7 +273,7 @@ def test_rtm_null_keeps_a_uniform_effect_flat():
     """A uniform true effect of 0.3 nats is the same in every bin: excess over the null must be ~0 everywhere.
     (The old sign-flip null assumed no effect and invented "hard samples gain less": +0.36 ... +0.20.)"""
     truth, ref, cond = _difficulty_data(0.3)
-    rows = S.hardness_table({"ref": ref, "cond": cond}, "ref", ["cond"], n_bins=5, n_perm=300)
+    rows = H.hardness_table({"ref": ref, "cond": cond}, "ref", ["cond"], n_bins=5, n_perm=300)
     excess = [r["excess_delta"] for r in rows]
     assert max(abs(e) for e in excess) < 0.04, excess
     # the observed bin means still show the RTM artefact, and the null reproduces it around the mean effect
@@ -287,7 +288,7 @@ def test_rtm_null_finds_a_planted_hardness_gradient():
     truth = rng.normal(2.0, 0.5, 2000)
     gain = 0.6 * (truth - truth.min()) / np.ptp(truth)
     ref, cond = truth + rng.normal(0, 0.3, 2000), truth - gain + rng.normal(0, 0.3, 2000)
-    rows = S.hardness_table({"ref": ref, "cond": cond}, "ref", ["cond"], n_bins=5, n_perm=300)
+    rows = H.hardness_table({"ref": ref, "cond": cond}, "ref", ["cond"], n_bins=5, n_perm=300)
     assert rows[0]["excess_delta"] < -0.02 and rows[-1]["excess_delta"] > 0.02
-    ext = S.hardness_table({"ref": ref, "cond": cond}, "ref", ["cond"], n_bins=5, hardness=truth)
+    ext = H.hardness_table({"ref": ref, "cond": cond}, "ref", ["cond"], n_bins=5, hardness=truth)
     assert ext[-1]["mean_delta"] - ext[0]["mean_delta"] > 0.2

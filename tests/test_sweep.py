@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lib import index, sweep
+from lib.report import index
+from lib.lab import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 EXP02 = "experiments/exp02/exp02_surrogate_priming.ipynb"
@@ -70,7 +71,7 @@ def test_smoke_grid_local_kill_resume_then_submitit_then_index(tmp_path):
     gfile.write_text(json.dumps(_grid(local)))
     jobs = sweep.expand(_grid(local))
     # 1. local executor, killed while the second job runs
-    p = subprocess.Popen([sys.executable, "-m", "lib.sweep", str(gfile)], cwd=ROOT, start_new_session=True,
+    p = subprocess.Popen([sys.executable, "-m", "lib.lab.sweep", str(gfile)], cwd=ROOT, start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _wait(lambda: sweep.is_done(jobs[0]) and sweep.read_status(jobs[1]).get("status") == "running", 400)
     os.killpg(p.pid, signal.SIGKILL)

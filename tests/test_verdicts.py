@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from lib import stats as S
-from lib.verdicts import verdict, words
+from lib.report import stats as S
+from lib.report.verdicts import verdict, words
 
 
 def _row(p_t, p_w, mean_delta=0.1, rb=0.3, primary="t"):
@@ -41,7 +41,7 @@ def test_skewed_deltas_where_the_tests_disagree():
 
 
 def test_exp01_diagnosis_never_calls_a_comparison_null_when_wilcoxon_rejects():
-    from lib import priming
+    from lib.studies import priming
 
     rng = np.random.default_rng(0)
     n = 120

@@ -1,0 +1,61 @@
+"""Discrimination beside likelihood (the summary half of ``lib/kv/margin.py``): per-condition margin,
+gold rank and top-1, and d(margin) beside d(nll) with the entropy gap d(nll) - d(margin).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from lib.report import stats
+
+
+def has_margins(rows: list[dict]) -> bool:
+    return bool(rows) and all("margin" in r for r in rows)
+
+
+def table(rows: list[dict], names: list[str], sample_ids: list[str], field: str = "margin") -> dict[str, np.ndarray]:
+    """{condition: ``field`` array in ``sample_ids`` order}; raises if a row or its margin is missing."""
+    got = {(r["sample_id"], r["condition"]): r for r in rows}
+    missing = [(s, n) for s in sample_ids for n in names if (s, n) not in got or field not in got[(s, n)]]
+    if missing:
+        raise ValueError(f"{len(missing)} (sample, condition) items have no {field!r}, e.g. {missing[:3]}")
+    return {n: np.array([float(got[(s, n)][field]) for s in sample_ids]) for n in names}
+
+
+def discrimination(rows: list[dict], sample_ids: list[str], names: list[str], *, ref: str | None = None,
+                   pairs: list[tuple[str, str]] | None = None, nll_comparisons: list[dict] | None = None,
+                   n_boot: int = 2000, seed: int = 0, atol: float | None = None, primary_test: str = "t") -> dict:
+    """Per-condition margin / rank / top-1 and per-comparison d(margin) beside d(nll).
+
+    Comparisons go through ``stats.compare_conditions`` on the NEGATED margin, so a positive d (and
+    a positive mean delta, in nats) means the condition separates the gold answer from the
+    distractors better than the reference, the same direction as d(nll). ``nll_comparisons`` (the
+    run's NLL comparisons) adds ``d_nll`` and ``entropy_gap`` = d(nll) - d(margin) to each row.
+    """
+    margin = table(rows, names, sample_ids)
+    rank = table(rows, names, sample_ids, "gold_rank")
+    top1 = table(rows, names, sample_ids, "top1")
+    k = {len(r["distractor_nlls"]) for r in rows if r["condition"] in names}
+    neg = {n: -v for n, v in margin.items()}
+    if pairs is not None:
+        comps = stats.compare_conditions(neg, None, pairs=list(pairs), n_boot=n_boot, seed=seed, atol=atol,
+                                         primary_test=primary_test)
+    else:
+        comps = stats.compare_conditions(neg, ref, [n for n in names if n != ref], n_boot=n_boot, seed=seed, atol=atol,
+                                         primary_test=primary_test)
+    by = {(c["ref"], c["cond"]): c for c in (nll_comparisons or [])}
+    for c in comps:
+        c["metric"] = "margin"
+        c["label"] = c["label"] + " (margin)"
+        c["mean_ref"], c["mean_cond"] = -c["mean_ref"], -c["mean_cond"]  # the margins themselves
+        c.pop("pct_of_ref", None), c.pop("pct_ci_low", None), c.pop("pct_ci_high", None)  # a margin can be ~0
+        nc = by.get((c["ref"], c["cond"]))
+        if nc is not None:
+            c["d_nll"] = nc["d"]
+            c["entropy_gap"] = float(nc["d"] - c["d"])
+    return {
+        "n_distractors": sorted(k),
+        "mean_margin": {n: float(v.mean()) for n, v in margin.items()},
+        "mean_gold_rank": {n: float(v.mean()) for n, v in rank.items()},
+        "top1": {n: float(v.mean()) for n, v in top1.items()},
+        "comparisons": comps,
+    }

@@ -1,0 +1,179 @@
+"""Generated number blocks in EXPERIMENT_PLAN.md: one per run, written from its results.json.
+
+A block is the text between ``<!-- RUN-BLOCK results/<run> -->`` and ``<!-- /RUN-BLOCK -->``;
+``python -m lib.report.index`` (``make index``) rewrites every block, so a number in a block is always the
+file's number and prose around it cites the block. A block holds one line of identity (model,
+data and its sha256, N, real data or pipeline check, commit, date) and a table of the run's
+``summary.comparisons``: the mean delta in nats and as % of the reference NLL (95% bootstrap CIs),
+Cohen's d with its CI, win rate, Holm-adjusted t and Wilcoxon p, and the verdict under the
+declared primary test (``lib.report.verdicts``: "null" only when neither test rejects).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from lib.report import verdicts
+
+ROOT = Path(__file__).resolve().parents[2]
+BLOCK = re.compile(r"(<!-- RUN-BLOCK (\S+) -->\n)(.*?)(<!-- /RUN-BLOCK -->)", re.S)
+
+
+def _f(x, fmt: str) -> str:
+    return "n/a" if x is None or x != x else format(x, fmt)
+
+
+def _p(x) -> str:
+    return "n/a" if x is None or x != x else ("<1e-300" if x == 0 else f"{x:.2g}")
+
+
+def _identity(run: str, r: dict) -> str:
+    cfg, prov, data = r.get("config", {}), r.get("provenance", {}), r.get("data", {})
+    model = cfg.get("MODEL") or cfg.get("model", "?")
+    name = data.get("name", cfg.get("DATASET", "?"))
+    kind = "pipeline check (synthetic data)" if name == "synthetic" else "real data"
+    sha = (data.get("provenance") or {}).get("sha256")
+    commit = (prov.get("commit") or "?")[:8] + ("+dirty" if prov.get("dirty") else "")
+    bits = [f"`{run}/results.json`", f"model {model} ({cfg.get('dtype', '?')})",
+            f"data {name} N={data.get('n_samples') or r.get('summary', {}).get('n_samples', '?')}", kind]
+    if sha:
+        bits.append(f"file sha256 {sha[:12]}")
+    if data.get("content_sha256"):
+        bits.append(f"samples sha256 {data['content_sha256'][:12]}")
+    bits += [f"primary test {r.get('summary', {}).get('primary_test') or 't (undeclared)'}",
+             f"commit {commit}", (prov.get("date") or "?")[:10]]
+    return "; ".join(bits) + "."
+
+
+def _comparisons(rows: list[dict], title: str | None = None) -> list[str]:
+    out = ["", f"{title}:", ""] if title else []
+    out += ["| comparison | mean delta, nats [95% CI] | % of ref NLL [95% CI] | d [95% CI] | win | Holm p (t) | "
+            "Holm p (Wilcoxon) | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for c in rows:
+        label = c.get("label") or f"{c.get('cond')} vs {c.get('ref')}"
+        md = f"{_f(c.get('mean_delta'), '+.4f')} [{_f(c.get('mean_delta_ci_low'), '+.4f')}, {_f(c.get('mean_delta_ci_high'), '+.4f')}]"
+        pct = f"{_f(c.get('pct_of_ref'), '+.2f')} [{_f(c.get('pct_ci_low'), '+.2f')}, {_f(c.get('pct_ci_high'), '+.2f')}]"
+        d = f"{_f(c.get('d'), '+.3f')} [{_f(c.get('ci_low'), '+.3f')}, {_f(c.get('ci_high'), '+.3f')}]"
+        try:
+            v = verdicts.verdict(c)
+        except (ValueError, KeyError):
+            v = "n/a (pre-verdict file)"
+        out.append(f"| {label} | {md} | {pct} | {d} | {_f(c.get('win_rate'), '.2f')} | {_p(c.get('p_holm'))} | "
+                   f"{_p(c.get('p_holm_wilcoxon'))} | {v} |")
+    return out
+
+
+def _ci(v: dict, key: str = "mean", ci: str = "mean_ci", fmt: str = "+.4f") -> str:
+    lo, hi = (v.get(ci) or [None, None])
+    return f"{_f(v.get(key), fmt)} [{_f(lo, fmt)}, {_f(hi, fmt)}]"
+
+
+def _extras(s: dict) -> list[str]:
+    """The experiment-specific tables a summary carries (margins, pairwise, gradients, cutoffs, lengths)."""
+    out = []
+    disc = s.get("discrimination")
+    if disc:
+        k = ", ".join(map(str, disc.get("n_distractors", [])))
+        out += ["", f"Discrimination (gold answer vs {k} type-matched distractors from other articles, same cache): "
+                "mean margin (nats) / mean gold rank / top-1: " + ", ".join(
+                    f"{n} {_f(m, '+.3f')} / {_f(disc['mean_gold_rank'][n], '.2f')} / {_f(disc['top1'][n], '.2f')}"
+                    for n, m in disc["mean_margin"].items()) + "."]
+        out += _comparisons(disc["comparisons"], "d(margin): positive = the condition separates the gold answer from the "
+                                                 "distractors better (mean delta = change in margin, nats)")
+        gaps = [f"{c['label'].removesuffix(' (margin)')} {_f(c['entropy_gap'], '+.3f')}" for c in disc["comparisons"]
+                if "entropy_gap" in c]
+        if gaps:
+            out += ["", "Entropy gap d(nll) - d(margin): " + ", ".join(gaps) + "."]
+    for key, title in (("pairwise", "Pairwise"), ("llm_vs_generic", "Model-written surrogates vs extractor_matched")):
+        if s.get(key):
+            out += _comparisons(s[key], title)
+    g = s.get("semantic_gradient")
+    if g:
+        lo, hi = g.get("pooled_rho_ci") or [None, None]
+        out += ["", f"Semantic gradient over {' < '.join(g.get('order', []))}: pooled Spearman rho "
+                f"{_f(g.get('pooled_rho'), '+.3f')} [{_f(lo, '+.3f')}, {_f(hi, '+.3f')}], sample-level permutation p "
+                f"{_p(g.get('pooled_p_samples'))}; per-sample mean rho {_f(g.get('per_sample_mean_rho'), '+.3f')}, "
+                f"{_f(100 * g['per_sample_share_positive'] if 'per_sample_share_positive' in g else None, '.0f')}% of "
+                f"samples positive, Wilcoxon p {_p(g.get('per_sample_wilcoxon_p'))}."]
+    f = s.get("structural_fraction")
+    if f:
+        out += ["", f"Structural fraction ({f['structural']} vs {f['full']}): {_f(f['fraction_of_mean_benefit'], '.2f')} of "
+                f"the mean benefit ({_f(f['mean_benefit_structural'], '+.4f')} vs {_f(f['mean_benefit_full'], '+.4f')} "
+                f"nats), {_f(f['fraction_of_d'], '.2f')} of d; opposite signs make the ratio meaningless."]
+    for fam, b in (s.get("best_cutoff") or {}).items():
+        out += ["", f"Best {fam} cutoff {b['cutoff']} (bootstrap 95% range {b['cutoff_ci'][0]:.0f}-{b['cutoff_ci'][1]:.0f}): "
+                f"mean delta {_ci(b, 'mean_delta', 'mean_delta_ci')} nats ({_ci(b, 'pct_of_ref', 'pct_ci', '+.2f')}% of "
+                f"bare), d {_ci(b, 'd', 'd_ci', '+.3f')} on the samples it was chosen on; split-half d "
+                f"{_f(b['split_half_d'], '+.3f')}."]
+    curve = s.get("cutoff_curve")
+    if curve:
+        out += ["", "Cutoff curve (primed values at layers < c (early) or >= c (late), vs bare):", "",
+                "| c | early: mean delta nats [95% CI] | early d [95% CI] | late: mean delta nats [95% CI] | late d [95% CI] |",
+                "|---|---|---|---|---|"]
+        late = {r["cutoff"]: r for r in curve.get("late", [])}
+        for e in curve.get("early", []):
+            l = late.get(e["cutoff"], {})
+            out.append(f"| {e['cutoff']} | {_mci(e)} | {_dci(e)} | {_mci(l)} | {_dci(l)} |")
+    curves = s.get("length_curves")
+    if curves:
+        lengths = sorted({r["length"] for rows in curves.values() for r in rows})
+        out += ["", "Length curves, mean delta vs bare in nats (d) per prefix length L:", "",
+                "| content | " + " | ".join(f"L={L}" for L in lengths) + " |", "|---|" + "---|" * len(lengths)]
+        for content, rows in curves.items():
+            by = {r["length"]: r for r in rows}
+            out.append(f"| {content} | " + " | ".join(
+                f"{_f(by[L].get('mean_delta'), '+.4f')} ({_f(by[L]['d'], '+.2f')})" if L in by else "" for L in lengths) + " |")
+    dec = s.get("decomposition")
+    if dec:
+        parts = ("total", "structure", "vocabulary", "meaning", "content_effect")
+        out += ["", "Decomposition of the mean NLL reduction vs bare (nats [95% CI]): total = structure + vocabulary + "
+                "meaning (or + content where the content has no scrambled twin):", "",
+                "| content | L | " + " | ".join(parts) + " |", "|---|---|" + "---|" * len(parts)]
+        for r in dec:
+            out.append(f"| {r['content']} | {r['length']} | " + " | ".join(
+                _ci(r[p]) if isinstance(r.get(p), dict) else "" for p in parts) + " |")
+    cd = s.get("crossdata")
+    if cd:
+        pooled = cd["pooled"]
+        for subset in ("all", "hard_heldout", "hard_naive"):
+            if subset in pooled:
+                out += _comparisons(pooled[subset]["semantic"], f"Semantic delta (NLL(random_tokens) - NLL(condition)), "
+                                                                f"{subset}, pooled N={pooled[subset].get('n', '?')}")
+    return out
+
+
+def _mci(r: dict) -> str:
+    return (f"{_f(r.get('mean_delta'), '+.4f')} [{_f(r.get('mean_delta_ci_low'), '+.4f')}, "
+            f"{_f(r.get('mean_delta_ci_high'), '+.4f')}]") if r else ""
+
+
+def _dci(r: dict) -> str:
+    return f"{_f(r.get('d'), '+.3f')} [{_f(r.get('ci_low'), '+.3f')}, {_f(r.get('ci_high'), '+.3f')}]" if r else ""
+
+
+def render(run: str, results_root: Path | None = None) -> str:
+    """The block body for ``run`` (a path like ``results/exp01_x``, relative to the repo root)."""
+    path = (results_root or ROOT) / run / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"RUN-BLOCK names {run!r} but {path} does not exist")
+    r = json.loads(path.read_text())
+    s = r.get("summary", {})
+    lines = [_identity(run, r), ""]
+    if "mean_nll" in s:
+        lines.append("Mean answer NLL: " + ", ".join(f"{k} {_f(v, '.4f')}" for k, v in s["mean_nll"].items()) + ".")
+        lines.append("")
+    lines += _comparisons(s.get("comparisons", []))
+    lines += _extras(s)
+    return "\n".join(lines) + "\n"
+
+
+def update(text: str, results_root: Path | None = None) -> str:
+    """``text`` with every RUN-BLOCK rewritten from its results.json."""
+    return BLOCK.sub(lambda m: m.group(1) + render(m.group(2), results_root) + m.group(4), text)
+
+
+def update_plan(plan=None) -> Path:
+    plan = Path(plan or ROOT / "EXPERIMENT_PLAN.md")
+    plan.write_text(update(plan.read_text()))
+    return plan

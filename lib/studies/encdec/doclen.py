@@ -1,0 +1,127 @@
+"""exp10: document-length scaling. The real passage, then unrelated passages, cut to a target length.
+
+``pad_document`` keeps the sample's own passage first and appends other samples' passages (each
+tokenized on its own, joined by the ids of ``SEP``) until exactly ``target`` tokens; target 0 (or a
+target below the passage length) keeps the natural passage. The same padded document is used by
+every condition of a (sample, length), so conditions differ only in their prefix.
+
+Paths: ``decoder`` (the two-phase engine: prefix dropped, document re-positioned; sliding-window
+layers keep every entry and the mask applies the window, so long documents are exact) and
+``encdec`` (the prefix hidden from the decoder's cross-attention).
+Conditions: ``bare``, ``oracle`` (the query), ``random`` (Q random tokens); names ``<cond>_len<L>``.
+"""
+from __future__ import annotations
+
+import random
+
+from lib.report import stats
+
+SEP = "\n\n"
+CONDS = ("bare", "oracle", "random")
+
+
+def parse_lengths(spec: str) -> list[int]:
+    out = []
+    for x in str(spec).split(","):
+        x = x.strip()
+        if not x:
+            continue
+        if not x.isdigit():
+            raise ValueError(f"LENGTHS entry {x!r} is not a non-negative integer (LENGTHS={spec!r}; 0: the natural passage)")
+        out.append(int(x))
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"LENGTHS={spec!r} must list distinct lengths")
+    return sorted(out)
+
+
+def pad_document(doc_ids: list[int], fillers: list[list[int]], sep_ids: list[int], target: int) -> tuple[list[int], int]:
+    """(padded ids, number of filler passages used, partly or whole)."""
+    doc = list(doc_ids)
+    if target <= len(doc):
+        return doc, 0
+    out, used = list(doc), 0
+    for f in fillers:
+        if len(out) >= target:
+            break
+        out += list(sep_ids) + list(f)
+        used += 1
+    if len(out) < target:
+        raise ValueError(f"not enough filler text to reach {target} tokens ({len(out)} available); load more samples")
+    return out[:target], used
+
+
+def filler_order(ids: list[str], sample_id: str, seed: int) -> list[str]:
+    """Other samples' ids in a seeded order (never the sample itself)."""
+    others = [i for i in ids if i != sample_id]
+    random.Random(f"{seed}|{sample_id}").shuffle(others)
+    return others
+
+
+def name(cond: str, length: int) -> str:
+    return f"{cond}_len{length}"
+
+
+def curves(nll: dict, lengths: list[int], *, n_boot: int = 2000, seed: int = 0, atol: float | None = None, primary_test: str = "t") -> dict:
+    """Per length: oracle and random vs bare, and oracle vs random (the semantic part), Holm within each length."""
+    out = {}
+    for L in lengths:
+        pairs = [(name("bare", L), name("oracle", L)), (name("bare", L), name("random", L)), (name("random", L), name("oracle", L))]
+        out[L] = stats.compare_conditions(nll, None, pairs=pairs, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
+    return out
+
+
+def curve_points(cv: dict, lengths: list[int], actual: dict[int, float]) -> dict[str, list[dict]]:
+    """{"oracle vs bare": [...], "random vs bare": [...], "oracle vs random": [...]} with x = mean actual length."""
+    labels = {0: "oracle vs bare", 1: "random vs bare", 2: "oracle vs random"}
+    return {lab: [{"length": actual[L], **{k: cv[L][i][k] for k in ("d", "ci_low", "ci_high", "p_holm")}} for L in lengths]
+            for i, lab in labels.items()}
+
+
+def _padded(samples, lengths, tokenize, seed: int, max_len: int | None, what: str):
+    """{(sample id, L): (doc ids, fillers used)}; raises when a length exceeds the model's limit."""
+    toks = {s.id: tokenize(s.passage) for s in samples}
+    sep = tokenize(SEP)
+    ids = [s.id for s in samples]
+    out = {}
+    for s in samples:
+        order = filler_order(ids, s.id, seed)
+        for L in lengths:
+            doc, used = pad_document(toks[s.id], [toks[i] for i in order], sep, L)
+            if max_len is not None and len(doc) > max_len:
+                raise ValueError(f"{what}: a {len(doc)}-token document exceeds the model's limit of {max_len} tokens "
+                                 f"(LENGTHS entry {L}); drop that length for this model")
+            out[(s.id, L)] = (doc, used)
+    return out
+
+
+def decoder_items(lm, samples, lengths: list[int], *, seed: int = 42):
+    """Engine WorkItems ``<cond>_len<L>`` for the decoder-only path."""
+    from dataclasses import replace
+
+    from lib.studies import conditions
+    from lib.kv import encode as enc_mod
+
+    base = conditions.build_items(lm, samples, conditions.get(["bare", "oracle", "random_tokens"]), seed=seed)
+    back = {"bare": "bare", "oracle": "oracle", "random_tokens": "random"}
+    room = lm.arch.max_positions - 1 - max(len(it.prefix_ids) + len(it.prompt_ids) + len(it.answer_ids) for it in base)
+    docs = _padded(samples, lengths, lambda t: enc_mod.tokenize(lm.tokenizer, t), seed, room, "decoder path")
+    return [replace(it, condition=name(back[it.condition], L), doc_ids=tuple(docs[(it.sample_id, L)][0]),
+                    row={**it.row, "target_len": L, "fillers": docs[(it.sample_id, L)][1]})
+            for L in lengths for it in base]
+
+
+def encdec_items(em, samples, lengths: list[int], *, seed: int = 42):
+    """Encoder-decoder Items ``<cond>_len<L>`` (query in the decoder, prefix hidden)."""
+    from dataclasses import replace
+
+    from lib.studies import encdec
+
+    base = [it for it in encdec.build_items(em, samples, enc_conditions=CONDS, seed=seed, length_control=False)
+            if it.condition.endswith("__q")]
+    cfg = em.model.config
+    limit = getattr(cfg, "max_position_embeddings", None) if em.family == "bart" else None
+    room = None if limit is None else limit - 2 - max(len(it.prefix_ids) for it in base)
+    docs = _padded(samples, lengths, lambda t: encdec.tokenize(em, t), seed, room, "encoder-decoder path")
+    return [replace(it, condition=name(it.condition.split("__")[0], L), doc_ids=tuple(docs[(it.sample_id, L)][0]),
+                    row={**it.row, "target_len": L, "fillers": docs[(it.sample_id, L)][1]})
+            for L in lengths for it in base]

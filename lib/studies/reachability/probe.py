@@ -1,0 +1,80 @@
+"""Probes beside exp08 that are not part of its notebook: ``part1_long`` runs part 1 (real targets)
+alone for more steps, to check whether the design's step count is plausible.
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m lib.studies.reachability.probe part1-long \\
+        --out results/exp08_smollm2_probe/part1_long.json
+
+The defaults reproduce ``results/exp08_smollm2_probe/part1_long.json``: the first 3 real targets of
+``results/exp08_smollm2`` (the same windows and seed), 800 steps. It used to be a script committed
+under results/; results/ holds results only.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def part1_long(*, model: str = "smollm2-135m-instruct", text: str = "synthetic", n_texts: int = 600,
+               seq_len: int = 20, n_targets: int = 3, per_text: int = 4, steps: int = 800, restarts: int = 1,
+               lr: float = 0.01, init_std: float = 1.0, seed: int = 0, reach_frac: float = 0.01,
+               report_steps: tuple[int, ...] = (90, 200, 400, 600, 800), out=None) -> dict:
+    """Part 1 of exp08 on ``n_targets`` real residual targets for ``steps`` steps; the relative MSE
+    (to step 0) of every target at ``report_steps``, ``reachability_report.summarize`` and
+    provenance. Written atomically to ``out`` when given."""
+    from lib.data.jsonio import write_json_atomic
+    from lib.kv.models import load_model
+    from lib.lab.records import provenance
+    from lib.studies import reachability as R
+    from lib.studies.reachability import report as RR
+
+    bad = [k for k in report_steps if not 0 <= k <= steps]
+    if bad:
+        raise ValueError(f"report_steps {bad} outside 0..steps ({steps})")
+    lm = load_model(model, dtype="float32")
+    reader = R.ResidualReader(lm.model)
+    ids, _ = R.token_windows(lm.tokenizer, R.load_texts(text, n_texts, seed=seed), seq_len, n_targets, per_text=per_text)
+    t0 = time.time()
+    fit = R.optimize(reader, reader.of_ids(ids), restarts=restarts, steps=steps, lr=lr, init_std=init_std, seed=seed)
+    summary = RR.summarize(fit, reach_frac=reach_frac, curve_every=10)
+    rel = fit.curves / fit.curves[:, :1]
+    result = {"what": f"part 1 only, first {n_targets} real targets of results/exp08_smollm2 (same windows and seed), "
+                      f"{steps} steps",
+              "seconds": time.time() - t0,
+              "relative_mse_at_step": {str(k): rel[:, k].tolist() for k in report_steps},
+              "summary": summary,
+              "provenance": provenance(seeds={"seed": seed}, extra={
+                  "command": "python -m lib.studies.reachability.probe part1-long",
+                  "args": {"model": model, "text": text, "n_texts": n_texts, "seq_len": seq_len, "n_targets": n_targets,
+                           "per_text": per_text, "steps": steps, "restarts": restarts, "lr": lr, "init_std": init_std,
+                           "reach_frac": reach_frac}})}
+    if out is not None:
+        write_json_atomic(out, result)
+    return result
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m lib.studies.reachability.probe", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("part1-long", help="exp08 part 1 (real targets) alone, for more steps")
+    p.add_argument("--out", default="results/exp08_smollm2_probe/part1_long.json")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--text", default="synthetic")
+    p.add_argument("--n-texts", type=int, default=600)
+    p.add_argument("--seq-len", type=int, default=20)
+    p.add_argument("--n-targets", type=int, default=3)
+    p.add_argument("--per-text", type=int, default=4)
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--init-std", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    steps = tuple(k for k in (90, 200, 400, 600, 800) if k <= a.steps) or (a.steps,)
+    res = part1_long(model=a.model, text=a.text, n_texts=a.n_texts, seq_len=a.seq_len, n_targets=a.n_targets,
+                     per_text=a.per_text, steps=a.steps, restarts=a.restarts, lr=a.lr, init_std=a.init_std,
+                     seed=a.seed, report_steps=steps, out=a.out)
+    print(res["seconds"], res["relative_mse_at_step"], res["summary"]["share_reached"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""exp07: soft surrogates trained through the hybrid cache (bare keys, soft-primed values below a cutoff).
+
+The path, for one example (doc, query prompt, answer) and a soft prefix S (P, hidden):
+  1. bare cache of ``[anchor, doc]`` (no gradient);
+  2. ``[anchor, S, doc]`` forward with S as input embeddings (``encode_full(prefix_embeds=S)``),
+     prefix entries dropped, document re-positioned (``shape``): the soft-primed cache;
+  3. hybrid = bare keys everywhere, soft-primed values at layers < ``cutoff``, bare values above;
+  4. Phase B over ``[prompt, answer]`` with autograd on (``scoring.score_with_grad``): mean answer NLL.
+Every step is functional (new tensors, fresh cache wrappers), so the gradient of the loss reaches
+S and nothing else (the model is frozen). ``hybrid_nll`` with S equal to the embeddings of a token
+prefix gives exactly the token prefix's hybrid NLL (tested), so learned and discrete prefixes are
+scored by the same code.
+
+Training (``train``): AdamW, linear warm-up then constant learning rate, gradient accumulation,
+gradient-norm clipping, epochs over a seeded permutation per epoch. A checkpoint (one file,
+written atomically every ``checkpoint_every`` optimizer steps) holds the prefix, optimizer and
+scheduler state, RNG states, the position in the data order and the history, so a run killed at
+any moment and resumed ends with the same prefix as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lib.kv import cache as kv
+from lib.lab import ckpt as ckpt_io
+from lib.kv import encode as enc_mod
+from lib.kv import scoring
+
+
+@dataclass(frozen=True)
+class Example:
+    """Token ids of one training or evaluation item (the query prompt is scored)."""
+
+    sample_id: str
+    doc_ids: tuple[int, ...]
+    prompt_ids: tuple[int, ...]
+    answer_ids: tuple[int, ...]
+
+
+def examples(lm, samples, prefix_len: int) -> list[Example]:
+    """Examples from samples (matched tokenization as in ``priming.prepare``); documents cut to fit."""
+    from lib.studies import priming
+
+    out = []
+    for s in samples:
+        p = priming.prepare(lm.tokenizer, lm.arch, s, s.query, s.id)
+        doc, _ = enc_mod.fit_document(p.doc_ids, lm.arch, prefix_len + len(p.prompt_ids["query"]) + len(p.answer_ids))
+        out.append(Example(s.id, tuple(doc), tuple(p.prompt_ids["query"]), tuple(p.answer_ids)))
+    return out
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    prefix_len: int
+    cutoff: int
+    lr: float = 0.1
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    grad_accum: int = 4
+    clip: float = 1.0
+    epochs: int = 3
+    init: str = "random"  # "random" (N(0, init_std)) or "tokens" (embeddings of init_ids)
+    init_std: float = 0.02
+    init_ids: tuple[int, ...] = ()
+    seed: int = 42
+    checkpoint_every: int = 10  # optimizer steps
+
+    def __post_init__(self):
+        for k in ("prefix_len", "cutoff", "grad_accum", "epochs", "checkpoint_every"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{k} must be a positive int, got {v!r}")
+        if self.warmup_steps < 0 or self.lr <= 0 or self.clip <= 0:
+            raise ValueError(f"need warmup_steps >= 0, lr > 0, clip > 0; got {self.warmup_steps}, {self.lr}, {self.clip}")
+        if self.init not in ("random", "tokens"):
+            raise ValueError(f"init must be 'random' or 'tokens', got {self.init!r}")
+        if self.init == "tokens" and len(self.init_ids) != self.prefix_len:
+            raise ValueError(f"init='tokens' needs {self.prefix_len} init_ids (prefix_len), got {len(self.init_ids)}")
+
+
+# ----------------------------------------------------------------------------- the differentiable path
+def bare_cache(lm, ex: Example) -> kv.DocCache:
+    with torch.no_grad():
+        return enc_mod.encode(lm.model, lm.arch, list(ex.doc_ids))
+
+
+def primed_cache(lm, ex: Example, *, prefix_embeds: torch.Tensor | None = None, prefix_ids=None) -> kv.DocCache:
+    """Cache of ``[anchor, prefix, doc]`` with the prefix dropped and the document re-positioned."""
+    full, enc = enc_mod.encode_full(lm.model, lm.arch, list(ex.doc_ids), list(prefix_ids) if prefix_ids else None,
+                                    prefix_embeds=prefix_embeds)
+    return enc_mod.shape(full, enc, lm.arch)
+
+
+def hybrid(bare: kv.DocCache, primed: kv.DocCache, cutoff: int) -> kv.DocCache:
+    """Bare keys; primed values at layers < cutoff; bare values above."""
+    if not 1 <= cutoff <= bare.n_layers:
+        raise ValueError(f"cutoff {cutoff} must be in [1, {bare.n_layers}] for a {bare.n_layers}-layer model")
+    return kv.splice(bare, primed, range(cutoff), values=True)
+
+
+def hybrid_nll(lm, ex: Example, cutoff: int, *, prefix_embeds: torch.Tensor | None = None, prefix_ids=None,
+               bare: kv.DocCache | None = None) -> torch.Tensor:
+    """Per-token answer NLL through the hybrid cache (differentiable in ``prefix_embeds``)."""
+    bare = bare if bare is not None else bare_cache(lm, ex)
+    primed = primed_cache(lm, ex, prefix_embeds=prefix_embeds, prefix_ids=prefix_ids)
+    return scoring.score_with_grad(lm.model, hybrid(bare, primed, cutoff), list(ex.prompt_ids), list(ex.answer_ids))
+
+
+def init_prefix(lm, cfg: TrainConfig) -> torch.Tensor:
+    emb = lm.model.get_input_embeddings()
+    dev = emb.weight.device
+    if cfg.init == "tokens":
+        with torch.no_grad():
+            return emb(torch.tensor(list(cfg.init_ids), device=dev)).float().clone()
+    g = torch.Generator().manual_seed(cfg.seed)
+    hidden = emb.weight.shape[1]
+    return (torch.randn(cfg.prefix_len, hidden, generator=g) * cfg.init_std).to(dev)
+
+
+# ----------------------------------------------------------------------------- training
+def _order(n: int, seed: int, epoch: int) -> list[int]:
+    return np.random.default_rng([seed, epoch]).permutation(n).tolist()
+
+
+def fingerprint(exs: list[Example]) -> str:
+    h = hashlib.sha256()
+    for e in exs:
+        h.update(repr((e.sample_id, e.doc_ids, e.prompt_ids, e.answer_ids)).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class TrainResult:
+    prefix: torch.Tensor
+    history: list[dict] = field(default_factory=list)
+    resumed_from_step: int = 0
+    config: dict = field(default_factory=dict)
+
+
+class Interrupted(RuntimeError):
+    """Raised by ``train(stop_after=...)`` to simulate a kill (tests)."""
+
+
+
+def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | None = None, *,
+          progress: bool = False, stop_after: int | None = None) -> TrainResult:
+    """Train a soft prefix (see the module docstring); resumes from ``checkpoint`` when it exists.
+
+    stop_after: raise ``Interrupted`` after this many micro-steps of THIS call (simulates a kill;
+    whatever was not checkpointed is lost and redone on resume, like a real kill).
+    """
+    from tqdm.auto import tqdm
+
+    if not exs:
+        raise ValueError("no training examples")
+    if cfg.cutoff > lm.arch.n_layers:
+        raise ValueError(f"cutoff {cfg.cutoff} exceeds the model's {lm.arch.n_layers} layers")
+    if cfg.cutoff < 2:
+        raise ValueError(f"cutoff {cfg.cutoff}: layer-0 values are projections of each token's own embedding and do not "
+                         f"depend on the prefix, so the gradient would be exactly 0; use cutoff >= 2")
+    model = lm.model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    run_id = {"config": asdict(cfg), "data": fingerprint(exs), "model": getattr(lm, "name", "")}
+    prefix = torch.nn.Parameter(init_prefix(lm, cfg))
+    opt = torch.optim.AdamW([prefix], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, ckpt_io.warmup(cfg.warmup_steps))
+    step, history, resumed = 0, [], 0
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt and ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        if st["run_id"] != run_id:
+            diff = sorted(k for k in run_id["config"] if st["run_id"]["config"].get(k) != run_id["config"][k])
+            raise ValueError(f"checkpoint {ckpt} belongs to another run (differs in {diff or ['data/model']}); "
+                             f"use another path or delete it")
+        with torch.no_grad():
+            prefix.copy_(st["prefix"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        ckpt_io.restore_rng(st["rng"])
+        step, history, resumed = st["step"], st["history"], st["step"]
+
+    def save():
+        if ckpt:
+            ckpt_io.save_atomic(ckpt, {"run_id": run_id, "prefix": prefix.detach().clone(), "optimizer": opt.state_dict(),
+                         "scheduler": sched.state_dict(), "step": step, "history": history,
+                         "rng": ckpt_io.rng_state()})
+
+    n, total = len(exs), cfg.epochs * len(exs)
+    bar = tqdm(total=total, initial=step, disable=not progress, desc=f"train {cfg.init}")
+    done_here, acc_loss, acc_n = 0, 0.0, 0
+    # a checkpoint is only written at an optimizer-step boundary, so the accumulators start empty
+    while step < total:
+        epoch, pos = divmod(step, n)
+        ex = exs[_order(n, cfg.seed, epoch)[pos]]
+        loss = hybrid_nll(lm, ex, cfg.cutoff, prefix_embeds=prefix).mean()
+        (loss / cfg.grad_accum).backward()
+        acc_loss, acc_n = acc_loss + float(loss.detach()), acc_n + 1
+        step += 1
+        done_here += 1
+        bar.update(1)
+        if acc_n == cfg.grad_accum or step == total:
+            if acc_n < cfg.grad_accum:  # a short last group: rescale so every step averages its losses
+                prefix.grad.mul_(cfg.grad_accum / acc_n)
+            gn = float(torch.nn.utils.clip_grad_norm_([prefix], cfg.clip))
+            lr = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            history.append({"opt_step": len(history) + 1, "micro_step": step, "epoch": epoch, "loss": acc_loss / acc_n,
+                            "grad_norm": gn, "prefix_norm": float(prefix.detach().norm(dim=-1).mean()), "lr": lr})
+            acc_loss, acc_n = 0.0, 0
+            if len(history) % cfg.checkpoint_every == 0 or step == total:
+                save()
+        if stop_after is not None and done_here >= stop_after and step < total:
+            bar.close()
+            raise Interrupted(f"stopped after {done_here} micro-steps (step {step}/{total})")
+    bar.close()
+    return TrainResult(prefix.detach().clone(), history, resumed, run_id)
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(lm, exs: list[Example], cutoff: int, *, static_ids, soft: dict[str, torch.Tensor], batch_size: int = 16) -> list[dict]:
+    """Rows: bare, vel_static (token prefix) and one ``vel_soft_<name>`` per learned prefix, per example."""
+    rows = []
+    for ex in exs:
+        bare = bare_cache(lm, ex)
+        caches = {"bare": bare, "vel_static": hybrid(bare, primed_cache(lm, ex, prefix_ids=static_ids), cutoff)}
+        for name, s in soft.items():
+            caches[f"vel_soft_{name}"] = hybrid(bare, primed_cache(lm, ex, prefix_embeds=s), cutoff)
+        names = list(caches)
+        nlls = scoring.score(lm.model, [caches[k] for k in names], [list(ex.prompt_ids)] * len(names),
+                             [list(ex.answer_ids)] * len(names), batch_size=batch_size)
+        for k, t in zip(names, nlls):
+            rows.append({"sample_id": ex.sample_id, "condition": k, "n_doc_tokens": len(ex.doc_ids),
+                         "n_answer_tokens": len(ex.answer_ids), "token_nlls": [round(float(x), 6) for x in t],
+                         "nll": float(t.mean())})
+    return rows
+
+
+def nearest_tokens(lm, prefix: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
+    """For each prefix vector, the ``k`` vocabulary tokens with the highest cosine to it."""
+    w = lm.model.get_input_embeddings().weight.detach().float()
+    p = prefix.detach().float().to(w.device)
+    cos = torch.nn.functional.normalize(p, dim=-1) @ torch.nn.functional.normalize(w, dim=-1).T  # (P, V)
+    top = cos.topk(k, dim=-1)
+    return [[(lm.tokenizer.decode([int(i)]), round(float(c), 4)) for c, i in zip(cs, ix)]
+            for cs, ix in zip(top.values, top.indices)]
+
+
+# ----------------------------------------------------------------------------- notebook helpers
+def load_splits(dataset: str, n_train: int, n_eval: int, *, train_split: str = "", eval_split: str = "", seed: int = 42,
+                source: str | None = None, **limits):
+    """Training and evaluation samples that share no sample (id or query+passage); synthetic uses seeds seed / seed+1."""
+    from lib.data import load_samples
+
+    synth = dataset == "synthetic"
+    tr = load_samples(dataset, n_train, split=None if synth else (train_split or None), source=source, seed=seed, **limits)
+    ev = load_samples(dataset, n_eval, split=None if synth else (eval_split or None), source=source, seed=seed + 1, **limits)
+    shared = {s.id for s in tr.samples} & {s.id for s in ev.samples}
+    shared |= {s.id for s in ev.samples if (s.query, s.passage) in {(t.query, t.passage) for t in tr.samples}}
+    if shared:
+        raise ValueError(f"{len(shared)} evaluation samples also occur in training (e.g. {sorted(shared)[:3]}); "
+                         f"use different splits (train_split={train_split!r}, eval_split={eval_split!r})")
+    return tr, ev
+
+
+
+def tensor_hash(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def run_eval(lm, exs: list[Example], store, cutoff: int, *, static_ids, soft: dict[str, torch.Tensor], wave: int = 8,
+             batch_size: int = 16, progress: bool = True) -> list[dict]:
+    """``evaluate`` every example not yet complete in ``store``, ``wave`` at a time (resumable)."""
+    from lib.lab.runs import run_waves
+
+    names = ["bare", "vel_static", *[f"vel_soft_{k}" for k in soft]]
+    by = {e.sample_id: e for e in exs}
+    return run_waves(store, list(by), names, lambda ids: evaluate(lm, [by[i] for i in ids], cutoff, static_ids=static_ids,
+                                                                   soft=soft, batch_size=batch_size),
+                     wave=wave, progress=progress, desc="eval")
