@@ -39,7 +39,8 @@ def test_matched13_design_is_token_matched(smollm2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("design", bench.DESIGNS)
+@pytest.mark.parametrize("design", ["exp01"])  # matched13's 13-encoding design cost 54 s of CI here: `python -m
+# lib.tools.bench --design matched13` prints its own agreement; test_matched13_design_is_token_matched checks its items
 def test_reference_loop_agrees_with_engine(smollm2, design):
     items = bench.design_items(smollm2, design, 2)
     ref = bench.reference_loop(smollm2, items)

@@ -107,7 +107,7 @@ def test_jupyterlab_server_runs_exp01_smoke_through_its_kernel(tmp_path):
         session = srv.api("/api/sessions", "POST", {"path": NB, "type": "notebook", "name": Path(NB).name,
                                                     "kernel": {"name": kernel}})
         kid = session["kernel"]["id"]
-        params = {"SMOKE": True, "DATASET": "synthetic", "N_SAMPLES": 6, "N_BOOT": 50, "CHUNK": 3,
+        params = {"SMOKE": True, "DATASET": "synthetic", "N_SAMPLES": 6, "N_BOOT": 50, "CHUNK": 3, "N_DISTRACTORS": 1,
                   "OUT_DIR": str(tmp_path / "exp01"), "PROGRESS": True}
         cells = []
         for c in nb.cells:

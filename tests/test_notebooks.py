@@ -96,7 +96,7 @@ def _papermill(out_dir: Path, n: int, log: Path) -> subprocess.Popen:
     source = _squad_fixture(out_dir.parent / "squad_fixture.json")
     cmd = [sys.executable, "-m", "papermill", str(nb), str(out_dir / "executed.ipynb"), "-p", "SMOKE", "True",
            "-p", "N_SAMPLES", str(n), "-p", "OUT_DIR", str(out_dir), "-p", "PROGRESS", "False", "-p", "CHUNK", "2",
-           "-p", "N_BOOT", "200", "-p", "DATA_SOURCE", str(source), "-p", "N_DISTRACTORS", "2"]
+           "-p", "N_BOOT", "200", "-p", "DATA_SOURCE", str(source), "-p", "N_DISTRACTORS", "1"]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -107,7 +107,7 @@ def _rows(out_dir: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_papermill_smoke_run_and_resume_after_kill(tmp_path):
-    n = 12
+    n = 8
     ref_dir, cut_dir = tmp_path / "uninterrupted", tmp_path / "interrupted"
     for d in (ref_dir, cut_dir):
         d.mkdir()
@@ -144,7 +144,7 @@ def test_papermill_smoke_run_and_resume_after_kill(tmp_path):
         for k in ("distractor_samples", "distractor_nlls", "margin", "gold_rank"):
             assert r[k] == by_key[(r["sample_id"], r["condition"])][k], k
     disc = json.loads((cut_dir / "results.json").read_text())["summary"]["discrimination"]
-    assert disc["n_distractors"] == [2] and {c["label"] for c in disc["comparisons"]} >= {"D_trunc_oracle vs A_bare (margin)"}
+    assert disc["n_distractors"] == [1] and {c["label"] for c in disc["comparisons"]} >= {"D_trunc_oracle vs A_bare (margin)"}
     assert all("entropy_gap" in c and "d_nll" in c for c in disc["comparisons"])
     # different parameters refuse to mix
     p = _papermill(cut_dir, n + 1, tmp_path / "mismatch.log")
@@ -156,8 +156,8 @@ def test_papermill_smoke_run_and_resume_after_kill(tmp_path):
 def test_exp02_smoke_run_writes_every_statistic(tmp_path):
     nb = ROOT / "experiments/exp02/exp02_surrogate_priming.ipynb"
     cmd = [sys.executable, "-m", "papermill", str(nb), str(tmp_path / "executed.ipynb"), "-p", "SMOKE", "True",
-           "-p", "N_SAMPLES", "12", "-p", "OUT_DIR", str(tmp_path), "-p", "PROGRESS", "False", "-p", "N_BOOT", "200",
-           "-p", "N_DISTRACTORS", "2"]
+           "-p", "N_SAMPLES", "10", "-p", "OUT_DIR", str(tmp_path), "-p", "PROGRESS", "False", "-p", "N_BOOT", "200",
+           "-p", "N_DISTRACTORS", "1"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     import json
@@ -171,9 +171,9 @@ def test_exp02_smoke_run_writes_every_statistic(tmp_path):
         assert {"d", "ci_low", "ci_high", "win_rate", "p_t", "p_holm", "p_wilcoxon"} <= set(c)
     assert set(s["ranks"]["mean_rank"]) == set(names) and abs(sum(s["ranks"]["share_best"].values()) - 1) < 1e-9
     assert len(s["hardness"]) == 5 * 7 and all("rtm_null_mean_delta" in h for h in s["hardness"])
-    assert len(_rows(tmp_path)) == 12 * 8
+    assert len(_rows(tmp_path)) == 10 * 8
     disc = s["discrimination"]
-    assert disc["n_distractors"] == [2] and [c["cond"] for c in disc["comparisons"]] == names[1:]
+    assert disc["n_distractors"] == [1] and [c["cond"] for c in disc["comparisons"]] == names[1:]
     assert all(abs(c["entropy_gap"] - (c["d_nll"] - c["d"])) < 1e-12 for c in disc["comparisons"])
     for name in ("effects.png", "mean_nll.png", "hardness_heatmap.png"):
         assert (tmp_path / name).is_file()
@@ -193,7 +193,7 @@ def _smoke(nb: str, tmp_path: Path, *params: str) -> dict:
 def test_exp04_smoke_run_writes_every_statistic(tmp_path):
     conds = "bare,random_tokens,scrambled_oracle,oracle_matched"
     r = _smoke("experiments/exp04/exp04_hard_examples_cross_dataset.ipynb", tmp_path,
-               "-p", "N_PER_DATASET", "10", "-p", "CONDITIONS", conds, "-p", "N_DISTRACTORS", "1")
+               "-p", "N_PER_DATASET", "10", "-p", "CONDITIONS", conds, "-p", "N_DISTRACTORS", "0")
     c = r["summary"]["crossdata"]
     assert set(c["datasets"]) == {"synthetic@1", "synthetic@2"} and c["pooled"]["n"] == 20
     for lab, d in c["datasets"].items():
@@ -214,7 +214,7 @@ def test_exp04_smoke_run_writes_every_statistic(tmp_path):
 def test_exp05_smoke_run_writes_every_statistic(tmp_path):
     r = _smoke("experiments/exp05/exp05_prefix_length_content.ipynb", tmp_path,
                "-p", "N_SAMPLES", "10", "-p", "LENGTHS", "8,16", "-p", "CONTENTS", "random,oracle,scrambled,kw5,kw20",
-               "-p", "N_DISTRACTORS", "1")
+               "-p", "N_DISTRACTORS", "0")
     s = r["summary"]
     names = [c["name"] for c in r["config"]["conditions"]]
     assert names[0] == "bare" and len(names) == 1 + 2 * 5
@@ -236,7 +236,7 @@ def test_exp05_smoke_run_writes_every_statistic(tmp_path):
 @pytest.mark.slow
 def test_exp06_smoke_run_writes_every_statistic(tmp_path):
     r = _smoke("experiments/exp06/exp06_value_contamination.ipynb", tmp_path, "-p", "N_SAMPLES", "8", "-p", "CUTOFFS", "5,15,25",
-               "-p", "N_DISTRACTORS", "2")
+               "-p", "N_DISTRACTORS", "1")
     s = r["summary"]
     assert r["config"]["hybrids"] == ["bare", "primed", "values_only", "keys_only", "values_early_5", "values_early_15",
                                       "values_early_25", "values_late_5", "values_late_15", "values_late_25"]
@@ -246,7 +246,7 @@ def test_exp06_smoke_run_writes_every_statistic(tmp_path):
         assert b["cutoff"] in (5, 15, 25) and len(b["d_ci"]) == 2 and len(b["split_half"]) == 2
     assert {c["cond"] for c in s["comparisons"]} == set(r["config"]["hybrids"][1:])
     assert len(_rows(tmp_path)) == 8 * 10
-    assert s["discrimination"]["n_distractors"] == [2] and len(s["discrimination"]["comparisons"]) == 9
+    assert s["discrimination"]["n_distractors"] == [1] and len(s["discrimination"]["comparisons"]) == 9
     for name in ("effects.png", "cutoff_curve.png", "mean_nll.png"):
         assert (tmp_path / name).is_file()
 

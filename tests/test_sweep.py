@@ -22,7 +22,7 @@ def _grid(out_root, executor="local") -> dict:
     return {"name": "smoke", "out_root": str(out_root), "executor": executor, "parallel": 1,
             "experiments": [
                 {"notebook": EXP02, "models": ["smollm2-135m-instruct", "gemma-3-270m"], "datasets": ["synthetic"],
-                 "params": {**common, "CONDITIONS": "bare,oracle,static_fact"}},
+                 "params": {**common, "CONDITIONS": "bare,oracle,static_fact", "N_DISTRACTORS": 1}},
                 {"notebook": EXP11, "models": ["smollm2-135m-instruct"], "datasets": ["synthetic"],
                  "params": {**common, "CONDITIONS": "bare,oracle,random"}},
             ]}
