@@ -14,7 +14,6 @@ from lib.lab import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 EXP02 = "experiments/exp02/exp02_surrogate_priming.ipynb"
-EXP11 = "experiments/exp11/exp11_prefix_lm.ipynb"
 
 
 def _grid(out_root, executor="local") -> dict:
@@ -23,8 +22,6 @@ def _grid(out_root, executor="local") -> dict:
             "experiments": [
                 {"notebook": EXP02, "models": ["smollm2-135m-instruct", "gemma-3-270m"], "datasets": ["synthetic"],
                  "params": {**common, "CONDITIONS": "bare,oracle,static_fact", "N_DISTRACTORS": 1}},
-                {"notebook": EXP11, "models": ["smollm2-135m-instruct"], "datasets": ["synthetic"],
-                 "params": {**common, "CONDITIONS": "bare,oracle,random"}},
             ]}
 
 
@@ -32,11 +29,11 @@ def test_expand_builds_one_job_per_cell_and_checks_parameters(tmp_path):
     g = _grid(tmp_path)
     g["experiments"][0]["params"]["SEED"] = [1, 2]  # a list is one more axis
     jobs = sweep.expand(g)
-    assert len(jobs) == 2 * 2 + 1
+    assert len(jobs) == 2 * 2
     j = jobs[0]
     assert j.job_id == "exp02__smollm2-135m-instruct__synthetic__SEED-1"
     assert j.params["MODEL"] == "smollm2-135m-instruct" and j.params["SEED"] == 1 and j.params["OUT_DIR"] == str(tmp_path / j.job_id)
-    g["experiments"][1]["params"]["N_SAMPLE"] = 3
+    g["experiments"][0]["params"]["N_SAMPLE"] = 3
     with pytest.raises(ValueError, match="'N_SAMPLE' is not a parameter"):
         sweep.expand(g)
     with pytest.raises(ValueError, match="executor"):
@@ -97,7 +94,7 @@ def test_smoke_grid_local_kill_resume_then_submitit_then_index(tmp_path):
     assert [x["d"] for x in a["discrimination"]["comparisons"]] == [x["d"] for x in b["discrimination"]["comparisons"]]
     # 4. the index and the cross-model figure from the sweep's results
     rows = index.collect(tmp_path)
-    assert len(rows) == 4 and {r["experiment"] for r in rows} == {"exp02", "exp11"}
+    assert len(rows) == 3 and {r["experiment"] for r in rows} == {"exp02"}
     assert {r["model"] for r in rows} == {"smollm2-135m-instruct", "gemma-3-270m"} and all(r["headline"] for r in rows)
     out = index.write_index(rows, tmp_path / "INDEX.md")
     assert out.read_text().count("| exp02 |") == 3
