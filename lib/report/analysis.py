@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from lib.report import plots, stats, stats_hardness
-from lib.report.tables import discrimination_summary, nll_table
+from lib.report.discrimination import discrimination_summary
+from lib.report.tables import nll_table
 
 
 def summarize(rows: list[dict], sample_ids: list[str], names: list[str], *, ref: str = "bare",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from lib.report import stats
+from lib.report.tables import field_table
 
 
 def has_margins(rows: list[dict]) -> bool:
@@ -13,12 +14,15 @@ def has_margins(rows: list[dict]) -> bool:
 
 
 def table(rows: list[dict], names: list[str], sample_ids: list[str], field: str = "margin") -> dict[str, np.ndarray]:
-    """{condition: ``field`` array in ``sample_ids`` order}; raises if a row or its margin is missing."""
-    got = {(r["sample_id"], r["condition"]): r for r in rows}
-    missing = [(s, n) for s in sample_ids for n in names if (s, n) not in got or field not in got[(s, n)]]
-    if missing:
-        raise ValueError(f"{len(missing)} (sample, condition) items have no {field!r}, e.g. {missing[:3]}")
-    return {n: np.array([float(got[(s, n)][field]) for s in sample_ids]) for n in names}
+    """{condition: ``field`` array in ``sample_ids`` order} (``tables.field_table``; default the margin)."""
+    return field_table(rows, names, sample_ids, field)
+
+
+def discrimination_summary(rows, sample_ids, names, **kw) -> dict:
+    """``{"discrimination": discrimination(...)}`` when the rows carry margins, else ``{}``."""
+    if not has_margins([r for r in rows if r["condition"] in names]):
+        return {}
+    return {"discrimination": discrimination(rows, sample_ids, names, **kw)}
 
 
 def discrimination(rows: list[dict], sample_ids: list[str], names: list[str], *, ref: str | None = None,

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lib.kv import encode as enc_mod
-from lib.report.tables import discrimination_summary, nll_table
+from lib.report.discrimination import discrimination_summary
+from lib.report.tables import nll_table
 
 PROMPT_QUERY = "\n\nQuestion: {query}\nAnswer:"
 PROMPT_NO_QUERY = "\n\nAnswer:"

@@ -85,7 +85,7 @@ def reanalyse(folder) -> dict:
         ref = old.get("reference", "bare")
         new = analysis.summarize(rows, ids, names, ref=ref, **kw)
         nll = nll_table(rows, names, ids)
-        new.update(_derived(exp, old, nll, names, cfg, kw))
+        new.update(_derived(exp, old, nll, names, cfg, kw, new["comparisons"]))
         recomputed = sorted(new)
         summary = {**old, **new}
     res["summary"] = summary
@@ -97,8 +97,9 @@ def reanalyse(folder) -> dict:
     return res
 
 
-def _derived(exp: str, old: dict, nll: dict, names: list[str], cfg: dict, kw: dict) -> dict:
-    """The experiment-specific tables its notebook derives from the NLLs."""
+def _derived(exp: str, old: dict, nll: dict, names: list[str], cfg: dict, kw: dict, comps: list[dict]) -> dict:
+    """The experiment-specific tables its notebook derives from the NLLs and from ``comps`` (the
+    comparisons vs the reference that ``analysis.summarize`` just computed, reused, not recomputed)."""
     atol, n_boot, seed, primary = kw["atol"], kw["n_boot"], kw["seed"], kw["primary_test"]
     out = {}
     if exp == "exp03":
@@ -113,8 +114,6 @@ def _derived(exp: str, old: dict, nll: dict, names: list[str], cfg: dict, kw: di
         from lib.studies import prefixlen
 
         lengths, contents = prefixlen.parse_lengths(cfg["LENGTHS"]), prefixlen.parse_contents(cfg["CONTENTS"])
-        comps = stats.compare_conditions(nll, "bare", [n for n in names if n != "bare"], n_boot=n_boot, seed=seed,
-                                         atol=atol, primary_test=primary)
         out["length_curves"] = prefixlen.curves(comps, contents, lengths)
         out["decomposition"] = prefixlen.decompose(nll, contents, lengths, n_boot=n_boot, seed=seed, atol=atol)
         out["keyword_density"] = prefixlen.density(nll, contents, lengths, n_boot=n_boot, seed=seed, atol=atol,
@@ -123,8 +122,6 @@ def _derived(exp: str, old: dict, nll: dict, names: list[str], cfg: dict, kw: di
         from lib.studies import contamination
 
         cutoffs = sorted({int(n.rsplit("_", 1)[1]) for n in names if n.startswith("values_early_")})
-        comps = stats.compare_conditions(nll, "bare", [n for n in names if n != "bare"], n_boot=n_boot, seed=seed,
-                                         atol=atol, primary_test=primary)
         out["cutoff_curve"] = contamination.cutoff_curve(comps, cutoffs)
         out["best_cutoff"] = {fam: contamination.best_cutoff(nll, cutoffs, fam, n_boot=n_boot, seed=seed, atol=atol)
                               for fam in ("early", "late")}
