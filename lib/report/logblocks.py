@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from lib.report import verdicts
+from lib.report import blockkinds, verdicts
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"(<!-- RUN-BLOCK (\S+) -->\n)(.*?)(<!-- /RUN-BLOCK -->)", re.S)
@@ -153,11 +153,23 @@ def _dci(r: dict) -> str:
 
 
 def render(run: str, results_root: Path | None = None) -> str:
-    """The block body for ``run`` (a path like ``results/exp01_x``, relative to the repo root)."""
-    path = (results_root or ROOT) / run / "results.json"
+    """The block body for ``run``: a run folder like ``results/exp01_x`` (its results.json) or a JSON file
+    like ``results/bench/exp01_<model>.json``, relative to the repo root. exp08, exp12 and benchmark
+    files get their own tables (``lib.report.blockkinds``)."""
+    folder = (results_root or ROOT) / run
+    path = folder if run.endswith(".json") else folder / "results.json"
     if not path.is_file():
         raise FileNotFoundError(f"RUN-BLOCK names {run!r} but {path} does not exist")
     r = json.loads(path.read_text())
+    k = blockkinds.kind(r)
+    if k == "bench":
+        return "\n".join(blockkinds.bench(run, r)) + "\n"
+    if k == "probe":
+        return "\n".join(blockkinds.probe(run, r)) + "\n"
+    if k == "reachability":
+        return "\n".join(blockkinds.reachability(run, folder, r)) + "\n"
+    if k == "latent":
+        return "\n".join(blockkinds.latent(run, folder, r)) + "\n"
     s = r.get("summary", {})
     lines = [_identity(run, r), ""]
     if "mean_nll" in s:

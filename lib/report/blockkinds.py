@@ -1,0 +1,233 @@
+"""RUN-BLOCK bodies for the runs whose results are not paired NLL comparisons: exp08 (reachability),
+exp12 (latent prefixes) and the engine benchmark (``results/bench/*.json``).
+
+``lib.report.logblocks.render`` picks one of these by the file's shape; each reads only the run's
+own files (results.json, the per-part ``metrics.json`` of exp08, the ``per_item.csv`` that exp12's
+results.json names) so every number in the block is a number in those files or a statistic of them.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lib.report import stats, verdicts
+
+
+def _f(x, fmt: str) -> str:
+    return "n/a" if x is None or x != x else format(x, fmt)
+
+
+def _commit(prov: dict) -> str:
+    return (prov.get("commit") or "?")[:8] + ("+dirty" if prov.get("dirty") else "")
+
+
+def kind(r: dict) -> str | None:
+    """"reachability", "latent", "bench" or None (an ordinary comparisons run)."""
+    if "interpretation" in r and ("headline" in r or "headline" in r.get("summary", {})):
+        return "reachability"
+    if "by_condition" in r.get("summary", {}):
+        return "latent"
+    if "design" in r and "speedup" in r:
+        return "bench"
+    if "relative_mse_at_step" in r:
+        return "probe"
+    return None
+
+
+# exp08 ---------------------------------------------------------------------------------------------
+
+PART_NAMES = {"1": "1 real", "2a": "2a matched Gaussian", "2b": "2b raw Gaussian", "3": "3 interpolation",
+              "4": "4 dimension replacement"}
+
+
+def reachability(run: str, folder: Path, r: dict) -> list[str]:
+    cfg, prov = r.get("config", {}), r.get("provenance", {})
+    s = r.get("summary", r)
+    parts = {}
+    for p in sorted(folder.glob("part*/metrics.json")):
+        m = json.loads(p.read_text())
+        parts[str(m["part"])] = m["summary"]
+    if not parts:
+        raise FileNotFoundError(f"{folder}: no part*/metrics.json (exp08 writes one per part)")
+    text = cfg.get("TEXT", "?")
+    kind_ = "pipeline check (synthetic text)" if text == "synthetic" else "real text"
+    ext = r.get("extension") or s.get("extension") or {}
+    out = [f"`{run}/results.json` and `part*/metrics.json`; model {cfg.get('MODEL', '?')} ({cfg.get('DTYPE', '?')}); "
+           f"text {text}; {kind_}; residual {cfg.get('RESIDUAL', '?')}; lr {cfg.get('LR', '?')}; "
+           f"steps run {r.get('steps_run', ext.get('steps_run', '?'))} (STEPS {cfg.get('STEPS', '?')}, MAX_STEPS "
+           f"{cfg.get('MAX_STEPS', '?')}); commit {_commit(prov)}; {(prov.get('date') or '?')[:10]}.", ""]
+    if ext:
+        out += [f"Extension rule: {ext.get('rule', '?')}. Measured median relative drop {_f(ext.get('median_relative_drop'), '.3f')}, "
+                f"{_f(100 * ext['share_falling'] if 'share_falling' in ext else None, '.0f')}% of targets still falling "
+                f"-> {ext.get('steps_run', '?')} steps.", ""]
+    out += ["| part | targets | restarts | steps | median initial MSE | median final MSE | median relative MSE (q25-q75) | "
+            "reached | mean cosine |", "|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(parts, key=lambda k: list(PART_NAMES).index(k) if k in PART_NAMES else 99):
+        p = parts[key]
+        rel, cos = p["relative_mse"], p.get("cosine_by_position", {}).get("mean")
+        reached = round(p["share_reached"] * p["n_targets"])
+        out.append(f"| {PART_NAMES.get(key, key)} | {p['n_targets']} | {p['restarts']} | {p['steps']} | "
+                   f"{_f(p['initial_mse']['median'], '.3f')} | {_f(p['final_mse']['median'], '.3f')} | "
+                   f"{_f(rel['median'], '.3f')} ({_f(rel['q25'], '.3f')}-{_f(rel['q75'], '.3f')}) | {reached}/{p['n_targets']} | "
+                   f"{_f(float(np.mean(cos)) if cos else None, '.3f')} |")
+    by_label = r.get("by_label") or s.get("by_label") or {}
+    for key, what in (("3", "alpha"), ("4", "f")):
+        if by_label.get(key):
+            out += ["", f"Part {key}, median relative MSE by {what} (targets per {what}): " + ", ".join(
+                f"{k}: {_f(v['median_relative_mse'], '.3f')} ({v['n']})" for k, v in by_label[key].items()) + "."]
+    table = r.get("interpretation") or s.get("interpretation") or []
+    if table:
+        out += ["", "The design's interpretation table, each row tested on the medians above:", "",
+                "| observation | measured | holds |", "|---|---|---|"]
+        out += [f"| {t['observation']} | {t['measured']} | {'yes' if t['holds'] else 'no'} |" for t in table]
+    return out
+
+
+def probe(run: str, r: dict) -> list[str]:
+    """exp08's long part-1 probe (``lib.studies.reachability.probe part1-long``): relative MSE by step."""
+    prov = r.get("provenance", {})
+    at = r["relative_mse_at_step"]
+    n = len(next(iter(at.values())))
+    reach = (r.get("summary") or {}).get("threshold", {}).get("reach_frac")
+    out = [f"`{run}`: {r.get('what', '?')}; {_f(float(r['seconds']) if 'seconds' in r else None, '.0f')} s; "
+           f"commit {_commit(prov)}; {(prov.get('date') or '?')[:10]}.", "",
+           "| step | " + " | ".join(f"target {i}" for i in range(n)) + " |", "|---|" + "---|" * n]
+    out += [f"| {step} | " + " | ".join(_f(v, '.3f') for v in vals) + " |"
+            for step, vals in sorted(at.items(), key=lambda kv: int(kv[0]))]
+    if reach is not None:
+        reached = sum(t["reached"] for t in r["summary"].get("targets", []))
+        out += ["", f"Reached (relative MSE <= {reach}) by the last step: {reached} of {n}."]
+    return out
+
+
+# exp12 ---------------------------------------------------------------------------------------------
+
+LATENT_COLUMNS = (("em", "EM", ".3f"), ("f1", "F1", ".3f"), ("nll_per_token", "NLL/token", ".3f"),
+                  ("first_tok_at1", "FirstTok@1", ".3f"), ("first_tok_at5", "FirstTok@5", ".3f"),
+                  ("distinct_first_tokens", "distinct first tokens", "d"), ("compression_tokens", "compression (tokens)", ".1f"),
+                  ("compression_bytes", "compression (bytes)", ".3f"))
+
+
+def per_token_nll(per_item: Path) -> dict[int, dict[str, dict[str, float]]]:
+    """{M: {condition: {sample_id: nll_sum / n_tokens}}} from an exp12 per_item.csv (M 0 holds text and replay)."""
+    out: dict = {}
+    with open(per_item, newline="") as fh:
+        for row in csv.DictReader(fh):
+            out.setdefault(int(row["m"]), {}).setdefault(row["condition"], {})[row["sample_id"]] = (
+                float(row["nll_sum"]) / int(row["n_tokens"]))
+    return out
+
+
+def latent_comparisons(by_m: dict, *, n_boot: int = 2000, atol: float | None = None) -> dict[int, list[dict]]:
+    """Per M, the paired comparisons of per-token answer NLL that say what the latent carries: latent vs
+    latent_other (sample-specific content), vs latent_zero (any prefix) and vs budget (the compression
+    claim), Holm within each M. Positive mean delta = the latent has the lower NLL."""
+    out = {}
+    for m, conds in sorted(by_m.items()):
+        if m == 0 or "latent" not in conds:
+            continue
+        ids = sorted(conds["latent"])
+        nll = {"latent": [conds["latent"][i] for i in ids]}
+        refs = [c for c in ("latent_other", "latent_zero", "budget") if c in conds]
+        for c in refs:
+            missing = set(ids) - set(conds[c])
+            if missing:
+                raise ValueError(f"M={m}: condition {c!r} lacks samples {sorted(missing)[:3]} that 'latent' has")
+            nll[c] = [conds[c][i] for i in ids]
+        out[m] = stats.compare_conditions(nll, None, pairs=[(c, "latent") for c in refs], n_boot=n_boot, atol=atol)
+    return out
+
+
+def latent(run: str, folder: Path, r: dict) -> list[str]:
+    cfg, prov, data = r.get("config", {}), r.get("provenance", {}), r.get("data", {})
+    ev, tr = data.get("eval", {}), data.get("train", {})
+    name = ev.get("name", cfg.get("DATASET", "?"))
+    kind_ = "pipeline check (synthetic data)" if name == "synthetic" else "real data"
+    out = [f"`{run}/results.json`; model {cfg.get('MODEL', '?')} ({cfg.get('DTYPE', '?')}); data {name}: train "
+           f"{tr.get('n_samples', '?')}, evaluation {ev.get('n_samples', '?')}; {kind_}; M {cfg.get('M_LIST', '?')}; "
+           f"ENC_LAYER {cfg.get('ENC_LAYER', '?')}; KD_WEIGHT {cfg.get('KD_WEIGHT', '?')}; {cfg.get('EPOCHS', '?')} epochs "
+           f"of batch {cfg.get('BATCH_SIZE', '?')}; commit {_commit(prov)}; {(prov.get('date') or '?')[:10]}.", ""]
+    out += ["| condition | M | n | " + " | ".join(c[1] for c in LATENT_COLUMNS) + " |",
+            "|---|---|---|" + "---|" * len(LATENT_COLUMNS)]
+    for row in sorted(r["summary"]["by_condition"], key=lambda x: (x["m"], x["condition"])):
+        out.append(f"| {row['condition']} | {row['m'] or '-'} | {row['n']} | " + " | ".join(
+            _f(row.get(k), fmt) for k, _, fmt in LATENT_COLUMNS) + " |")
+    gap = r["summary"].get("replay_vs_text_max_nll_gap")
+    if gap is not None:
+        out += ["", f"Replay (the prompt's own embeddings through the soft-prefix path) vs text: max |NLL gap| "
+                f"{_f(gap, '.2e')} nats."]
+    training = r.get("training") or {}
+    last = []
+    for m, t in sorted(training.items(), key=lambda kv: int(kv[0])):
+        hist = t.get("history") or []
+        if hist:
+            tail = [h["loss"] for h in hist[-10:] if "loss" in h]
+            if tail:
+                last.append(f"M={m} {np.mean(tail):.3f} ({len(hist)} steps)")
+    if last:
+        out += ["", "Mean training loss over the last 10 optimizer steps: " + ", ".join(last) + "."]
+    csv_name = r.get("per_item_csv") or "per_item.csv"
+    path = folder / Path(csv_name).name
+    if path.is_file():
+        comps = latent_comparisons(per_token_nll(path))
+        for m, rows in comps.items():
+            out += ["", f"M={m}, per-sample answer NLL per token, latent vs each reference (positive = the latent is better; "
+                    f"Holm within M):", "",
+                    "| comparison | mean delta, nats/token [95% CI] | % of ref [95% CI] | d [95% CI] | win | Holm p (t) | "
+                    "Holm p (Wilcoxon) | verdict |", "|---|---|---|---|---|---|---|---|"]
+            for c in rows:
+                out.append(f"| {c['label']} | {_f(c['mean_delta'], '+.4f')} [{_f(c['mean_delta_ci_low'], '+.4f')}, "
+                           f"{_f(c['mean_delta_ci_high'], '+.4f')}] | {_f(c['pct_of_ref'], '+.2f')} [{_f(c['pct_ci_low'], '+.2f')}, "
+                           f"{_f(c['pct_ci_high'], '+.2f')}] | {_f(c['d'], '+.3f')} [{_f(c['ci_low'], '+.3f')}, "
+                           f"{_f(c['ci_high'], '+.3f')}] | {_f(c['win_rate'], '.2f')} | {_f(c['p_holm'], '.2g')} | "
+                           f"{_f(c['p_holm_wilcoxon'], '.2g')} | {verdicts.verdict(c)} |")
+    return out
+
+
+# engine benchmark ------------------------------------------------------------------------------------
+
+def _mem(v) -> float | None:
+    """GiB: a plain peak, or the ``peak_bytes`` of ``lib.tools.bench_memory`` (already above the warmed model)."""
+    if isinstance(v, dict):
+        return v["peak_bytes"] / 2 ** 30
+    return v / 2 ** 30 if v else None
+
+
+def _gflops(x) -> str:
+    return f"{x / 1e9:.1f} GFLOP/s" if x else "n/a"
+
+
+def _warm(mem: dict) -> float | None:
+    v = mem.get("engine_at_memory_n")
+    return v["warmup_bytes"] / 2 ** 30 if isinstance(v, dict) else None
+
+
+def bench(run: str, r: dict) -> list[str]:
+    prov = r.get("provenance", {})
+    rate = "pairs_per_s" if "pairs_per_s" in r else "items_per_s"
+    unit = rate.split("_")[0]
+    ref = next(k for k in r[rate] if k != "engine")
+    mem = r.get("peak_memory_bytes") or {}
+    above = any(isinstance(v, dict) for v in mem.values())
+    out = [f"`{run}`; design {r['design']}; model {r.get('model', '?')} ({r.get('dtype', '?')}, {r.get('device', '?')}, "
+           f"{r.get('threads', '?')} threads); {r.get('n_samples', '?')} samples, {r.get('n_pairs', r.get('n_items', '?'))} "
+           f"{unit}; reference path `{ref}`; best of {r.get('repeats', '?')} repeats; commit {_commit(prov)}; "
+           f"{(prov.get('date') or '?')[:10]}.", "",
+           f"| reference {unit}/s | engine {unit}/s | ratio | max dNLL | agreement | matmul peak | engine useful FLOP/s | "
+           f"of peak | peak memory{' above the warm model' if above else ''}, reference / engine |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    peak, useful = r.get("matmul_peak_flops"), r.get("engine_useful_flops_per_s")
+    frac = r.get("engine_useful_fraction_of_peak")
+    out.append(f"| {_f(r[rate][ref], '.2f')} | {_f(r[rate]['engine'], '.2f')} | {_f(r['speedup'], '.2f')}x | "
+               f"{_f(r.get('max_abs_nll_diff'), '.1e')} | {'ok' if r.get('nll_agreement_ok') else 'FAILED'} | "
+               f"{_gflops(peak)} | {_gflops(useful)} | "
+               f"{_f(100 * frac if frac is not None else None, '.0f')}{'%' if frac is not None else ''} | "
+               f"{_f(_mem(mem.get(ref)), '.2f')} / {_f(_mem(mem.get('engine')), '.2f')} GiB |")
+    if r.get("memory_n"):
+        out += ["", f"Memory run: n={r['memory_n']} samples under mem_budget_gb {r.get('mem_budget_gb')} (+{r.get('overhead_gb')} "
+                f"GiB overhead): peak {_f(_mem(mem.get('engine_at_memory_n')), '.2f')} GiB above the warm model "
+                f"(the warm-up, {_f(_warm(mem), '.2f')} GiB, counted with the model)."]
+    return out

@@ -1,0 +1,91 @@
+"""RUN-BLOCKs for exp08, exp12 and the benchmark: numbers come from the run's files, statistics are right
+on data with a known answer."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from lib.report import blockkinds, logblocks
+
+
+def _exp12_run(tmp_path, shift: float, n: int = 30):
+    run = tmp_path / "results" / "exp12_x"
+    run.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        base = 3.0 + rng.normal()
+        for cond, nll in (("latent", base), ("latent_other", base + shift), ("latent_zero", base + 2.0 + 0.1 * rng.normal()),
+                          ("budget", base + 1.0 + 0.1 * rng.normal())):
+            rows.append({"sample_id": f"s{i}", "condition": cond, "m": 4, "nll_sum": nll * 5, "n_tokens": 5})
+        rows.append({"sample_id": f"s{i}", "condition": "text", "m": 0, "nll_sum": 5.0, "n_tokens": 5})
+    with open(run / "per_item.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    by = [{"condition": c, "m": m, "n": n, "em": 0.0, "f1": 0.1, "nll_per_token": 3.0, "first_tok_at1": 0.2,
+           "first_tok_at5": 0.4, "distinct_first_tokens": 3, "compression_tokens": 24.0, "compression_bytes": 0.1}
+          for c, m in (("text", 0), ("latent", 4), ("latent_other", 4), ("latent_zero", 4), ("budget", 4))]
+    (run / "results.json").write_text(json.dumps({
+        "config": {"MODEL": "m", "DTYPE": "float32", "M_LIST": "4"}, "provenance": {"commit": "abc", "dirty": False},
+        "data": {"eval": {"name": "squad_v1.1", "n_samples": n}, "train": {"name": "squad_v1.1", "n_samples": 100}},
+        "summary": {"by_condition": by, "replay_vs_text_max_nll_gap": 0.0}, "per_item_csv": "per_item.csv",
+        "training": {"4": {"history": [{"loss": 5.0}] * 12}}}))
+    return "results/exp12_x"
+
+
+def test_exp12_block_tests_own_latent_against_other_sample_latent(tmp_path):
+    text = logblocks.render(_exp12_run(tmp_path, shift=0.5), tmp_path)
+    assert "real data" in text and "| latent | 4 | 30 |" in text
+    row = next(l for l in text.splitlines() if l.startswith("| latent vs latent_other |"))
+    assert row.startswith("| latent vs latent_other | +0.5000 [+0.5000, +0.5000]") and row.endswith("| better |")
+    assert "M=4 5.000 (12 steps)" in text
+    null = logblocks.render(_exp12_run(tmp_path / "b", shift=0.0), tmp_path / "b")
+    assert next(l for l in null.splitlines() if l.startswith("| latent vs latent_other |")).endswith("| null |")
+
+
+def test_exp12_missing_samples_are_an_error():
+    by_m = {4: {"latent": {"a": 1.0, "b": 2.0}, "latent_other": {"a": 1.0}}}
+    with pytest.raises(ValueError, match="latent_other.*'b'"):
+        blockkinds.latent_comparisons(by_m)
+
+
+def _part(folder, key, rel, n=4):
+    folder.mkdir(parents=True)
+    s = {"n_targets": n, "restarts": 2, "steps": 20, "share_reached": 0.25,
+         "initial_mse": {"median": 4.0}, "final_mse": {"median": 4.0 * rel},
+         "relative_mse": {"median": rel, "q25": rel / 2, "q75": rel * 2}, "cosine_by_position": {"mean": [0.5, 0.7]}}
+    (folder / "metrics.json").write_text(json.dumps({"part": key, "summary": s}))
+
+
+def test_exp08_block_reads_every_part(tmp_path):
+    run = tmp_path / "results" / "exp08_x"
+    _part(run / "part1_real", "1", 0.1)
+    _part(run / "part2b_raw", "2b", 0.5)
+    (run / "results.json").write_text(json.dumps({
+        "config": {"MODEL": "m", "TEXT": "wiki", "STEPS": 10, "MAX_STEPS": 20}, "provenance": {"commit": "abc"},
+        "steps_run": 20, "headline": {}, "by_label": {"3": {"0.5": {"n": 2, "median_relative_mse": 0.3}}},
+        "interpretation": [{"observation": "Exp 1 all converge to ~0", "measured": "x", "holds": False}]}))
+    text = logblocks.render("results/exp08_x", tmp_path)
+    lines = text.splitlines()
+    assert "| 1 real | 4 | 2 | 20 | 4.000 | 0.400 | 0.100 (0.050-0.200) | 1/4 | 0.600 |" in lines
+    assert any(l.startswith("| 2b raw Gaussian | 4 |") for l in lines)
+    assert "real text" in text and "0.5: 0.300 (2)" in text and "| Exp 1 all converge to ~0 | x | no |" in lines
+    empty = tmp_path / "results" / "exp08_empty"
+    empty.mkdir()
+    (empty / "results.json").write_text((run / "results.json").read_text())
+    with pytest.raises(FileNotFoundError, match="metrics.json"):
+        logblocks.render("results/exp08_empty", tmp_path)
+
+
+def test_bench_block_shows_ratio_and_agreement(tmp_path):
+    path = tmp_path / "results" / "bench" / "d.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({
+        "design": "exp01", "model": "m", "n_samples": 4, "n_pairs": 20, "pairs_per_s": {"reference": 2.0, "engine": 7.0},
+        "speedup": 3.5, "max_abs_nll_diff": 2e-5, "nll_agreement_ok": False, "matmul_peak_flops": 2e11,
+        "engine_useful_flops_per_s": 1.5e11, "engine_useful_fraction_of_peak": 0.75,
+        "peak_memory_bytes": {"reference": 2 ** 30, "engine": 2 ** 31}}))
+    text = logblocks.render("results/bench/d.json", tmp_path)
+    assert "| 2.00 | 7.00 | 3.50x | 2.0e-05 | FAILED | 200.0 GFLOP/s | 150.0 GFLOP/s | 75% | 1.00 / 2.00 GiB |" in text
