@@ -26,11 +26,20 @@ exp01: setup
 	mkdir -p results/exp01
 	$(PYTHON) -m papermill $(NB) results/exp01/exp01_back_to_basics.executed.ipynb -k directed-kv -p SMOKE True -p PROGRESS False
 
+# Two pytest workers with one thread each (papermill kernels inherit it): on 2 cores this takes about
+# 60% of the serial suite's time, because most of a notebook test is single-threaded start-up
+# (kernel, imports, model load). TEST_WORKERS=0 runs serially with torch's default threads.
+TEST_WORKERS ?= 2
+PYTEST := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+ifeq ($(TEST_WORKERS),0)
+PYTEST := $(PYTHON) -m pytest -q
+endif
+
 test: models
-	$(PYTHON) -m pytest -q tests
+	$(PYTEST) tests
 
 test-fast: setup
-	$(PYTHON) -m pytest -q tests -m "not slow"
+	$(PYTEST) tests -m "not slow"
 
 notebooks:
 	for b in builders/build_*.py; do $(PYTHON) $$b; done
