@@ -10,7 +10,7 @@ from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_no
 
 OUT = ROOT / "experiments" / "exp05" / "exp05_prefix_length_content.ipynb"
 CONTENTS = ("random,repeat,oracle,scrambled,extractor,scrambled_extractor,first_sentence,scrambled_first_sentence,"
-            "kw5,kw10,kw20")
+            "kw5,kw10,kw20,kw5_other,kw10_other,kw20_other")
 
 PARAMS = [
     *common.model_params("google/gemma-3-12b-it", "bfloat16", "ms_marco", 400),

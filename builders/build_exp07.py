@@ -12,8 +12,10 @@ from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_no
 OUT = ROOT / "experiments" / "exp07" / "exp07_soft_surrogates.ipynb"
 
 PARAMS = [
-    *[replace(p, default=True) if p.name == "LOAD_IN_4BIT" else p
+    *[replace(p, default=True) if p.name == "LOAD_IN_4BIT" else replace(p, default=300) if p.name == "MAX_PASSAGE_WORDS" else p
       for p in common.model_params("google/gemma-3-4b-it", "bfloat16", "ms_marco", 0) if p.name not in ("N_SAMPLES", "SPLIT")],
+    Param("QUERY_PROMPT", str, "\nQuery: {query}\nAnswer:", "query template scored after the document (the seed's; the other "
+          "experiments use lib.studies.priming.PROMPT_QUERY)"),
     Param("TRAIN_SPLIT", str, "train", "split for training (ignored by synthetic, which uses seed SEED)"),
     Param("EVAL_SPLIT", str, "validation", "split for evaluation (synthetic: seed SEED+1)"),
     Param("N_TRAIN", int, 2000, "training samples"),
@@ -37,7 +39,7 @@ PARAMS = [
     Param("OUT_DIR", str, "results/exp07", "results folder, relative to the repo root"),
     *common.TAIL,
 ]
-SMOKE = {**common.SMOKE, "LOAD_IN_4BIT": False, "N_TRAIN": 16, "N_EVAL": 16, "EPOCHS": 1, "WARMUP_STEPS": 2,
+SMOKE = {**common.SMOKE, "LOAD_IN_4BIT": False, "MAX_PASSAGE_WORDS": 150, "N_TRAIN": 16, "N_EVAL": 16, "EPOCHS": 1, "WARMUP_STEPS": 2,
          "CUTOFF": 15, "CHECKPOINT_EVERY": 2}
 
 CELLS = [
@@ -74,8 +76,8 @@ CELLS = [
         static_ids = contamination.prefix_ids(lm.tokenizer, PREFIX)
         prefix_len = len(static_ids)
         print(f"{PREFIX!r} -> {prefix_len} tokens {lm.tokenizer.convert_ids_to_tokens(static_ids)}; cutoff {CUTOFF} of {lm.arch.n_layers} layers")
-        train_exs = soft.examples(lm, train_data.samples, prefix_len)
-        eval_exs = soft.examples(lm, eval_data.samples, prefix_len)
+        train_exs = soft.examples(lm, train_data.samples, prefix_len, prompt_query=QUERY_PROMPT)
+        eval_exs = soft.examples(lm, eval_data.samples, prefix_len, prompt_query=QUERY_PROMPT)
     """),
     md("## Training\nResumable: a rerun continues from the last checkpoint (or returns the finished prefix)."),
     code("""
@@ -104,7 +106,7 @@ CELLS = [
 
         prefixes = {k: r.prefix for k, r in trained.items()}
         names = ["bare", "vel_static", *[f"vel_soft_{k}" for k in prefixes]]
-        store_cfg = {**priming.store_config(CONFIG, lm, conditions=()), "static_ids": static_ids,
+        store_cfg = {**priming.store_config(CONFIG, lm, conditions=()), "prompt_query": QUERY_PROMPT, "static_ids": static_ids,
                      "prefix_sha": {k: soft.tensor_hash(v) for k, v in prefixes.items()}}
         store = RunStore(ROOT / OUT_DIR / "_store", store_cfg, fresh=FRESH)
         rows = soft.run_eval(lm, eval_exs, store, CUTOFF, static_ids=static_ids, soft=prefixes, wave=CHUNK,
@@ -133,6 +135,15 @@ CELLS = [
         show.table(summary["pairwise"], title="pairwise")
         show.table(summary["hardness"], keys=("bin", "cond"), columns=["d", "excess_delta"], title="hardness (excess over a uniform effect + regression to the mean)")
     """),
+    md("## The seed's success criteria\nJudged on the 95% CI of d vs bare: met (CI above the threshold), not met (below), "
+       "undecided (spans it). The seed's reference values come from other runs on Gemma 3 4B-IT with MS MARCO: context, not a test."),
+    code("""
+        summary["success_criteria"] = soft.success_verdicts(summary["comparisons"])
+        summary["seed_reference"] = list(soft.SEED_REFERENCE)
+        show.table(summary["success_criteria"], keys=("criterion", "cond", "threshold"), columns=["d", "ci_low", "ci_high", "verdict"],
+                   title="success criteria (seed exp25)")
+        show.table(summary["seed_reference"], keys=("source", "condition"), columns=["d"], title="seed reference values")
+    """),
     md("## What the learned vectors are near\nCosine to every input embedding; position i of the prefix vs the static token at i."),
     code("""
         for k in prefixes:
@@ -148,7 +159,9 @@ CELLS = [
         title = f"exp07 {MODEL} {DATASET} train={len(train_exs)} eval={len(ids)} cutoff={CUTOFF}"
         figs = [plots.plot_training_curves({k: r.history for k, r in trained.items()}, ROOT / OUT_DIR / "training_curves.png", title=title),
                 plots.plot_soft_eval(summary["comparisons"], nll, summary["hardness"], "bare", ROOT / OUT_DIR / "evaluation.png",
-                                     title=title, pair=("vel_static", "vel_soft_fact"))]
+                                     title=title, pair=("vel_static", "vel_soft_fact"),
+                                     reference_d={"seed Exp 21 values_early": 0.227, "seed primary target": 0.25}),
+                plots.plot_delta_histograms(nll, "bare", names[1:], ROOT / OUT_DIR / "delta_histograms.png", title=title)]
         show.figures(figs)
     """),
     md("## Save"),

@@ -22,6 +22,10 @@ def test_grid_names_and_lengths():
     conds = prefixlen.grid(["random", "scrambled", "kw10"], [8, 32])
     assert [c.name for c in conds] == ["bare", "random_L8", "scrambled_L8", "kw10_L8", "random_L32", "scrambled_L32", "kw10_L32"]
     assert conds[2].scramble and conds[2].source == "query" and conds[6].length == 32
+    other = prefixlen.grid(["random", "kw5_other"], [8])[2]  # wrong-document keywords (the seed's kw*_other)
+    assert (other.name, other.source, other.length, other.scramble) == ("kw5_other_L8", "other_keywords:5", 8, False)
+    assert {"kw5_other", "kw10_other", "kw20_other"} <= set(prefixlen.parse_contents(
+        "random,kw5_other,kw10_other,kw20_other"))
 
 
 def _fake_nll(contents, lengths, n=50, seed=0):

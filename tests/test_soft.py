@@ -136,3 +136,28 @@ def test_cutoff_one_is_refused_because_layer0_values_ignore_the_prefix():
     m = build("llama")
     with pytest.raises(ValueError, match="layer-0 values"):
         soft.train(_LM(m, arch_of(m)), _exs(1), _cfg(cutoff=1))
+
+
+def test_success_verdicts_judge_the_ci_not_the_point_estimate():
+    rows = [{"cond": "vel_soft_fact", "d": 0.30, "ci_low": 0.26, "ci_high": 0.34},
+            {"cond": "vel_soft_random", "d": 0.12, "ci_low": 0.02, "ci_high": 0.22}]
+    got = {r["cond"]: r["verdict"] for r in soft.success_verdicts(rows)}
+    assert got == {"vel_soft_fact": "met", "vel_soft_random": "undecided"}
+    rows[0].update(d=0.2, ci_low=0.15, ci_high=0.24)
+    assert soft.success_verdicts(rows)[0]["verdict"] == "not met"
+    with pytest.raises(ValueError, match="vel_soft_random"):
+        soft.success_verdicts(rows[:1])
+
+
+@pytest.mark.slow
+def test_examples_use_the_given_query_template(smollm2):
+    from lib.data.core import Sample
+
+    lm = smollm2
+    s = Sample(id="a", query="who?", passage="Some passage text here.", answer="Bob")
+    seed = soft.examples(lm, [s], 3, prompt_query=soft.SEED_PROMPT)[0]
+    default = soft.examples(lm, [s], 3)[0]
+    assert list(seed.prompt_ids) == lm.tokenizer("\nQuery: who?\nAnswer:", add_special_tokens=False)["input_ids"]
+    assert seed.prompt_ids != default.prompt_ids and seed.doc_ids == default.doc_ids
+    with pytest.raises(ValueError, match="query"):
+        soft.examples(lm, [s], 3, prompt_query="no field")

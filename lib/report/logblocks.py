@@ -85,6 +85,12 @@ def _extras(s: dict) -> list[str]:
                 if "entropy_gap" in c]
         if gaps:
             out += ["", "Entropy gap d(nll) - d(margin): " + ", ".join(gaps) + "."]
+    crit = s.get("success_criteria")
+    if crit:
+        out += ["", "Seed success criteria (judged on the 95% CI of d vs bare: met / not met / undecided when the CI "
+                "spans the threshold):", "", "| criterion | condition | d > | d [95% CI] | verdict |", "|---|---|---|---|---|"]
+        out += [f"| {c['criterion']} | {c['cond']} | {_f(c['threshold'], '+.2f')} | {_f(c['d'], '+.3f')} "
+                f"[{_f(c['ci_low'], '+.3f')}, {_f(c['ci_high'], '+.3f')}] | {c['verdict']} |" for c in crit]
     for key, title in (("pairwise", "Pairwise"), ("llm_vs_generic", "Model-written surrogates vs extractor_matched")):
         if s.get(key):
             out += _comparisons(s[key], title)

@@ -32,6 +32,8 @@ CONTENTS = {
     "extractor": ("extractor", False), "scrambled_extractor": ("extractor", True),
     "first_sentence": ("first_sentence", False), "scrambled_first_sentence": ("first_sentence", True),
     "kw5": ("kw5", False), "kw10": ("kw10", False), "kw20": ("kw20", False),
+    # wrong-document keywords (the seed's kw*_other): same kind of text, another sample's document
+    "kw5_other": ("kw5_other", False), "kw10_other": ("kw10_other", False), "kw20_other": ("kw20_other", False),
 }
 SCRAMBLED_OF = {"oracle": "scrambled", "extractor": "scrambled_extractor", "first_sentence": "scrambled_first_sentence"}
 STRUCTURE = "random"

@@ -147,10 +147,14 @@ def _answer_ids(tokenizer, prompt_text: str, prompt_ids: list[int], answer: str)
     return enc_mod.tokenize(tokenizer, " " + answer), True
 
 
-def prepare(tokenizer, arch, sample, other_query: str, other_id: str, distractors=()) -> Prepared:
+def prepare(tokenizer, arch, sample, other_query: str, other_id: str, distractors=(), *,
+            prompt_query: str = PROMPT_QUERY) -> Prepared:
     """Token ids of ``sample``; ``distractors``: ``(sample id, answer)`` pairs scored beside the gold
-    answer (``lib.kv.margin``), tokenized the same way after the same prompt."""
-    q_prompt = PROMPT_QUERY.format(query=sample.query)
+    answer (``lib.kv.margin``), tokenized the same way after the same prompt. ``prompt_query``: the
+    query template (one ``{query}`` field; exp07 uses its seed's)."""
+    if prompt_query.count("{query}") != 1:
+        raise ValueError(f"prompt_query must contain '{{query}}' exactly once, got {prompt_query!r}")
+    q_prompt = prompt_query.format(query=sample.query)
     prompt_ids = {"query": enc_mod.tokenize(tokenizer, q_prompt), "no_query": enc_mod.tokenize(tokenizer, PROMPT_NO_QUERY)}
     answer_ids, answer_drift = _answer_ids(tokenizer, q_prompt, prompt_ids["query"], sample.answer)
     if not answer_ids:

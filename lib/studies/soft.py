@@ -42,13 +42,14 @@ class Example:
     answer_ids: tuple[int, ...]
 
 
-def examples(lm, samples, prefix_len: int) -> list[Example]:
-    """Examples from samples (matched tokenization as in ``priming.prepare``); documents cut to fit."""
+def examples(lm, samples, prefix_len: int, *, prompt_query: str | None = None) -> list[Example]:
+    """Examples from samples (matched tokenization as in ``priming.prepare``, with its query template
+    unless ``prompt_query`` is given); documents cut to fit."""
     from lib.studies import priming
 
     out = []
     for s in samples:
-        p = priming.prepare(lm.tokenizer, lm.arch, s, s.query, s.id)
+        p = priming.prepare(lm.tokenizer, lm.arch, s, s.query, s.id, prompt_query=prompt_query or priming.PROMPT_QUERY)
         doc, _ = enc_mod.fit_document(p.doc_ids, lm.arch, prefix_len + len(p.prompt_ids["query"]) + len(p.answer_ids))
         out.append(Example(s.id, tuple(doc), tuple(p.prompt_ids["query"]), tuple(p.answer_ids)))
     return out
@@ -286,3 +287,37 @@ def run_eval(lm, exs: list[Example], store, cutoff: int, *, static_ids, soft: di
     return run_waves(store, list(by), names, lambda ids: evaluate(lm, [by[i] for i in ids], cutoff, static_ids=static_ids,
                                                                    soft=soft, batch_size=batch_size),
                      wave=wave, progress=progress, desc="eval")
+
+
+# The seed's (exp25, Gemma 3 4B-IT, MS MARCO) reference values and success criteria, for the verdict
+# printed by the notebook. References are other runs on another model: context, not a test.
+SEED_PROMPT = "\nQuery: {query}\nAnswer:"
+SEED_REFERENCE = (
+    {"source": "seed Exp 19", "condition": "values_only (all 34 layers)", "d": 0.056},
+    {"source": "seed Exp 19", "condition": "values_early_layers (0-16)", "d": 0.211},
+    {"source": "seed Exp 21", "condition": "values_early_layers (0-15)", "d": 0.227},
+    {"source": "seed Exp 24", "condition": "static_fact @ cutoff=16", "d": 0.21},
+)
+SUCCESS_CRITERIA = (
+    {"criterion": "primary", "cond": "vel_soft_fact", "threshold": 0.25,
+     "question": "does the fact-initialised soft prefix beat the discrete prefix's d = +0.227 (d > +0.25)?"},
+    {"criterion": "secondary", "cond": "vel_soft_random", "threshold": 0.10,
+     "question": "does the randomly initialised soft prefix learn anything useful (d > +0.10)?"},
+)
+
+
+def success_verdicts(comparisons: list[dict], criteria=SUCCESS_CRITERIA) -> list[dict]:
+    """One row per seed criterion "d(cond vs bare) > threshold", judged on the bootstrap CI of d:
+    "met" when the whole CI is above the threshold, "not met" when it is wholly below, "undecided"
+    when it spans it (the point estimate alone decides nothing). A criterion whose condition was not
+    evaluated raises."""
+    by = {c["cond"]: c for c in comparisons}
+    out = []
+    for crit in criteria:
+        if crit["cond"] not in by:
+            raise ValueError(f"criterion {crit['criterion']!r} needs condition {crit['cond']!r}; evaluated: {sorted(by)}")
+        c = by[crit["cond"]]
+        lo, hi, t = c["ci_low"], c["ci_high"], crit["threshold"]
+        verdict = "met" if lo > t else "not met" if hi < t else "undecided"
+        out.append({**crit, "d": c["d"], "ci_low": lo, "ci_high": hi, "verdict": verdict})
+    return out
