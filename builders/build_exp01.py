@@ -21,6 +21,8 @@ PARAMS = [
     Param("MAX_PASSAGE_WORDS", int, 150, "skip passages longer than this (0: no limit)"),
     Param("SEED", int, 42, "seed for the random-query assignment, distractors, synthetic data and bootstrap"),
     Param("N_DISTRACTORS", int, 4, "other samples' answers (same kind, other articles) scored on the same cache: contrastive margin, rank, top-1 (0: off)"),
+    Param("VALUE_DRIFT_N", int, 64, "samples for the value-vector analysis (bare vs truncated-oracle values at the first, "
+          "middle and last layer; 0: off)"),
     Param("BATCH_SIZE", int, 32, "Phase B items per forward (at most)"),
     Param("CHUNK", int, 8, "samples per engine wave and store append (resume granularity)"),
     Param("MEM_BUDGET_GB", float, 2.0, "memory the engine may use for one batch (sets Phase A/B batch sizes)"),
@@ -31,7 +33,7 @@ PARAMS = [
     Param("PROGRESS", bool, True, "show a progress bar"),
     Param("SMOKE", bool, False, "small offline run: bundled SmolLM2 on synthetic QA (a knob given with -p keeps its value)"),
 ]
-SMOKE = {"MODEL": "smollm2-135m-instruct", "LOAD_IN_4BIT": False, "DATASET": "squad_v1.1", "N_SAMPLES": 48}
+SMOKE = {"MODEL": "smollm2-135m-instruct", "LOAD_IN_4BIT": False, "DATASET": "squad_v1.1", "N_SAMPLES": 48, "VALUE_DRIFT_N": 8}
 
 CELLS = [
     stamp("builders/build_exp01.py", "Exp 01: back to basics (five cache conditions)", """
@@ -102,6 +104,16 @@ CELLS = [
         show.table(summary["comparisons"], title="paired comparisons (delta = first - second named; positive: second is lower)")
         print("\\n".join(summary["diagnosis"]))
         show.discrimination(summary)
+    """),
+    md("## Value vectors (the seed's Cell 15)\nHow far the truncated-oracle cache's document values are from the bare cache's, "
+       "entry by entry (the seed compared entries one position apart). Layer 0 must agree: a value there depends only on its token."),
+    code("""
+        from lib.studies import valuedrift
+
+        if VALUE_DRIFT_N:
+            summary["value_drift"] = valuedrift.summarize(valuedrift.drift_samples(lm, samples, VALUE_DRIFT_N), n_boot=N_BOOT, seed=SEED)
+            show.table(summary["value_drift"], keys=("layer", "n"), columns=["cosine", "cosine_ci", "l2", "rel_l2", "rel_l2_ci"],
+                       title="document values, truncated oracle vs bare")
     """),
     md("## Figures"),
     code("""

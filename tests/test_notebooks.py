@@ -96,7 +96,8 @@ def _papermill(out_dir: Path, n: int, log: Path) -> subprocess.Popen:
     source = _squad_fixture(out_dir.parent / "squad_fixture.json")
     cmd = [sys.executable, "-m", "papermill", str(nb), str(out_dir / "executed.ipynb"), "-p", "SMOKE", "True",
            "-p", "N_SAMPLES", str(n), "-p", "OUT_DIR", str(out_dir), "-p", "PROGRESS", "False", "-p", "CHUNK", "2",
-           "-p", "N_BOOT", "200", "-p", "DATA_SOURCE", str(source), "-p", "N_DISTRACTORS", "1"]
+           "-p", "N_BOOT", "200", "-p", "DATA_SOURCE", str(source), "-p", "N_DISTRACTORS", "1",
+           "-p", "VALUE_DRIFT_N", "2"]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -116,6 +117,9 @@ def test_papermill_smoke_run_and_resume_after_kill(tmp_path):
     assert p.wait(timeout=600) == 0, (tmp_path / "ref.log").read_text()[-3000:]
     for name in ("results.json", "per_item.csv", "effects.png", "delta_hist.png", "executed.ipynb"):
         assert (ref_dir / name).is_file(), name
+    vd = json.loads((ref_dir / "results.json").read_text())["summary"]["value_drift"]
+    assert [v["layer"] for v in vd] == [0, 15, 29] and all(v["n"] == 2 for v in vd)
+    assert abs(vd[0]["cosine"] - 1) < 1e-5 and vd[0]["rel_l2"] < 1e-4 and vd[1]["rel_l2"] > 1e-3  # layer 0: the oracle
     data = json.loads((ref_dir / "results.json").read_text())["data"]
     assert data["name"] == "squad_v1.1" and data["n_samples"] == n and len(data["content_sha256"]) == 64
     assert data["provenance"]["sha256"] == registry.sha256_file(tmp_path / "squad_fixture.json")

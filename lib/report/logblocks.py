@@ -85,6 +85,12 @@ def _extras(s: dict) -> list[str]:
                 if "entropy_gap" in c]
         if gaps:
             out += ["", "Entropy gap d(nll) - d(margin): " + ", ".join(gaps) + "."]
+    vd = s.get("value_drift")
+    if vd:
+        out += ["", "Document value vectors, truncated oracle vs bare, entry by entry (mean over samples [95% CI]):", "",
+                "| layer | n | cosine | L2 | relative L2 |", "|---|---|---|---|---|"]
+        out += [f"| {v['layer']} | {v['n']} | {_ci(v, 'cosine', 'cosine_ci', '.4f')} | {_ci(v, 'l2', 'l2_ci', '.3f')} | "
+                f"{_ci(v, 'rel_l2', 'rel_l2_ci', '.4f')} |" for v in vd]
     crit = s.get("success_criteria")
     if crit:
         out += ["", "Seed success criteria (judged on the 95% CI of d vs bare: met / not met / undecided when the CI "

@@ -354,7 +354,8 @@ def cache_lengths(lm, sample, other_query: str) -> dict[str, int]:
     return out
 
 
-RUNTIME_KNOBS = ("BATCH_SIZE", "CHUNK", "MEM_BUDGET_GB", "OUT_DIR", "FRESH", "SMOKE", "N_BOOT", "PROGRESS", "PRIMARY_TEST")
+RUNTIME_KNOBS = ("BATCH_SIZE", "CHUNK", "MEM_BUDGET_GB", "OUT_DIR", "FRESH", "SMOKE", "N_BOOT", "PROGRESS", "PRIMARY_TEST",
+                 "VALUE_DRIFT_N")  # knobs that change no stored row
 
 
 def store_config(params: dict, lm, conditions=EXP01_CONDITIONS) -> dict:
