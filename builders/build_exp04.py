@@ -100,6 +100,10 @@ CELLS = [
         for subset in ("all", "hard_heldout", "hard_naive"):
             show.table(cross["pooled"][subset]["semantic"], title=f"pooled, {subset}: semantic delta (vs random_tokens)")
             show.table(cross["pooled"][subset]["vs_bare"], title=f"pooled, {subset}: vs bare")
+        llm = [{"dataset": lab, **row} for lab, r in [*cross["datasets"].items(), ("pooled", cross["pooled"])]
+               for row in r["all"].get("llm_vs_generic", [])]
+        if llm:
+            show.table(llm, keys=("dataset", "label"), title="model-written surrogates vs extractor_matched, per data set (all samples)")
         print("\\nsign consistency of the semantic delta across data sets (held-out hard subsets):")
         for x in cross["sign_consistency_hard_heldout"]:
             print(f"  {x['cond']:20s} +{x['n_positive']} / -{x['n_negative']}  consistent={x['consistent']}  pooled d={x['pooled_d']:+.3f}")

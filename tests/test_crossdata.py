@@ -135,3 +135,23 @@ def test_load_real_schemas_from_local_files():
     for lab, data in datas.items():
         assert len(data.samples) == 2 and all(s.id.startswith(f"{lab}/") for s in data.samples)
         assert all(s.meta["dataset_label"] == lab for s in data.samples)
+
+
+def test_llm_vs_generic_per_data_set_finds_a_known_effect_in_one_set_only():
+    rng = np.random.default_rng(1)
+    names = ["bare", "random_tokens", "extractor_matched", "llm_extract", "llm_question"]
+    nll_by_ds, feats = {}, {}
+    for lab, gain in (("a", 0.3), ("b", 0.0)):
+        base = rng.normal(3.0, 0.5, 60)
+        gen = base - 0.1 + rng.normal(0, 0.05, 60)
+        nll_by_ds[lab] = {"bare": base, "random_tokens": base + rng.normal(0, 0.05, 60), "extractor_matched": gen,
+                          "llm_extract": gen - gain + rng.normal(0, 0.05, 60), "llm_question": gen + rng.normal(0, 0.05, 60)}
+        feats[lab] = rng.normal(size=(60, len(crossdata.FEATURES)))
+    out = crossdata.analyse(nll_by_ds, feats, names, n_boot=200)
+    rows = {lab: {r["cond"]: r for r in out["datasets"][lab]["all"]["llm_vs_generic"]} for lab in ("a", "b")}
+    assert set(rows["a"]) == {"llm_extract", "llm_question"} and rows["a"]["llm_extract"]["ref"] == "extractor_matched"
+    assert rows["a"]["llm_extract"]["mean_delta"] == pytest.approx(0.3, abs=0.03) and rows["a"]["llm_extract"]["p_holm"] < 1e-6
+    assert abs(rows["b"]["llm_extract"]["mean_delta"]) < 0.03 and rows["b"]["llm_extract"]["p_holm"] > 0.01
+    assert "llm_vs_generic" in out["pooled"]["all"]
+    without = crossdata.analyse(nll_by_ds, feats, names[:2] + names[3:], n_boot=50)  # no generic: no test
+    assert "llm_vs_generic" not in without["datasets"]["a"]["all"]

@@ -152,6 +152,10 @@ def _extras(s: dict) -> list[str]:
             if subset in pooled:
                 out += _comparisons(pooled[subset]["semantic"], f"Semantic delta (NLL(random_tokens) - NLL(condition)), "
                                                                 f"{subset}, pooled N={pooled[subset].get('n', '?')}")
+        for lab, r in [*cd.get("datasets", {}).items(), ("pooled", pooled)]:
+            if r.get("all", {}).get("llm_vs_generic"):
+                out += _comparisons(r["all"]["llm_vs_generic"], f"Model-written surrogates vs extractor_matched, {lab}, "
+                                                                f"all samples (N={r['all'].get('n', '?')})")
     return out
 
 

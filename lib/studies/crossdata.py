@@ -157,9 +157,14 @@ def _sub(nll: dict, mask: np.ndarray) -> dict:
     return {k: v[mask] for k, v in nll.items()}
 
 
+GENERIC = "extractor_matched"  # the seed's per-data-set test: model-written surrogates vs this generic one
+LLM_CONDITIONS = ("llm_extract", "llm_question", "llm_summarize")
+
+
 def subset_stats(nll: dict, names: list[str], *, ref: str = "bare", semantic_ref: str = SEMANTIC_REF,
                  n_boot: int = 2000, seed: int = 0, atol: float | None = None, primary_test: str = "t") -> dict:
-    """Semantic delta (vs ``semantic_ref``) and d vs ``ref`` for every other condition, Holm within each family."""
+    """Semantic delta (vs ``semantic_ref``) and d vs ``ref`` for every other condition, Holm within each family;
+    ``llm_vs_generic``: each model-written surrogate vs ``extractor_matched`` (when the run has them)."""
     if semantic_ref not in names:
         raise ValueError(f"the semantic delta needs condition {semantic_ref!r}; the run has {names}")
     sem = [c for c in names if c not in (ref, semantic_ref)]
@@ -170,6 +175,10 @@ def subset_stats(nll: dict, names: list[str], *, ref: str = "bare", semantic_ref
         return out
     out["semantic"] = stats.compare_conditions(nll, semantic_ref, sem, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
     out["vs_bare"] = stats.compare_conditions(nll, ref, [c for c in names if c != ref], n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
+    pairs = [(GENERIC, c) for c in LLM_CONDITIONS if c in names] if GENERIC in names else []
+    if pairs:
+        out["llm_vs_generic"] = stats.compare_conditions(nll, None, pairs=pairs, n_boot=n_boot, seed=seed, atol=atol,
+                                                         primary_test=primary_test)
     return out
 
 
