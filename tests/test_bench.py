@@ -69,3 +69,22 @@ def test_many8_design_and_paths_agree(smollm2):
     assert max(float((a - b).abs().max()) for a, b in zip(ref, got)) <= 1e-4
     with pytest.raises(ValueError, match="n_candidates"):
         bench_memory.design_items(smollm2, 2, n_candidates=3)
+
+
+def test_exp07train_bench_agrees_and_reports(monkeypatch):
+    """The training benchmark's two paths train the same prefix (tiny Gemma 3; no timing is asserted)."""
+    import numpy as np
+
+    from lib.studies.soft import Example
+    from lib.tools import bench_train
+    from tiny import arch_of, build
+
+    m = build("gemma3")
+    lm = SimpleNamespace(model=m, arch=arch_of(m), name="tiny")
+    rng = np.random.default_rng(0)
+    exs = [Example(f"s{i}", tuple(int(x) for x in rng.integers(3, 120, 12)), (4, 5, 6), (7, 8)) for i in range(3)]
+    monkeypatch.setattr("lib.tools.bench.matmul_peak", lambda device, dtype: 1e9)
+    monkeypatch.setattr(bench_train, "useful_flops", lambda lm, exs, cutoff, epochs: 1e6)  # needs a full ArchInfo
+    res = bench_train.bench_train(lm, epochs=2, cutoff=3, repeats=1, exs=exs)
+    assert res["agreement_ok"] and res["max_abs_prefix_diff"] < 1e-6 and res["micro_steps"] == 6 and res["cutoff"] == 3
+    assert "ratio" in bench_train.report(res)

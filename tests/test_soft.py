@@ -161,3 +161,51 @@ def test_examples_use_the_given_query_template(smollm2):
     assert seed.prompt_ids != default.prompt_ids and seed.doc_ids == default.doc_ids
     with pytest.raises(ValueError, match="query"):
         soft.examples(lm, [s], 3, prompt_query="no field")
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "gemma3_mm", "neox"])
+def test_early_stopped_phase_a_equals_the_full_forward_on_its_layers(kind):
+    from lib.kv import encode as enc_mod
+
+    m = build(kind)
+    arch = arch_of(m)
+    doc, pre = list(range(10, 40)), [5, 6, 7]
+    full, _ = enc_mod.encode_full(m, arch, doc, pre)
+    for k in (1, 2, arch.n_layers):
+        part, _ = enc_mod.encode_full(m, arch, doc, pre, n_layers=k)
+        assert part.n_layers == k
+        assert all(torch.equal(a, b) for a, b in zip(part.keys, full.keys[:k]))
+        assert all(torch.equal(a, b) for a, b in zip(part.values, full.values[:k]))
+    with pytest.raises(ValueError, match="n_layers"):
+        enc_mod.encode_full(m, arch, doc, pre, n_layers=arch.n_layers + 1)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_fast_hybrid_equals_the_spliced_full_primed_cache(kind):
+    m = build(kind)
+    lm = _LM(m, arch_of(m))
+    ex = _exs(2)[1]
+    bare = soft.bare_cache(lm, ex)
+    emb = _embed(lm, [5, 6, 7])
+    for cutoff in (1, 3, lm.arch.n_layers):
+        slow = soft.hybrid(bare, soft.primed_cache(lm, ex, prefix_embeds=emb), cutoff)
+        fast = soft.hybrid_from_values(bare, soft.primed_values(lm, ex, cutoff, prefix_embeds=emb))
+        assert all(torch.equal(a, b) for a, b in zip(slow.values, fast.values))
+        assert all(torch.equal(a, b) for a, b in zip(slow.keys, fast.keys))
+        assert torch.equal(slow.positions, fast.positions)
+
+
+def test_fast_training_follows_the_reference_trajectory():
+    m = build("gemma3")
+    lm = _LM(m, arch_of(m))
+    exs = _exs(5)
+    cfg = _cfg(cutoff=3, epochs=2)
+    ref = soft.train(lm, exs, cfg, fast=False, bare_cache_gb=0)
+    got = soft.train(lm, exs, cfg)  # early-stopped primed forward, bare caches reused across epochs
+    assert [h["loss"] for h in got.history] == pytest.approx([h["loss"] for h in ref.history], rel=1e-5)
+    assert torch.allclose(got.prefix, ref.prefix, rtol=1e-5, atol=1e-7)
+    cached = soft.BareCaches(lm, 1.0)
+    a, b = cached.get(0, exs[0]), cached.get(0, exs[0])
+    assert a is b and (cached.hits, cached.misses) == (1, 1)
+    none = soft.BareCaches(lm, 0)
+    assert none.get(0, exs[0]) is not none.get(0, exs[0])

@@ -87,6 +87,21 @@ def _embed(model, ids: torch.Tensor) -> torch.Tensor:
     return model.get_input_embeddings()(ids)
 
 
+class _StopForward(Exception):
+    """Raised by the hook ``encode_full(n_layers=...)`` puts after the last layer it needs."""
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The decoder's layer list (``base_model.layers``, or ``base_model.language_model.layers`` for
+    multimodal wrappers such as Gemma 3's)."""
+    base = model.base_model
+    for obj in (base, getattr(base, "language_model", None)):
+        layers = getattr(obj, "layers", None)
+        if isinstance(layers, torch.nn.ModuleList):
+            return layers
+    raise ValueError(f"{type(model).__name__}: no decoder layer list at base_model.layers or base_model.language_model.layers")
+
+
 def encode_full(
     model,
     arch,
@@ -95,8 +110,14 @@ def encode_full(
     *,
     prefix_embeds: torch.Tensor | None = None,
     condition: str = "",
+    n_layers: int | None = None,
 ) -> tuple[kv.DocCache, Encoded]:
     """Phase A forward of ``[anchor] + prefix + doc``; the cache keeps every entry at its position.
+
+    n_layers: run only the first ``n_layers`` decoder layers (the forward stops once the last of them
+      has written its cache entries); the returned cache holds those layers only, with exactly the
+      tensors a full forward computes there. For callers that use early-layer entries only (exp07's
+      values below a cutoff).
 
     prefix_embeds: (P, hidden) soft prefix in the input-embedding space. The forward tracks
       gradients only when ``prefix_embeds.requires_grad`` (and grad mode is on); otherwise it runs
@@ -116,6 +137,35 @@ def encode_full(
     mask = torch.ones(1, n, dtype=torch.long, device=dev)
     past = DynamicCache()
     track = prefix_embeds is not None and prefix_embeds.requires_grad and torch.is_grad_enabled()
+    hook = None
+    if n_layers is not None:
+        layers = decoder_layers(model)
+        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= len(layers):
+            raise ValueError(f"n_layers must be an int in [1, {len(layers)}], got {n_layers!r}")
+        if n_layers < len(layers):
+            def stop(*_):
+                raise _StopForward
+            hook = layers[n_layers - 1].register_forward_hook(stop)
+    try:
+        _forward(model, enc, prefix_embeds, dev, mask, positions, past, track)
+    except _StopForward:
+        pass
+    finally:
+        if hook is not None:
+            hook.remove()
+    if n_layers is not None and len(past.layers) != n_layers:
+        raise RuntimeError(f"expected {n_layers} cached layers after the early stop, got {len(past.layers)}")
+    meta = {
+        "condition": condition,
+        "n_anchor": enc.n_anchor,
+        "n_prefix": enc.n_prefix,
+        "n_doc": enc.n_doc,
+        "soft_prefix": prefix_embeds is not None,
+    }
+    return kv.from_model_cache(past, positions, meta), enc
+
+
+def _forward(model, enc: Encoded, prefix_embeds, dev, mask, positions, past, track: bool) -> None:
     with torch.set_grad_enabled(track):
         if prefix_embeds is None:
             ids = torch.tensor([enc.input_ids], device=dev)
@@ -127,14 +177,6 @@ def encode_full(
             soft = prefix_embeds.to(dtype=tail.dtype, device=dev)[None]
             embeds = torch.cat([head, soft, tail], dim=1)
             model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
-    meta = {
-        "condition": condition,
-        "n_anchor": enc.n_anchor,
-        "n_prefix": enc.n_prefix,
-        "n_doc": enc.n_doc,
-        "soft_prefix": prefix_embeds is not None,
-    }
-    return kv.from_model_cache(past, positions, meta), enc
 
 
 def shape(full: kv.DocCache, enc: Encoded, arch, *, keep_prefix: bool = False, compact: bool = True) -> kv.DocCache:

@@ -104,12 +104,64 @@ def hybrid(bare: kv.DocCache, primed: kv.DocCache, cutoff: int) -> kv.DocCache:
     return kv.splice(bare, primed, range(cutoff), values=True)
 
 
+def primed_values(lm, ex: Example, cutoff: int, *, prefix_embeds: torch.Tensor | None = None,
+                  prefix_ids=None) -> tuple[torch.Tensor, ...]:
+    """The primed cache's values at layers < ``cutoff``, prefix entries dropped: the only part of the
+    primed cache the hybrid uses. The forward stops after layer ``cutoff - 1``
+    (``encode_full(n_layers=cutoff)``) and values carry no RoPE, so dropping the prefix is a plain
+    selection; the tensors equal ``primed_cache(...).values[:cutoff]`` (tested)."""
+    full, enc = enc_mod.encode_full(lm.model, lm.arch, list(ex.doc_ids), list(prefix_ids) if prefix_ids else None,
+                                    prefix_embeds=prefix_embeds, n_layers=cutoff)
+    keep = torch.as_tensor(enc.keep_index(False), dtype=torch.long, device=full.values[0].device)
+    return tuple(v.index_select(2, keep) for v in full.values)
+
+
+def hybrid_from_values(bare: kv.DocCache, values: tuple[torch.Tensor, ...]) -> kv.DocCache:
+    """Bare keys; ``values`` at layers < len(values); bare values above (``hybrid`` without the full primed cache)."""
+    cutoff = len(values)
+    if not 1 <= cutoff <= bare.n_layers:
+        raise ValueError(f"cutoff {cutoff} must be in [1, {bare.n_layers}] for a {bare.n_layers}-layer model")
+    if any(v.shape != b.shape for v, b in zip(values, bare.values)):
+        raise ValueError(f"primed values {tuple(values[0].shape)} do not match the bare cache's {tuple(bare.values[0].shape)}")
+    return kv.DocCache(bare.keys, tuple(values) + tuple(bare.values[cutoff:]), bare.positions,
+                       {**bare.meta, "spliced_layers": list(range(cutoff)), "spliced": "values"})
+
+
 def hybrid_nll(lm, ex: Example, cutoff: int, *, prefix_embeds: torch.Tensor | None = None, prefix_ids=None,
-               bare: kv.DocCache | None = None) -> torch.Tensor:
-    """Per-token answer NLL through the hybrid cache (differentiable in ``prefix_embeds``)."""
+               bare: kv.DocCache | None = None, fast: bool = True) -> torch.Tensor:
+    """Per-token answer NLL through the hybrid cache (differentiable in ``prefix_embeds``).
+
+    fast: run the primed forward only through layer ``cutoff - 1`` (``primed_values``); False runs
+    every layer and splices (the reference path; same numbers, tested)."""
     bare = bare if bare is not None else bare_cache(lm, ex)
-    primed = primed_cache(lm, ex, prefix_embeds=prefix_embeds, prefix_ids=prefix_ids)
-    return scoring.score_with_grad(lm.model, hybrid(bare, primed, cutoff), list(ex.prompt_ids), list(ex.answer_ids))
+    if fast:
+        cache = hybrid_from_values(bare, primed_values(lm, ex, cutoff, prefix_embeds=prefix_embeds, prefix_ids=prefix_ids))
+    else:
+        cache = hybrid(bare, primed_cache(lm, ex, prefix_embeds=prefix_embeds, prefix_ids=prefix_ids), cutoff)
+    return scoring.score_with_grad(lm.model, cache, list(ex.prompt_ids), list(ex.answer_ids))
+
+
+class BareCaches:
+    """Bare caches of training examples, computed once and kept while they fit in ``budget_gb``
+    (the bare cache does not depend on the prefix, so every step and epoch can reuse it); examples
+    past the budget are recomputed at each use. ``budget_gb=0`` keeps none (the reference path)."""
+
+    def __init__(self, lm, budget_gb: float):
+        if not budget_gb >= 0:
+            raise ValueError(f"budget_gb must be >= 0, got {budget_gb!r}")
+        self.lm, self.budget, self.used, self.kept = lm, int(budget_gb * 2 ** 30), 0, {}
+        self.hits = self.misses = 0
+
+    def get(self, i: int, ex: Example) -> kv.DocCache:
+        if i in self.kept:
+            self.hits += 1
+            return self.kept[i]
+        self.misses += 1
+        c = bare_cache(self.lm, ex)
+        size = sum(t.numel() * t.element_size() for t in (*c.keys, *c.values))
+        if self.used + size <= self.budget:
+            self.kept[i], self.used = c, self.used + size
+        return c
 
 
 def init_prefix(lm, cfg: TrainConfig) -> torch.Tensor:
@@ -149,11 +201,16 @@ class Interrupted(RuntimeError):
 
 
 def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | None = None, *,
-          progress: bool = False, stop_after: int | None = None) -> TrainResult:
+          progress: bool = False, stop_after: int | None = None, fast: bool = True,
+          bare_cache_gb: float = 2.0) -> TrainResult:
     """Train a soft prefix (see the module docstring); resumes from ``checkpoint`` when it exists.
 
     stop_after: raise ``Interrupted`` after this many micro-steps of THIS call (simulates a kill;
     whatever was not checkpointed is lost and redone on resume, like a real kill).
+    fast: the primed forward stops after layer ``cutoff - 1`` (``hybrid_nll(fast=True)``);
+    bare_cache_gb: memory for bare caches reused across steps and epochs (``BareCaches``). Neither
+    changes a number (the trajectory equals ``fast=False, bare_cache_gb=0``; tested), so neither is
+    part of the run's identity and a checkpoint resumes under either setting.
     """
     from tqdm.auto import tqdm
 
@@ -193,13 +250,14 @@ def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | Non
                          "rng": ckpt_io.rng_state()})
 
     n, total = len(exs), cfg.epochs * len(exs)
+    bares = BareCaches(lm, bare_cache_gb)
     bar = tqdm(total=total, initial=step, disable=not progress, desc=f"train {cfg.init}")
     done_here, acc_loss, acc_n = 0, 0.0, 0
     # a checkpoint is only written at an optimizer-step boundary, so the accumulators start empty
     while step < total:
         epoch, pos = divmod(step, n)
-        ex = exs[_order(n, cfg.seed, epoch)[pos]]
-        loss = hybrid_nll(lm, ex, cfg.cutoff, prefix_embeds=prefix).mean()
+        i = _order(n, cfg.seed, epoch)[pos]
+        loss = hybrid_nll(lm, exs[i], cfg.cutoff, prefix_embeds=prefix, bare=bares.get(i, exs[i]), fast=fast).mean()
         (loss / cfg.grad_accum).backward()
         acc_loss, acc_n = acc_loss + float(loss.detach()), acc_n + 1
         step += 1

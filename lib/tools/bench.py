@@ -3,6 +3,7 @@
     python -m lib.tools.bench                      # both designs on the bundled SmolLM2 (CPU: about 4 min)
     python -m lib.tools.bench --design exp01 --model gemma-3-270m --n 8
     python -m lib.tools.bench --design many8 --model gemma-3-270m --n 12 --memory-n 120   # lib/tools/bench_memory.py
+    python -m lib.tools.bench --design exp07train --model gemma-3-270m --n 8             # lib/tools/bench_train.py
 
 The reference loop does what the seed notebooks did, with this repo's correct kernels (so its
 NLLs are comparable): per sample and per condition one Phase A forward of the full LM (logits
@@ -313,7 +314,9 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m lib.tools.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--design", default="both", choices=DESIGNS + ("both", "many8"), help="many8: lib/tools/bench_memory.py")
+    ap.add_argument("--design", default="both", choices=DESIGNS + ("both", "many8", "exp07train"),
+                    help="many8: lib/tools/bench_memory.py; exp07train: lib/tools/bench_train.py")
+    ap.add_argument("--cutoff", type=int, default=None, help="exp07train: value cutoff (default: the seed's 16/34 ratio)")
     ap.add_argument("--n", type=int, default=None, help="samples (default: 10 for exp01, 4 for matched13)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--mem-budget-gb", type=float, default=2.0)
@@ -329,8 +332,14 @@ def main(argv=None) -> int:
     out = Path(args.out)
     ok = True
     for design in (DESIGNS if args.design == "both" else (args.design,)):
-        n = args.n or {"exp01": 10, "matched13": 4, "many8": 12}[design]
-        if design == "many8":
+        n = args.n or {"exp01": 10, "matched13": 4, "many8": 12, "exp07train": 8}[design]
+        if design == "exp07train":
+            from lib.tools import bench_train
+
+            res = bench_train.bench_train(lm, n, cutoff=args.cutoff, repeats=args.repeats)
+            print(bench_train.report(res), flush=True)
+            res["nll_agreement_ok"] = res["agreement_ok"]
+        elif design == "many8":
             from lib.tools import bench_memory
 
             res = bench_memory.bench(lm, n, args.repeats, args.mem_budget_gb, args.memory_n, memory=not args.no_memory)
