@@ -11,17 +11,19 @@ from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_no
 OUT = ROOT / "experiments" / "exp09" / "exp09_encdec_enrichment.ipynb"
 
 PARAMS = [
-    Param("MODEL", str, "google/flan-t5-xl", "hub id or folder of an encoder-decoder (flan-t5-base/large/xl, facebook/bart-large, a T5Gemma), or random-t5-tiny / random-bart-tiny"),
+    Param("MODEL", str, "google/t5gemma-2-4b-4b", "hub id or folder of an encoder-decoder (the seed's T5Gemma 2 4B-4B; google/flan-t5-base/large/xl, facebook/bart-large), or random-t5-tiny / random-bart-tiny"),
     Param("DTYPE", str, "auto", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16"),
     *[p for p in common.model_params("", "auto", "ms_marco", 500) if p.name not in ("MODEL", "LOAD_IN_4BIT", "DTYPE")],
-    Param("ENC_CONDITIONS", str, "bare,oracle,random,kw5,kw10,template,first_sentence", "encoder-side conditions (bare first); each prefix is hidden from the decoder"),
-    Param("LENGTH_CONTROL", bool, True, "add bare__rq and oracle__rq (Q random decoder tokens): the 2x3 length-vs-semantics design"),
-    Param("ATTN_PROBE", bool, True, "record the cross- vs self-attention output share at answer positions"),
+    Param("ENC_CONDITIONS", str, "bare,oracle,random,kw5,kw10,template,first_sentence,wrongdoc_sentence,shuffled_sentence,shuffled_wrongdoc",
+          "encoder-side conditions (bare first; the last four: the truncation-wound 2x2); each prefix is hidden from the decoder"),
+    Param("LENGTH_CONTROL", bool, True, "add bare__rq and oracle__rq (Q random decoder tokens): the 2x3 design and its length x encoder interactions"),
+    Param("ANSWER_SPLIT_WORDS", int, 5, "factoid split: answers of at most this many words are short (the seed's 5), longer ones long"),
+    Param("ATTN_PROBE", bool, True, "attention at answer positions: weight shares (eager attention) and the cross/self output-norm share"),
     *[p for p in common.RUNTIME if p.name != "MEM_BUDGET_GB"],
     Param("OUT_DIR", str, "results/exp09", "results folder, relative to the repo root"),
     *common.TAIL,
 ]
-SMOKE = {"MODEL": "random-t5-tiny", "DATASET": "synthetic", "N_SAMPLES": 16}
+SMOKE = {"MODEL": "random-t5-tiny", "DATASET": "synthetic", "N_SAMPLES": 16, "ANSWER_SPLIT_WORDS": 2}  # synthetic answers: 1-4 words
 
 CELLS = [
     stamp("builders/build_exp09.py", "Exp 09: encoder-decoder enrichment", """
@@ -29,11 +31,19 @@ CELLS = [
         the prefix positions (equal to deleting them), so only what the prefix left in the document's
         encoder states can help. Encoder conditions: `bare`, `oracle` (the query), `random` (Q random
         tokens), `kw5`, `kw10`, a fixed `template`, the `first_sentence`; each scored with the query in the
-        decoder input (`__q`) and without (`__nq`). The 2x3 control {bare, oracle} x {no query, Q random
-        decoder tokens, query} splits the decoder-query effect into a length part and a semantic part.
-        An attention probe reports the share of cross- vs self-attention output at answer positions.
-        Positive d means a LOWER answer NLL. Default model: Flan-T5-XL (T5Gemma 2 4B-4B when available);
-        `SMOKE=True` uses a RANDOM-INIT tiny T5 over the bundled tokenizer: plumbing only, no science.
+        decoder input (`__q`) and without (`__nq`). Sections, after the seed's Exps 01, 05-08:
+        - truncation wound (Exp 05): coherence x overlap, 2x2 of `first_sentence`, `wrongdoc_sentence`
+          (another article's), and their token-shuffled twins; the per-sample interaction with CI and tests;
+        - 2x3 control {bare, oracle} x {no query, Q random decoder tokens, query} (Exps 07-08): length and
+          semantic parts of the decoder-query effect, and their length x encoder interactions;
+        - factoid split (Exp 06): effects within short (<= `ANSWER_SPLIT_WORDS`) and long answers, the
+          structural fraction per answer-length bin;
+        - attention probe (Exp 07): share of attention WEIGHT on the decoder query and on the encoder prefix
+          (0 when hidden), the cross- vs self-attention budget (merged attention, T5Gemma 2), and the
+          cross/self output-norm share (separate attention: T5, BART, T5Gemma).
+        Positive d means a LOWER answer NLL. Default model: the seed's T5Gemma 2 4B-4B (Flan-T5 and BART are
+        options). `SMOKE=True` uses a RANDOM-INIT tiny T5 over the bundled tokenizer on synthetic QA:
+        plumbing only, no science (results.json says `random_init` in `provenance.run_kind`).
     """),
     parameters(PARAMS),
     setup(PARAMS, SMOKE),
@@ -73,8 +83,11 @@ CELLS = [
         summary = {"n_samples": len(ids), "mean_nll": {n: float(v.mean()) for n, v in nll.items()}}
         from lib.kv.noise import noise_atol
 
+        from lib.studies.encdec import designs
+
         summary.update(encdec.analyse(nll, rows, enc_conds, n_boot=N_BOOT, seed=SEED, atol=noise_atol(em.model.dtype),
-                                      primary_test=PRIMARY_TEST))
+                                      primary_test=PRIMARY_TEST, answer_words=designs.answer_words(samples), ids=ids,
+                                      split_words=ANSWER_SPLIT_WORDS))
         summary.update(primary_test=PRIMARY_TEST, noise_atol=noise_atol(em.model.dtype))
         for m, comps in summary["enc_effects"].items():
             show.table(comps, title=f"decoder {'with' if m == 'q' else 'without'} the query (vs bare__{m})")
@@ -82,7 +95,38 @@ CELLS = [
             lc = summary["length_control"]
             show.table([{"component": r.get("component", "total"), **r} for r in lc["components"] + lc["total"]],
                        keys=("component",), title="2x3 control")
-        print("cross-attention output share at answer positions:", {k: round(v, 3) for k, v in summary["cross_attn_share"].items()})
+    """),
+    md("## Length x encoder interaction\n`(bare__x - bare__y) - (oracle__x - oracle__y)` per sample: positive means the decoder's "
+       "query (or its length, or its meaning) helps more when the encoder saw no query (redundancy)."),
+    code("""
+        if "length_control" in summary:
+            show.table(summary["length_control"]["interactions"], keys=("label",), columns=["interaction", "interaction_ci_low",
+                       "interaction_ci_high", "pct_of_first", "d", "ci_low", "ci_high", "p_holm", "p_holm_wilcoxon"])
+    """),
+    md("## Truncation wound: coherence x overlap\nEach cell vs bare, then `(wrongdoc - first) - (shuffled_wrongdoc - shuffled)` "
+       "per sample: negative means overlap hurts more when the prefix is coherent."),
+    code("""
+        for m, tw in summary.get("truncation_wound", {}).items():
+            show.table(tw["cells"], title=f"decoder {'with' if m == 'q' else 'without'} the query: cells vs bare__{m}")
+            show.table([tw["interaction"]], keys=("label",), columns=["interaction", "interaction_ci_low", "interaction_ci_high",
+                       "d", "ci_low", "ci_high", "p_t", "p_wilcoxon"])
+    """),
+    md("## Factoid split by answer length"),
+    code("""
+        for m, fs in summary["factoid_split"].items():
+            for name, sub in fs["subsets"].items():
+                print(f"decoder {m}: {name} answers ({sub['words']} words): n={sub['n']}", sub.get("skipped", ""))
+                if "effects" in sub:
+                    show.table(sub["effects"])
+            cols = [c for c in ("n", "d_structural", "d_full", "fraction_of_d", "fraction_of_mean_benefit") if any(c in b for b in fs["bins"])]
+            show.table(fs["bins"], keys=("bin",), columns=cols,
+                       title=f"structural fraction (random vs oracle) per answer-length bin, decoder {m}")
+    """),
+    md("## Attention probe"),
+    code("""
+        probe_rows = [{"condition": c, "cross_attn_share (norms)": summary["cross_attn_share"].get(c),
+                       **{k: v.get(c) for k, v in summary["attention_weights"].items()}} for c in names]
+        show.table(probe_rows, keys=("condition",), columns=[k for k in probe_rows[0] if k != "condition"])
     """),
     md("## Figures"),
     code("""

@@ -15,15 +15,18 @@ PARAMS = [
     Param("DEC_MODEL", str, "google/gemma-3-12b-it", "decoder-only model: hub id, folder, or bundled name"),
     Param("LOAD_IN_4BIT", bool, False, "bitsandbytes nf4 for the decoder-only model (CUDA only)"),
     Param("DTYPE", str, "bfloat16", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16"),
-    Param("ENCDEC_MODEL", str, "google/flan-t5-xl", "encoder-decoder model: hub id or folder, or random-t5-tiny / random-bart-tiny"),
+    Param("ENCDEC_MODEL", str, "google/t5gemma-2-4b-4b", "encoder-decoder model: hub id or folder (the seed's T5Gemma 2 4B-4B; google/flan-t5-xl, ...), or random-t5-tiny / random-bart-tiny"),
     *[p for p in common.model_params("", "auto", "ms_marco", 200) if p.name not in ("MODEL", "LOAD_IN_4BIT", "DTYPE")],
     Param("LENGTHS", str, "0,256,512,1024,2048,4096", "document lengths in tokens (0: the natural passage); padded with unrelated passages"),
+    Param("LONG_DATASET", str, "neural_bridge", "naturally long documents on the encoder-decoder path (seed Exp 03): neural_bridge (hub), squad_v1.1_long (offline stand-in), or empty to skip"),
+    Param("LONG_SOURCE", str, "", "empty: the hub / registry copy; or a local file in the set's schema"),
+    Param("LONG_N", int, 500, "samples with naturally long documents"),
     *common.RUNTIME,
     Param("OUT_DIR", str, "results/exp10", "results folder, relative to the repo root"),
     *common.TAIL,
 ]
 SMOKE = {"DEC_MODEL": "smollm2-135m-instruct", "DTYPE": "auto", "ENCDEC_MODEL": "random-t5-tiny", "DATASET": "synthetic",
-         "N_SAMPLES": 8, "LENGTHS": "0,256,600"}
+         "N_SAMPLES": 8, "LENGTHS": "0,256,600", "LONG_DATASET": "squad_v1.1_long", "LONG_N": 6}
 
 CELLS = [
     stamp("builders/build_exp10.py", "Exp 10: document-length scaling", """
@@ -34,7 +37,11 @@ CELLS = [
         window, so documents longer than the window are exact) and on the encoder-decoder path (prefix
         hidden from cross-attention, query in the decoder). Curves: d of oracle and random vs bare, and
         oracle vs random, against the document length. Positive d means a LOWER answer NLL.
-        `SMOKE=True`: bundled SmolLM2 and a RANDOM-INIT tiny T5 (plumbing only), lengths up to 600.
+        Then naturally long documents (seed Exp 03: neural-bridge, ~600 words): `bare`, `oracle`, `random`
+        and the document-keyword surrogate `kw10`, hidden prefixes, query in the decoder, vs bare. Offline
+        stand-in: `squad_v1.1_long` (SQuAD dev questions, each with a >= 600-word block of its article).
+        Default encoder-decoder: the seed's T5Gemma 2 4B-4B. `SMOKE=True`: bundled SmolLM2 and a RANDOM-INIT
+        tiny T5 (plumbing only; `random_init` in results.json), lengths up to 600, 6 long SQuAD documents.
     """),
     parameters(PARAMS),
     setup(PARAMS, SMOKE),
@@ -102,6 +109,31 @@ CELLS = [
             all_rows += [{**r, "path": "encdec"} for r in rows]
             show.table([{"L": L, "doc_tokens": actual[L], **r} for L in lengths for r in cv[L]], keys=("L", "doc_tokens"))
             show.figures(figs[-1:])
+    """),
+    md("## Naturally long documents (encoder-decoder)"),
+    code("""
+        if LONG_DATASET:
+            if "em" not in globals():
+                em = encdec.load(ENCDEC_MODEL, dtype=DTYPE)
+            long_data = load_samples(LONG_DATASET, LONG_N, source=LONG_SOURCE or None, seed=SEED)
+            long_samples, long_ids = long_data.samples, [s.id for s in long_data.samples]
+            items = doclen.long_items(em, long_samples, seed=SEED)
+            names = [f"{c}__q" for c in doclen.LONG_CONDS]
+            store = RunStore(ROOT / OUT_DIR / "_store_long", {**encdec.store_config(CONFIG, em), "path": "long"}, fresh=FRESH)
+            rows = [r for r in encdec.run(em, items, store, wave=CHUNK, batch_size=BATCH_SIZE, attn_probe=False, progress=PROGRESS)
+                    if r["sample_id"] in set(long_ids)]
+            nll = nll_table(rows, names, long_ids)
+            words = [len(s.passage.split()) for s in long_samples]
+            summary["long_documents"] = {"data": long_data.info(), "model": em.name, "random_init": em.random_init,
+                                         "mean_passage_words": sum(words) / len(words),
+                                         "mean_doc_tokens": sum(r["n_doc_tokens"] for r in rows if r["condition"] == "bare__q") / len(long_ids),
+                                         "mean_nll": {n: float(v.mean()) for n, v in nll.items()},
+                                         **doclen.long_summary(nll, n_boot=N_BOOT, seed=SEED, atol=noise_atol(em.model.dtype), primary_test=PRIMARY_TEST)}
+            all_rows += [{**r, "path": "long"} for r in rows]
+            ld = summary["long_documents"]
+            print(f"{len(long_ids)} {LONG_DATASET} documents, mean {ld['mean_passage_words']:.0f} words / {ld['mean_doc_tokens']:.0f} tokens")
+            show.table(ld["vs_bare"], title="naturally long documents: each condition vs bare__q")
+            print("structural fraction (random / oracle):", {k: round(v, 3) for k, v in ld["structural_fraction"].items() if isinstance(v, float)})
     """),
     md("## Save"),
     code("""

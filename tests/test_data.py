@@ -13,6 +13,7 @@ MS_MARCO_WFA_TEXT = DATA / "ms_marco_v1.1_wfa_string.jsonl"
 SQUAD = DATA / "squad_v2_sample.jsonl"
 TRIVIA = DATA / "triviaqa_rc.wikipedia_sample.jsonl"
 HOTPOT = DATA / "hotpotqa_distractor_sample.jsonl"
+NEURAL_BRIDGE = DATA / "neural_bridge_rag_sample.jsonl"  # neural-bridge/rag-dataset-12000's schema
 
 
 def _meta(name, row, **extra):
@@ -242,6 +243,20 @@ def test_hotpotqa_fixture_exact_samples_and_skips():
     ]
     assert data.skipped == [("hp2", "empty_answer"), ("hp3", "supporting_title_missing"),
                             ("hp0", "duplicate_id")]
+
+
+def test_neural_bridge_fixture_ids_from_rows_skips_and_word_limits():
+    data = load_samples("neural_bridge", 10, source=str(NEURAL_BRIDGE), allow_fewer=True, min_passage_words=5)
+    assert [s.id for s in data.samples] == ["neural_bridge-test-0", "neural_bridge-test-5"]
+    first, last = data.samples
+    assert first.answer == "Ada Moss, the keeper" and first.query == "Who kept the log at Pell Point?"
+    assert first.passage.startswith("The lighthouse") and first.meta == _meta("neural_bridge", 0, split="test", passage_words=39)
+    assert last.answer == "a layer called patina" and last.meta["row"] == 5
+    assert data.skipped == [("neural_bridge-test-1", "passage_too_short"), ("neural_bridge-test-2", "empty_answer"),
+                            ("neural_bridge-test-3", "empty_passage"), ("neural_bridge-test-4", "empty_query")]
+    assert data.split == "test" and data.source == str(NEURAL_BRIDGE)
+    assert [s.id for s in load_samples("neural_bridge", 1, source=str(NEURAL_BRIDGE), max_passage_words=30, min_passage_words=5).samples] \
+        == ["neural_bridge-test-5"]  # the 39-word page is over the limit
 
 
 # ---------------------------------------------------------------- synthetic

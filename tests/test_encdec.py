@@ -14,7 +14,21 @@ def _tiny(family):
     if family == "t5":
         m = T5ForConditionalGeneration(T5Config(vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                                                 decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+        m.set_attn_implementation("eager")
         return encdec.EncDecLM(m.eval(), None, "t5", "tiny-t5", None, 1, 0, 0)
+    if family == "t5gemma2":  # merged decoder attention over [decoder tokens; encoder states]
+        import transformers as tf
+
+        sub = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=8, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
+                   max_position_embeddings=256)
+        vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
+        enc = tf.T5Gemma2EncoderConfig(text_config=sub, vision_config=vision, mm_tokens_per_image=4, boi_token_index=V - 3,
+                                       eoi_token_index=V - 2, image_token_index=V - 1)
+        m = tf.T5Gemma2ForConditionalGeneration(tf.T5Gemma2Config(encoder=enc, decoder=tf.T5Gemma2DecoderConfig(**sub),
+                                                                  eoi_token_index=V - 2, image_token_index=V - 1))
+        m.set_attn_implementation("eager")
+        return encdec.EncDecLM(m.eval(), None, "t5gemma", "tiny-t5gemma2", 2, 1, 2, 0)
     if family == "t5gemma":
         import transformers as tf
 
@@ -23,10 +37,12 @@ def _tiny(family):
                    max_position_embeddings=256)
         m = tf.T5GemmaForConditionalGeneration(tf.T5GemmaConfig(encoder=tf.T5GemmaModuleConfig(**sub), decoder=tf.T5GemmaModuleConfig(**sub),
                                                                 vocab_size=V, bos_token_id=2, eos_token_id=1, pad_token_id=0))
+        m.set_attn_implementation("eager")
         return encdec.EncDecLM(m.eval(), None, "t5gemma", "tiny-t5gemma", 2, 1, 2, 0)
     m = BartForConditionalGeneration(BartConfig(vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2,
                                                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
                                                 decoder_ffn_dim=64, max_position_embeddings=128))
+    m.set_attn_implementation("eager")
     return encdec.EncDecLM(m.eval(), None, "bart", "tiny-bart", 0, 2, 2, 1)
 
 
@@ -35,7 +51,7 @@ def _ids(n, seed):
     return tuple(torch.randint(3, V, (n,), generator=g).tolist())
 
 
-FAMS = ("t5", "bart", "t5gemma")
+FAMS = ("t5", "bart", "t5gemma", "t5gemma2")
 
 
 @pytest.mark.parametrize("family", FAMS)
@@ -86,6 +102,11 @@ def test_batched_equals_one_by_one_and_probe(family):
                          _ids(i, 30 + i), _ids(1 + i, 40 + i)) for i in range(3) for c in ("bare", "oracle", "full")]
     batched = encdec.score_items(em, items, batch_size=16, attn_probe=True)
     single = [encdec.score_items(em, [it], batch_size=1)[0] for it in items]
+    merged = family == "t5gemma2"
     for b, s in zip(batched, single):
         assert max(abs(x - y) for x, y in zip(b["token_nlls"], s["token_nlls"])) < 1e-5
-        assert 0 < b["cross_attn_share"] < 1
+        assert ("cross_attn_share" in b) is not merged and ("cross_weight_share" in b) is merged
+        if not merged:
+            assert 0 < b["cross_attn_share"] < 1
+        else:
+            assert 0 < b["cross_weight_share"] < 1 and 0 <= b["query_weight_share"] < 1

@@ -290,11 +290,23 @@ def test_exp09_smoke_run_random_init_encdec(tmp_path):
     r = _smoke("experiments/exp09/exp09_encdec_enrichment.ipynb", tmp_path, "-p", "N_SAMPLES", "10")
     s = r["summary"]
     assert r["random_init"] is True and r["config"]["random_init"] is True
-    assert [c["cond"] for c in s["enc_effects"]["q"]] == [f"{c}__q" for c in ("oracle", "random", "kw5", "kw10", "template", "first_sentence")]
+    assert r["provenance"]["run_kind"]["random_init"] is True  # SMOKE on a random-init model: plumbing only
+    wound = ("first_sentence", "wrongdoc_sentence", "shuffled_sentence", "shuffled_wrongdoc")
+    assert [c["cond"] for c in s["enc_effects"]["q"]] == [f"{c}__q" for c in ("oracle", "random", "kw5", "kw10", "template", *wound)]
     assert [c["component"] for c in s["length_control"]["components"]] == ["length", "length", "semantic", "semantic"]
+    assert [x["label"] for x in s["length_control"]["interactions"]] == ["total (nq -> q)", "length (nq -> rq)", "semantic (rq -> q)"]
+    tw = s["truncation_wound"]["q"]["interaction"]
+    assert tw["contrast"] == "(wrongdoc_sentence__q - first_sentence__q) - (shuffled_wrongdoc__q - shuffled_sentence__q)"
+    assert tw["interaction_ci_low"] <= tw["interaction"] <= tw["interaction_ci_high"]
+    fs = s["factoid_split"]["q"]
+    assert fs["threshold_words"] == 2 and fs["subsets"]["short"]["n"] + fs["subsets"]["long"]["n"] == 10
     assert set(s["cross_attn_share"]) == set(s["mean_nll"]) and all(0 < v < 1 for v in s["cross_attn_share"].values())
+    w = s["attention_weights"]
+    assert set(w) == {"self_query_share", "cross_prefix_share"}  # T5: separate attention, no merged budget
+    assert all(v == 0.0 for v in w["cross_prefix_share"].values())  # every prefix hidden from the decoder
+    assert all((v == 0.0) == c.endswith("__nq") for c, v in w["self_query_share"].items())
     assert {"structural_fraction_q", "structural_fraction_nq"} <= set(s)
-    assert len(_rows(tmp_path)) == 10 * 16
+    assert len(_rows(tmp_path)) == 10 * 22
 
 
 @pytest.mark.slow
@@ -314,15 +326,27 @@ def test_exp11_smoke_run_prefix_lm(tmp_path):
 
 @pytest.mark.slow
 def test_exp10_smoke_run_both_paths(tmp_path):
-    r = _smoke("experiments/exp10/exp10_document_length.ipynb", tmp_path, "-p", "N_SAMPLES", "6", "-p", "LENGTHS", "0,300")
+    from test_registry import _squad_doc
+
+    doc = _squad_doc(n_pars=4, n_q=2)  # SQuAD layout, ~250-word paragraphs: squad_v1.1_long joins them into >= 600 words
+    for art in doc["data"]:
+        for par in art["paragraphs"]:
+            par["context"] += " filler words" * 110
+    (tmp_path / "squad_long.json").write_text(json.dumps(doc))
+    r = _smoke("experiments/exp10/exp10_document_length.ipynb", tmp_path, "-p", "N_SAMPLES", "6", "-p", "LENGTHS", "0,300",
+               "-p", "LONG_SOURCE", str(tmp_path / "squad_long.json"))
     s = r["summary"]
     assert set(s["paths"]) == {"decoder", "encdec"} and s["paths"]["encdec"]["random_init"] is True
     for p in s["paths"].values():
         assert p["mean_doc_tokens"]["300"] == 300.0 and p["mean_doc_tokens"]["0"] < 300
         assert [x["label"] for x in p["curves"]["300"]] == ["oracle_len300 vs bare_len300", "random_len300 vs bare_len300",
                                                              "oracle_len300 vs random_len300"]
+    ld = s["long_documents"]  # naturally long documents (seed Exp 03), offline stand-in squad_v1.1_long
+    assert ld["data"]["name"] == "squad_v1.1_long" and ld["mean_passage_words"] >= 600 and ld["random_init"] is True
+    assert [x["cond"] for x in ld["vs_bare"]] == ["oracle__q", "random__q", "kw10__q"]
+    assert r["provenance"]["run_kind"]["random_init"] is True
     rows = _rows(tmp_path)
-    assert len(rows) == 2 * 6 * 3 * 2
+    assert len(rows) == 2 * 6 * 3 * 2 + 6 * 4
     for name in ("decoder_length_curves.png", "encdec_length_curves.png"):
         assert (tmp_path / name).is_file()
 

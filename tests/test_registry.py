@@ -290,3 +290,29 @@ def test_article_split_is_disjoint(prepared):
     assert len(train) + len(held) == 36 and len({s.meta["article"] for s in held}) == 1
     with pytest.raises(ValueError, match="eval_fraction must be in"):
         realdata.article_split(samples, 1.5, seed=1)
+
+
+def test_blocks_are_consecutive_paragraphs_of_at_least_the_target():
+    paras = ["w " * 30, "w " * 40, "w " * 50, "w " * 20, "w " * 5]
+    assert realdata.blocks(paras, 60) == [[0, 1], [2, 3, 4]]  # the 5-word remainder joins the last block
+    assert realdata.blocks(paras, 1000) == [[0, 1, 2, 3, 4]]
+    assert realdata.blocks(paras[:1], 10) == [[0]]
+
+
+def test_squad_long_joins_an_articles_paragraphs_around_each_question(tmp_path):
+    par = lambda k, n: {"context": f"Paragraph {k} says " + "word " * n + f"marker{k}.",  # noqa: E731
+                        "qas": [{"id": f"q{k}", "question": f"What does paragraph {k} end with?",
+                                 "answers": [{"text": f"marker{k}", "answer_start": 0}]}]}
+    doc = {"data": [{"title": "A", "paragraphs": [par(0, 300), par(1, 300), par(2, 300), par(5, 300)]},
+                    {"title": "B", "paragraphs": [par(3, 700), par(4, 10)]}]}
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(doc))
+    data = load_samples("squad_v1.1_long", 6, source=str(path), seed=0)
+    by = {s.id: s for s in data.samples}
+    assert by["q0"].passage == by["q1"].passage == doc["data"][0]["paragraphs"][0]["context"] + "\n\n" \
+        + doc["data"][0]["paragraphs"][1]["context"]
+    assert by["q2"].meta["block_paragraphs"] == by["q5"].meta["block_paragraphs"] == [2, 3]  # two blocks of 2
+    assert (by["q2"].meta["answer_paragraph_position"], by["q5"].meta["answer_paragraph_position"]) == (0, 1)
+    assert all(s.answer in s.passage and len(s.passage.split()) >= 600 for s in data.samples)  # no 300-word default limit
+    assert by["q4"].meta["answer_paragraph"] == 1 and by["q4"].meta["article"] == "a1" and data.split == "dev"
+    assert [s.id for s in load_samples("squad_v1.1", 6, source=str(path), allow_fewer=True).samples] == ["q4"]  # 300 words max

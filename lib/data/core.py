@@ -22,11 +22,14 @@ Conventions
   passages contain the answer verbatim and its keywords contain the answer: a pipeline check only.
 - Hub sets (`HUB_DATASETS`): `source=None` loads the hub copy through `datasets.load_dataset`; a
   `.json`, `.jsonl` or `.parquet` path loads a local file whose rows use that data set's own hub
-  schema; any other string is a hub id, optionally `"hub_id:config"`.
+  schema; any other string is a hub id, optionally `"hub_id:config"`. `neural_bridge`
+  (neural-bridge/rag-dataset-12000, split `test`; the seed's naturally long documents, ~600 words)
+  has no id column: its ids are `neural_bridge-<split>-<row>`.
 - Registry sets (`lib.data.realdata.REAL_QA`: SQuAD v1.1 dev, SQuAD-Shifts, CoQA, natural-instructions
   passage tasks), offline after `python -m lib.data prepare`: `source=None` reads the verified
   cache copy, a path reads a local file in the same layout. They are drawn ACROSS ARTICLES with
-  `seed` (not in file order) and default to at most 300 passage words (the seeds' filter); every
+  `seed` (not in file order) and default to at most 300 passage words (the seeds' filter; `squad_v1.1_long`:
+  no limit); every
   sample has `meta['article']`. `LoadedData.provenance` records package, version and sha256.
 """
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import Any, Callable, Iterator
 
 from lib.data.realdata import REAL_QA
 
-HUB_DATASETS: tuple[str, ...] = ("ms_marco", "squad_v2", "triviaqa", "hotpotqa")
+HUB_DATASETS: tuple[str, ...] = ("ms_marco", "squad_v2", "triviaqa", "hotpotqa", "neural_bridge")
 DATASETS: tuple[str, ...] = (*HUB_DATASETS, *REAL_QA, "synthetic")
 NO_ANSWER = "No Answer Present."
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -292,12 +295,26 @@ def _map_hotpotqa(row: dict, lim: _Limits):
                      "supporting_titles": [t for t in titles if t in wanted]}}
 
 
+def _map_neural_bridge(row: dict, lim: _Limits):
+    """neural-bridge/rag-dataset-12000: one long web passage (~600 words), a question, a generated answer."""
+    answer = (row["answer"] or "").strip()
+    if not answer:
+        return "empty_answer"
+    passage = (row["context"] or "").strip()
+    if not passage:
+        return "empty_passage"
+    reason = _length_reason(passage, lim)
+    if reason:
+        return reason
+    return {"passage": passage, "answers": (answer,), "meta": {"passage_words": _n_words(passage)}}
+
+
 @dataclass(frozen=True)
 class _Spec:
     hub_id: str
     config: str | None
     split: str
-    id_field: str
+    id_field: str | None  # None: the id is "<name>-<split>-<row>"
     query_field: str
     columns: tuple[str, ...]
     mapper: Callable[[dict, _Limits], Any]
@@ -316,6 +333,8 @@ _SPECS: dict[str, _Spec] = {
     "hotpotqa": _Spec("hotpotqa/hotpot_qa", "distractor", "validation", "id", "question",
                       ("id", "question", "answer", "supporting_facts", "context"),
                       _map_hotpotqa),
+    "neural_bridge": _Spec("neural-bridge/rag-dataset-12000", None, "test", None, "question",
+                           ("context", "question", "answer"), _map_neural_bridge),
 }
 
 
@@ -360,7 +379,7 @@ def _scan_real(name: str, n: int, split: str | None, source: str | None, lim: _L
     skipped: list[tuple[str, str]] = []
     taken: set[str] = set()
     for idx, row in enumerate(rows):
-        rid = str(row[spec.id_field])
+        rid = str(row[spec.id_field]) if spec.id_field else f"{name}-{split}-{idx}"
         query = (row[spec.query_field] or "").strip()
         out = "duplicate_id" if rid in taken else "empty_query" if not query \
             else spec.mapper(row, lim)
@@ -377,7 +396,7 @@ def _scan_real(name: str, n: int, split: str | None, source: str | None, lim: _L
     return samples, skipped, desc, split
 
 
-_REGISTRY_SPLITS = {"squad_v1.1": "dev", "coqa": "test", "coqa_history": "test"}
+_REGISTRY_SPLITS = {"squad_v1.1": "dev", "squad_v1.1_long": "dev", "coqa": "test", "coqa_history": "test"}
 
 
 def _scan_registry(name: str, n: int, split: str | None, source: str | None, lim: _Limits, seed: int):
@@ -389,7 +408,7 @@ def _scan_registry(name: str, n: int, split: str | None, source: str | None, lim
     if split is not None and split != default_split:
         raise ValueError(f"{name} ships one split, {default_split!r}; got split={split!r}")
     if lim.max_words is None:
-        lim = _Limits(realdata.DEFAULT_MAX_WORDS, lim.min_words)
+        lim = _Limits(realdata.default_max_words(name), lim.min_words)
     path, prov = realdata.source_file(name, source)
     samples: list[Sample] = []
     skipped: list[tuple[str, str]] = []

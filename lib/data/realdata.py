@@ -3,6 +3,10 @@
 QA sets (``REAL_QA``), read from the verified cache copy (``source=None``) or from a local file in
 the same layout (a path, for tests and user copies):
   squad_v1.1                  SQuAD v1.1 dev (48 articles, 10,565 questions)
+  squad_v1.1_long             the same questions, each with a LONG passage: consecutive paragraphs of
+                              its article joined into blocks of >= ``LONG_BLOCK_WORDS`` words (the block
+                              holding the question's paragraph); the offline stand-in for the seed's
+                              naturally long documents (neural-bridge, ~600 words); no default word limit
   squad_shifts_<domain>       SQuAD-Shifts new_wiki / nyt / reddit / amazon (SQuAD schema)
   coqa                        CoQA test stories, first-turn question only
   coqa_history                CoQA turns 2.., the query carries the earlier turns ("Q: .. A: ..")
@@ -37,9 +41,16 @@ _SQUAD_FILES = {"squad_v1.1": "squaddev_v1.1.json", "squad_shifts_new_wiki": "ne
                 "squad_shifts_amazon": "amazon_reviews_v1.0.json"}
 _NI_FILES = {"quoref": "ni002_quoref.json", "cosmosqa": "ni024_cosmosqa.json", "drop": "ni028_drop.json",
              "multirc": "ni058_multirc.json", "ropes": "ni061_ropes.json"}
-REAL_QA: dict[str, str] = {**_SQUAD_FILES, "coqa": "coqa.test.json", "coqa_history": "coqa.test.json", **_NI_FILES}
+REAL_QA: dict[str, str] = {**_SQUAD_FILES, "squad_v1.1_long": "squaddev_v1.1.json", "coqa": "coqa.test.json", "coqa_history": "coqa.test.json", **_NI_FILES}
 PROSE = ("wiki", "brown")
 DEFAULT_MAX_WORDS = 300  # the seeds' passage filter (MAX_PASSAGE_WORDS = 300)
+LONG_BLOCK_WORDS = 600  # squad_v1.1_long: the seed's long documents averaged ~604 words
+LONG = ("squad_v1.1_long",)
+
+
+def default_max_words(name: str) -> int | None:
+    """The passage word limit a registry set gets when none is given (None: no limit)."""
+    return None if name in LONG else DEFAULT_MAX_WORDS
 
 
 def source_file(name: str, source: str | None) -> tuple[Path, dict]:
@@ -68,6 +79,37 @@ def _squad(doc: dict):
                        "article": f"a{a_idx}", "paragraph": p_idx, "row": row,
                        "meta": {"title": art.get("title"), "answer_start": starts[0] if starts else None}}
                 row += 1
+
+
+def blocks(paragraphs: list[str], target: int) -> list[list[int]]:
+    """Consecutive paragraph indices grouped greedily into blocks of >= ``target`` words; a short
+    remainder joins the block before it."""
+    out, cur, words = [], [], 0
+    for i, p in enumerate(paragraphs):
+        cur.append(i)
+        words += len(p.split())
+        if words >= target:
+            out.append(cur)
+            cur, words = [], 0
+    if cur:
+        if out:
+            out[-1] += cur
+        else:
+            out.append(cur)
+    return out
+
+
+def _squad_long(doc: dict, target: int = LONG_BLOCK_WORDS):
+    """SQuAD questions with their paragraph's block (``blocks``) as the passage; ``paragraph`` is the
+    block index (one question per block at a time when drawn across articles)."""
+    groups = {f"a{a}": blocks([par["context"] for par in art["paragraphs"]], target) for a, art in enumerate(doc["data"])}
+    texts = {f"a{a}": [par["context"] for par in art["paragraphs"]] for a, art in enumerate(doc["data"])}
+    for c in _squad(doc):
+        art = c["article"]
+        b, k = next((b, blk.index(c["paragraph"])) for b, blk in enumerate(groups[art]) if c["paragraph"] in blk)
+        yield {**c, "passage": "\n\n".join(texts[art][p] for p in groups[art][b]), "paragraph": b,
+               "meta": {**c["meta"], "block_paragraphs": groups[art][b], "answer_paragraph": c["paragraph"],
+                        "answer_paragraph_position": k}}
 
 
 def _coqa(doc: dict, history: bool):
@@ -115,6 +157,10 @@ def _natural_instructions(doc: dict, name: str):
 def candidates(name: str, path: Path) -> list[dict]:
     """Every row of ``name`` in file order (before filters)."""
     doc = json.loads(Path(path).read_text())
+    if name in LONG:
+        if "data" not in doc or not isinstance(doc["data"], list):
+            raise ValueError(f"{path}: not in the SQuAD layout (a 'data' list of articles with 'paragraphs')")
+        return list(_squad_long(doc))
     if name in _SQUAD_FILES:
         if "data" not in doc or not isinstance(doc["data"], list):
             raise ValueError(f"{path}: not in the SQuAD layout (a 'data' list of articles with 'paragraphs')")

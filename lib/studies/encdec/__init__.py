@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
+from lib.studies.encdec import probe
+
 RANDOM = ("random-t5-tiny", "random-bart-tiny")
 
 
@@ -54,8 +56,9 @@ def _family(model) -> str:
     raise ValueError(f"unsupported encoder-decoder model_type {mt!r}; supported: t5, mt5, umt5, bart, mbart, t5gemma")
 
 
-def load(name: str, *, dtype: str | None = None, device: str | None = None) -> EncDecLM:
-    """A hub id / local folder, or one of ``RANDOM`` (random-init tiny models, offline)."""
+def load(name: str, *, dtype: str | None = None, device: str | None = None, attn_implementation: str = "eager") -> EncDecLM:
+    """A hub id / local folder, or one of ``RANDOM`` (random-init tiny models, offline). Eager attention
+    by default: T5Gemma needs it and the attention-weight probe reads ``output_attentions``."""
     import transformers as tf
 
     from lib.kv.models import LOADED
@@ -81,12 +84,13 @@ def load(name: str, *, dtype: str | None = None, device: str | None = None) -> E
                                 decoder_start_token_id=eos, forced_eos_token_id=None)
             model, fam = tf.BartForConditionalGeneration(cfg), "bart"
         model = model.float().to(dev).eval()
+        model.set_attn_implementation(attn_implementation)
         LOADED.append({"name": name, "source": "random-init", "family": fam, "dtype": "float32", "random_init": True,
                        "init_seed": 0, "n_params": sum(p.numel() for p in model.parameters())})
         return EncDecLM(model, tok, fam, name, bos, eos, model.config.decoder_start_token_id, pad, random_init=True)
     torch_dtype = getattr(torch, dtype) if dtype and dtype != "auto" else (torch.bfloat16 if dev == "cuda" else torch.float32)
     tok = tf.AutoTokenizer.from_pretrained(name)
-    model = tf.AutoModelForSeq2SeqLM.from_pretrained(name, dtype=torch_dtype).to(dev).eval()
+    model = tf.AutoModelForSeq2SeqLM.from_pretrained(name, dtype=torch_dtype, attn_implementation=attn_implementation).to(dev).eval()
     fam = _family(model)
     cfg = model.config
     dec_cfg = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
@@ -143,7 +147,9 @@ def encode_many(em: EncDecLM, encodings: list[tuple]) -> list[tuple[torch.Tensor
 
 
 def _decoder_batch(em: EncDecLM, states: list[torch.Tensor], cross: list[torch.Tensor], prompts, answers,
-                   attn_probe: bool = False):
+                   attn_probe: bool = False, prefix_cols=None):
+    """(per-token answer NLLs, probe dicts): ``attn_probe`` adds the output-norm share (separate
+    cross-attention only) and the attention-weight shares (``probe``; eager attention)."""
     b = len(states)
     te = max(s.shape[0] for s in states)
     hid = states[0].shape[-1]
@@ -159,52 +165,29 @@ def _decoder_batch(em: EncDecLM, states: list[torch.Tensor], cross: list[torch.T
     for r, x in enumerate(dec):
         dids[r, :len(x)] = torch.tensor(x)
         dmask[r, :len(x)] = 1
-    probe = _AttnProbe(em.model) if attn_probe else None
+    if attn_probe:
+        probe.check_eager(em.model)
+    merged = attn_probe and probe.is_merged(em.model)
+    norms = probe.NormProbe(em.model) if attn_probe and not merged else None
     try:
-        logits = em.model(encoder_outputs=BaseModelOutput(last_hidden_state=enc), attention_mask=emask,
-                          decoder_input_ids=dids, decoder_attention_mask=dmask, use_cache=False).logits
+        res = em.model(encoder_outputs=BaseModelOutput(last_hidden_state=enc), attention_mask=emask,
+                       decoder_input_ids=dids, decoder_attention_mask=dmask, use_cache=False, output_attentions=attn_probe)
     finally:
-        if probe:
-            probe.remove()
+        if norms:
+            norms.remove()
+    logits = res.logits
     out, shares = [], []
     for r, (p, a) in enumerate(zip(prompts, answers)):
         cols = torch.arange(len(p), len(p) + len(a), device=em.device)
         lg = logits[r, cols].float()
         out.append(torch.nn.functional.cross_entropy(lg, torch.tensor(list(a), device=em.device), reduction="none").cpu())
-        if probe:
-            shares.append(probe.cross_share(r, cols))
+        if attn_probe:
+            sh = probe.weight_shares(res.decoder_attentions, res.cross_attentions, r, cols, len(p),
+                                     (prefix_cols or [[]] * b)[r], merged)
+            if norms:
+                sh["cross_attn_share"] = norms.cross_share(r, cols)
+            shares.append(sh)
     return out, shares
-
-
-class _AttnProbe:
-    """Norms of the decoder's self- and cross-attention outputs (before the residual add)."""
-
-    SELF = ("SelfAttention", "self_attn")
-    CROSS = ("EncDecAttention", "encoder_attn", "cross_attn")
-
-    def __init__(self, model):
-        self.self_out, self.cross_out, self.handles = [], [], []
-        n_self = n_cross = 0
-        for name, mod in model.get_decoder().named_modules():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf in self.SELF:
-                n_self += 1
-                self.handles.append(mod.register_forward_hook(lambda m, i, o: self.self_out.append(o[0].detach())))
-            elif leaf in self.CROSS:
-                n_cross += 1
-                self.handles.append(mod.register_forward_hook(lambda m, i, o: self.cross_out.append(o[0].detach())))
-        if n_self == 0 or n_self != n_cross:
-            self.remove()
-            raise ValueError(f"attention probe found {n_self} self- and {n_cross} cross-attention modules in the decoder")
-
-    def remove(self):
-        for h in self.handles:
-            h.remove()
-
-    def cross_share(self, row: int, cols) -> float:
-        s = torch.stack([x[row, cols].float().norm(dim=-1) for x in self.self_out])  # (layers, answer)
-        c = torch.stack([x[row, cols].float().norm(dim=-1) for x in self.cross_out])
-        return float((c / (c + s)).mean())
 
 
 def score_items(em: EncDecLM, items: list[Item], *, batch_size: int = 16, attn_probe: bool = False) -> list[dict]:
@@ -214,27 +197,29 @@ def score_items(em: EncDecLM, items: list[Item], *, batch_size: int = 16, attn_p
     rows = []
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
-        states, cross = [], []
+        states, cross, pcols = [], [], []
         for it in chunk:
             h, seg = enc[(it.prefix_ids, it.doc_ids)]
             states.append(h)
             cross.append(torch.tensor([0 if (it.hide_prefix and g == 1) else 1 for g in seg], device=em.device))
+            pcols.append([i for i, g in enumerate(seg) if g == 1])
         with torch.no_grad():
             nlls, shares = _decoder_batch(em, states, cross, [it.dec_prompt_ids for it in chunk],
-                                          [it.answer_ids for it in chunk], attn_probe)
+                                          [it.answer_ids for it in chunk], attn_probe, pcols)
         for k, (it, t) in enumerate(zip(chunk, nlls)):
             row = {"sample_id": it.sample_id, "condition": it.condition, "n_prefix_tokens": len(it.prefix_ids),
                    "n_doc_tokens": len(it.doc_ids), "n_dec_prompt_tokens": len(it.dec_prompt_ids),
                    "n_answer_tokens": len(it.answer_ids), **it.row,
                    "token_nlls": [round(float(x), 6) for x in t], "nll": float(t.mean())}
             if attn_probe:
-                row["cross_attn_share"] = shares[k]
+                row.update(shares[k])
             rows.append(row)
     return rows
 
 
 # ----------------------------------------------------------------------------- exp09 design
-ENC_CONDITIONS = ("bare", "oracle", "random", "kw5", "kw10", "template", "first_sentence")
+ENC_CONDITIONS = ("bare", "oracle", "random", "kw5", "kw10", "template", "first_sentence", "wrongdoc_sentence",
+                  "shuffled_sentence", "shuffled_wrongdoc")  # the last three: the truncation wound 2x2 (``designs``)
 DEC_MODES = ("q", "nq", "rq")  # query in the decoder / no query / Q random tokens in its place
 
 
@@ -254,10 +239,12 @@ def _random_ids(em: EncDecLM, n: int, seed: int) -> list[int]:
 def build_items(em: EncDecLM, samples, *, enc_conditions=ENC_CONDITIONS, seed: int = 42,
                 length_control: bool = True) -> list[Item]:
     """Every encoder condition with the query in the decoder (``__q``) and without (``__nq``); with
-    ``length_control`` also ``bare__rq`` and ``oracle__rq`` (Q random decoder tokens), the 2x3 design."""
+    ``length_control`` also ``bare__rq`` and ``oracle__rq`` (Q random decoder tokens), the 2x3 design.
+    ``wrongdoc_sentence`` / ``shuffled_*``: the truncation-wound cells (``designs.wound_prefixes``)."""
     import hashlib
 
     from lib.data import surrogates
+    from lib.studies.encdec import designs
 
     unknown = [c for c in enc_conditions if c not in ENC_CONDITIONS]
     if unknown or "bare" not in enc_conditions:
@@ -265,6 +252,8 @@ def build_items(em: EncDecLM, samples, *, enc_conditions=ENC_CONDITIONS, seed: i
     kws = {k: surrogates.tfidf_keywords({s.id: s.passage for s in samples}, k) for k in (5, 10)
            if f"kw{k}" in enc_conditions}
     template = tokenize(em, surrogates.STATIC["static_fact"])
+    first = {s.id: tuple(tokenize(em, surrogates.first_sentence(s.passage))) for s in samples}
+    wound = designs.wound_prefixes(samples, first, seed) if set(designs.WOUND[1:]) & set(enc_conditions) else {}
     items = []
     for s in samples:
         h = int(hashlib.sha256(f"{seed}|{s.id}".encode()).hexdigest()[:12], 16)
@@ -272,7 +261,7 @@ def build_items(em: EncDecLM, samples, *, enc_conditions=ENC_CONDITIONS, seed: i
         if not ans:
             raise ValueError(f"sample {s.id!r}: answer {s.answer!r} tokenizes to nothing")
         prefixes = {"bare": (), "oracle": tuple(q), "random": tuple(_random_ids(em, len(q), h)),
-                    "template": tuple(template), "first_sentence": tuple(tokenize(em, surrogates.first_sentence(s.passage)))}
+                    "template": tuple(template), "first_sentence": first[s.id], **wound.get(s.id, {})}
         for k, v in kws.items():
             prefixes[f"kw{k}"] = tuple(tokenize(em, " ".join(v[s.id])))
         dec = {"q": tuple(q), "nq": (), "rq": tuple(_random_ids(em, len(q), h + 1))}
@@ -291,30 +280,41 @@ def condition_names(enc_conditions=ENC_CONDITIONS, length_control: bool = True) 
     return names + (["bare__rq", "oracle__rq"] if length_control else [])
 
 
-def analyse(nll: dict, rows: list[dict], enc_conditions=ENC_CONDITIONS, *, n_boot: int = 2000, seed: int = 0, atol: float | None = None, primary_test: str = "t") -> dict:
-    """Encoder effects per decoder mode, the 2x3 length control, structural fraction and the attention probe."""
+def analyse(nll: dict, rows: list[dict], enc_conditions=ENC_CONDITIONS, *, n_boot: int = 2000, seed: int = 0,
+            atol: float | None = None, primary_test: str = "t", answer_words: dict[str, int] | None = None,
+            ids: list[str] | None = None, split_words: int = 5) -> dict:
+    """Encoder effects per decoder mode, structural fraction, the 2x3 length control with its length x
+    encoder interactions, the truncation wound (when its four cells are scored), the factoid split
+    (with ``answer_words`` and ``ids``, the samples in ``nll`` order) and the attention probe."""
     from lib.report import analysis, stats
+    from lib.studies.encdec import designs
 
+    kw = dict(n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
     out = {"enc_effects": {}}
     for m in ("q", "nq"):
-        out["enc_effects"][m] = stats.compare_conditions(
-            nll, f"bare__{m}", [f"{c}__{m}" for c in enc_conditions if c != "bare"], n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
+        out["enc_effects"][m] = stats.compare_conditions(nll, f"bare__{m}", [f"{c}__{m}" for c in enc_conditions if c != "bare"], **kw)
         if "random" in enc_conditions and "oracle" in enc_conditions:
             out[f"structural_fraction_{m}"] = analysis.structural_fraction(nll, ref=f"bare__{m}", structural=f"random__{m}",
                                                                          full=f"oracle__{m}")
     if "bare__rq" in nll and "oracle__rq" in nll:
         # length component: no query -> random tokens of the query's length; semantic: random -> the real query
         pairs = [(f"{c}__nq", f"{c}__rq") for c in ("bare", "oracle")] + [(f"{c}__rq", f"{c}__q") for c in ("bare", "oracle")]
-        comps = stats.compare_conditions(nll, None, pairs=pairs, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
+        comps = stats.compare_conditions(nll, None, pairs=pairs, **kw)
         for r in comps:
             r["component"] = "length" if r["ref"].endswith("__nq") else "semantic"
-        total = stats.compare_conditions(nll, None, pairs=[("bare__nq", "bare__q"), ("oracle__nq", "oracle__q")], n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
-        out["length_control"] = {"components": comps, "total": total}
-    shares = {}
-    for r in rows:
-        if "cross_attn_share" in r:
-            shares.setdefault(r["condition"], []).append(r["cross_attn_share"])
-    out["cross_attn_share"] = {k: float(sum(v) / len(v)) for k, v in shares.items()}
+        total = stats.compare_conditions(nll, None, pairs=[("bare__nq", "bare__q"), ("oracle__nq", "oracle__q")], **kw)
+        out["length_control"] = {"components": comps, "total": total,
+                                 "interactions": designs.length_interaction(nll, **kw)}
+    if all(c in enc_conditions for c in designs.WOUND):
+        out["truncation_wound"] = {m: designs.truncation_wound(nll, m, **kw) for m in ("q", "nq")}
+    if answer_words is not None:
+        if ids is None:
+            raise ValueError("the factoid split needs ids (the sample ids in nll order) beside answer_words")
+        out["factoid_split"] = {m: designs.factoid_split(nll, ids, answer_words, enc_conditions, mode=m, threshold=split_words, **kw)
+                                for m in ("q", "nq")}
+    shares = probe.summarize(rows)
+    out["cross_attn_share"] = shares.pop("cross_attn_share", {})
+    out["attention_weights"] = shares
     return out
 
 
