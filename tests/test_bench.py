@@ -15,7 +15,9 @@ def test_forward_flops_counts_visible_keys_and_window():
     arch = SimpleNamespace(layer_types=("full_attention", "sliding_attention"), sliding_window=4, n_heads=2,
                            head_dim=8, hidden_size=16, vocab_size=10)
     lm = SimpleNamespace(arch=arch, model=object())
-    bench._LINEAR_CACHE[id(lm.model)] = 1000
+    from lib.tools import flops
+
+    flops._LINEAR_CACHE[id(lm.model)] = 1000
     got = bench.forward_flops(lm, n_new=3, n_cache=2, n_logits=1)
     full_keys = 3 + 4 + 5  # each new token sees the cache and the new tokens up to itself
     slide_keys = 3 + 4 + 4  # capped at the window
@@ -83,7 +85,7 @@ def test_exp07train_bench_agrees_and_reports(monkeypatch):
     lm = SimpleNamespace(model=m, arch=arch_of(m), name="tiny")
     rng = np.random.default_rng(0)
     exs = [Example(f"s{i}", tuple(int(x) for x in rng.integers(3, 120, 12)), (4, 5, 6), (7, 8)) for i in range(3)]
-    monkeypatch.setattr("lib.tools.bench.matmul_peak", lambda device, dtype: 1e9)
+    monkeypatch.setattr("lib.tools.flops.matmul_peak", lambda device, dtype: 1e9)
     monkeypatch.setattr(bench_train, "useful_flops", lambda lm, exs, cutoff, epochs: 1e6)  # needs a full ArchInfo
     res = bench_train.bench_train(lm, epochs=2, cutoff=3, repeats=1, exs=exs)
     assert res["agreement_ok"] and res["max_abs_prefix_diff"] < 1e-6 and res["micro_steps"] == 6 and res["cutoff"] == 3

@@ -45,6 +45,7 @@ from lib.studies import priming
 from lib.data import synthetic_qa
 from lib.kv.engine import Engine, WorkItem
 from lib.lab.peakmem import PeakMemory, _rss, _sync  # noqa: F401  (bench.PeakMemory, bench._sync)
+from lib.tools.flops import forward_flops, linear_weights, lm_linear, matmul_peak  # noqa: F401  (bench.*)
 
 DESIGNS = ("exp01", "matched13")
 MATCHED_TEXTS = {  # fixed framings, tiled or cut to Q tokens (bench-only stand-ins for issue 4's library)
@@ -127,34 +128,6 @@ def reference_loop(lm, items: list[WorkItem]) -> list[torch.Tensor]:
 
 
 # ---- FLOPs, peak, memory -----------------------------------------------------------------------
-def linear_weights(model) -> int:
-    """Weights of the decoder's linear layers (the LM head excluded)."""
-    head = model.get_output_embeddings()
-    return sum(m.weight.numel() for m in model.base_model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
-
-
-def forward_flops(lm, n_new: int, n_cache: int, n_logits: int) -> float:
-    """FLOPs of one forward of ``n_new`` tokens over ``n_cache`` cached entries, logits at ``n_logits``."""
-    a = lm.arch
-    per_layer_keys = []
-    for lt in a.layer_types:
-        w = a.sliding_window if lt == "sliding_attention" and a.sliding_window else None
-        keys = sum(min(n_cache + i + 1, w) if w else n_cache + i + 1 for i in range(n_new))
-        per_layer_keys.append(keys)
-    attn = sum(4 * a.n_heads * a.head_dim * k for k in per_layer_keys)
-    return 2.0 * lm_linear(lm) * n_new + attn + 2.0 * a.hidden_size * a.vocab_size * n_logits
-
-
-_LINEAR_CACHE: dict[int, int] = {}
-
-
-def lm_linear(lm) -> int:
-    key = id(lm.model)
-    if key not in _LINEAR_CACHE:
-        _LINEAR_CACHE[key] = linear_weights(lm.model)
-    return _LINEAR_CACHE[key]
-
-
 def useful_flops(lm, items: list[WorkItem]) -> float:
     total, seen = 0.0, set()
     anchor = 0 if lm.arch.bos_id is None else 1
@@ -171,22 +144,6 @@ def executed_flops(lm, engine_stats, items: list[WorkItem]) -> float:
     """Useful FLOPs scaled up by the Phase A padding the engine actually ran (an upper estimate)."""
     pad = engine_stats.phase_a_padded_tokens / max(1, engine_stats.phase_a_tokens)
     return useful_flops(lm, items) * pad
-
-
-def matmul_peak(device, dtype, sizes=(1024, 2048, 3072), reps: int = 5) -> float:
-    """Best dense matmul FLOP/s over a few square sizes, timed now."""
-    best = 0.0
-    for n in sizes:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        a @ b
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        _sync(device)
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t))
-    return best
 
 
 # ---- the benchmark -----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def _examples(lm, n: int, seed: int):
 
 
 def useful_flops(lm, exs, cutoff: int, epochs: int) -> float:
-    from lib.tools.bench import forward_flops
+    from lib.tools.flops import forward_flops
 
     anchor = 0 if lm.arch.bos_id is None else 1
     frac = cutoff / lm.arch.n_layers  # decoder work of the first `cutoff` layers (no LM head)
@@ -49,7 +49,7 @@ def bench_train(lm, n: int = 8, epochs: int = 2, cutoff: int | None = None, repe
                 exs=None) -> dict:
     """``exs``: training examples to use instead of ``n`` synthetic ones (tests)."""
     from lib.studies import soft
-    from lib.tools.bench import matmul_peak
+    from lib.tools.flops import matmul_peak
 
     cutoff = cutoff or max(2, round(lm.arch.n_layers * SEED_CUTOFF_RATIO))
     exs = exs if exs is not None else _examples(lm, n, seed)
