@@ -2,12 +2,12 @@
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # builders/; common puts the repo root on the path
 
-from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+import common  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp  # noqa: E402
 
-OUT = ROOT / "experiments" / "exp01" / "exp01_back_to_basics.ipynb"
+OUT = common.notebook_path("exp01_back_to_basics")
 
 PARAMS = [
     Param("MODEL", str, "mistralai/Mistral-7B-Instruct-v0.2", "hub id, local folder, or bundled name (smollm2-135m-instruct, gemma-3-270m)"),
@@ -49,25 +49,7 @@ CELLS = [
     """),
     parameters(PARAMS),
     setup(PARAMS, SMOKE),
-    md("## Model"),
-    code("""
-        from lib.kv.models import load_model
-
-        lm = load_model(MODEL, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT)
-        print(lm.source, lm.device, lm.dtype)
-        print(lm.arch)
-    """),
-    md("## Data"),
-    code("""
-        from lib.data import load_samples
-
-        data = load_samples(DATASET, N_SAMPLES, split=SPLIT or None, source=DATA_SOURCE or None, seed=SEED,
-                            min_passage_words=MIN_PASSAGE_WORDS or None, max_passage_words=MAX_PASSAGE_WORDS or None)
-        samples = data.samples
-        data_info = data.info()
-        print(f"{len(samples)} samples from {data.name}/{data.split} ({data.source}); rows skipped: {data.skip_counts()}")
-        print(samples[0])
-    """),
+    *common.model_and_data(detail=True),
     md("## Sanity check: a one-fact document\nNLL of ` Paris` for *What is the capital of France?* under the five conditions."),
     code("""
         from lib.studies import priming
@@ -147,4 +129,4 @@ CELLS = [
 ]
 
 if __name__ == "__main__":
-    print(write_notebook(CELLS, OUT).relative_to(ROOT))
+    common.write(CELLS, OUT)

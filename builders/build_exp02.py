@@ -2,13 +2,12 @@
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # builders/; common puts the repo root on the path
 
 import common  # noqa: E402
-from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp  # noqa: E402
 
-OUT = ROOT / "experiments" / "exp02" / "exp02_surrogate_priming.ipynb"
+OUT = common.notebook_path("exp02_surrogate_priming")
 CONDITIONS = "bare,oracle,oracle_full,extractor,universal,static_fact,adversarial,adv_instruct"
 
 PARAMS = [
@@ -36,11 +35,7 @@ CELLS = [
     setup(PARAMS, SMOKE),
     *common.MODEL_AND_DATA,
     md("## Conditions"),
-    code("""
-        from lib.studies import conditions
-
-        conds = conditions.get([c.strip() for c in CONDITIONS.split(",") if c.strip()])
-        names = [c.name for c in conds]
+    common.conditions_cell("""
         items = conditions.build_items(lm, samples, conds, seed=SEED, n_distractors=N_DISTRACTORS)
     """),
     common.SHOW_PREFIXES,
@@ -55,4 +50,4 @@ CELLS = [
 ]
 
 if __name__ == "__main__":
-    print(write_notebook(CELLS, OUT).relative_to(ROOT))
+    common.write(CELLS, OUT)

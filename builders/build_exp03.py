@@ -2,13 +2,12 @@
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # builders/; common puts the repo root on the path
 
 import common  # noqa: E402
-from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp  # noqa: E402
 
-OUT = ROOT / "experiments" / "exp03" / "exp03_token_matched_probing.ipynb"
+OUT = common.notebook_path("exp03_token_matched_probing")
 CONDITIONS = ("bare,random_tokens,repeat_token,scrambled_oracle,unrelated_query,same_topic,paraphrase,oracle_matched,"
               "extractor_matched,adversarial_matched,llm_extract,llm_question,llm_summarize")
 
@@ -41,18 +40,13 @@ CELLS = [
     setup(PARAMS, SMOKE),
     *common.MODEL_AND_DATA,
     md("## Model-generated surrogates\nGenerated once per (model, kind, sample) and cached; a rerun reuses them."),
-    code("""
-        from lib.studies import conditions
-        from lib.data import surrogates
-
-        conds = conditions.get([c.strip() for c in CONDITIONS.split(",") if c.strip()])
-        names = [c.name for c in conds]
+    common.conditions_cell("""
         cache = surrogates.GeneratedCache(ROOT / OUT_DIR / "generated.json")
         generated = surrogates.generate(lm, samples, conditions.generated_kinds(conds), cache,
                                         max_new_tokens=GEN_MAX_NEW_TOKENS, batch_size=GEN_BATCH, progress=PROGRESS)
         for kind, texts in generated.items():
             print(f"{kind:14s} {texts[samples[0].id]!r}")
-    """),
+    """, also_import="from lib.data import surrogates"),
     md("## Conditions"),
     code("""
         items = conditions.build_items(lm, samples, conds, seed=SEED, n_distractors=N_DISTRACTORS, generated=generated)
@@ -97,4 +91,4 @@ CELLS = [
 ]
 
 if __name__ == "__main__":
-    print(write_notebook(CELLS, OUT).relative_to(ROOT))
+    common.write(CELLS, OUT)

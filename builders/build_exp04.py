@@ -2,14 +2,13 @@
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # builders/; common puts the repo root on the path
 
 import build_exp03  # noqa: E402
 import common  # noqa: E402
-from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp  # noqa: E402
 
-OUT = ROOT / "experiments" / "exp04" / "exp04_hard_examples_cross_dataset.ipynb"
+OUT = common.notebook_path("exp04_hard_examples_cross_dataset")
 
 PARAMS = [
     *[p for p in common.model_params("google/gemma-3-12b-it", "bfloat16", "", 0)
@@ -58,17 +57,12 @@ CELLS = [
             print(f"{lab:14s} {len(d.samples)} samples from {d.name}/{d.split}; rows skipped: {d.skip_counts()}")
     """),
     md("## Model-generated surrogates\nGenerated once per (model, kind, sample) and cached in `OUT_DIR/generated.json`."),
-    code("""
-        from lib.studies import conditions
-        from lib.data import surrogates
-
-        conds = conditions.get([c.strip() for c in CONDITIONS.split(",") if c.strip()])
-        names = [c.name for c in conds]
+    common.conditions_cell("""
         assert names[0] == "bare" and crossdata.SEMANTIC_REF in names, f"CONDITIONS must start with bare and include random_tokens: {names}"
         cache = surrogates.GeneratedCache(ROOT / OUT_DIR / "generated.json")
         generated = surrogates.generate(lm, samples, conditions.generated_kinds(conds), cache,
                                         max_new_tokens=GEN_MAX_NEW_TOKENS, batch_size=GEN_BATCH)
-    """),
+    """, also_import="from lib.data import surrogates"),
     md("## Conditions\nBuilt per data set, so `unrelated_query` and keyword statistics stay within a set."),
     code("""
         items = [it for d in datas.values() for it in conditions.build_items(lm, d.samples, conds, seed=SEED, n_distractors=N_DISTRACTORS, generated=generated)]
@@ -126,4 +120,4 @@ CELLS = [
 ]
 
 if __name__ == "__main__":
-    print(write_notebook(CELLS, OUT).relative_to(ROOT))
+    common.write(CELLS, OUT)

@@ -2,13 +2,12 @@
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # builders/; common puts the repo root on the path
 
 import common  # noqa: E402
-from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp  # noqa: E402
 
-OUT = ROOT / "experiments" / "exp05" / "exp05_prefix_length_content.ipynb"
+OUT = common.notebook_path("exp05_prefix_length_content")
 CONTENTS = ("random,repeat,oracle,scrambled,extractor,scrambled_extractor,first_sentence,scrambled_first_sentence,"
             "kw5,kw10,kw20,kw5_other,kw10_other,kw20_other")
 
@@ -61,15 +60,7 @@ CELLS = [
     """),
     *common.RUN,
     md("## Effects against bare, length curves, decomposition, keyword density"),
-    code("""
-        from lib.report import analysis
-        from lib.report.tables import nll_table
-
-        nll = nll_table(rows, names, ids)
-        from lib.kv.noise import noise_atol
-
-        atol = noise_atol(lm.dtype)
-        summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED, atol=atol, primary_test=PRIMARY_TEST)
+    common.summary_cell("""
         curv = prefixlen.curves(summary["comparisons"], contents, lengths)
         decomp = prefixlen.decompose(nll, contents, lengths, n_boot=N_BOOT, seed=SEED, atol=atol)
         dens = prefixlen.density(nll, contents, lengths, n_boot=N_BOOT, seed=SEED, atol=atol, primary_test=PRIMARY_TEST)
@@ -107,4 +98,4 @@ CELLS = [
 ]
 
 if __name__ == "__main__":
-    print(write_notebook(CELLS, OUT).relative_to(ROOT))
+    common.write(CELLS, OUT)

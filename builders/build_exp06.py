@@ -3,13 +3,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # builders/; common puts the repo root on the path
 
 import common  # noqa: E402
-from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp  # noqa: E402
 
-OUT = ROOT / "experiments" / "exp06" / "exp06_value_contamination.ipynb"
+OUT = common.notebook_path("exp06_value_contamination")
 
 PARAMS = [
     *[replace(p, default=True) if p.name == "LOAD_IN_4BIT" else p
@@ -48,7 +47,7 @@ CELLS = [
         print(f"prefix ({len(prefix)} tokens): {lm.tokenizer.decode(prefix)!r}")
     """),
     md("## Run\nResumable: rerunning with the same parameters scores only what is missing; different parameters are refused."),
-    code("""
+    common.run_cell("""
         from lib.studies import priming
         from lib.kv.engine import Engine
         from lib.lab.runs import RunStore
@@ -60,19 +59,9 @@ CELLS = [
         rows = contamination.run(engine, samples, store, names, prefix, wave=CHUNK, batch_size=BATCH_SIZE,
                                  progress=PROGRESS, n_distractors=N_DISTRACTORS, seed=SEED)
         ids = [s.id for s in samples]
-        rows = [r for r in rows if r["sample_id"] in set(ids)]
-        print(f"{len(rows)} rows for {len(ids)} samples")
     """),
     md("## Effects against bare, cutoff curve, best cutoff"),
-    code("""
-        from lib.report import analysis
-        from lib.report.tables import nll_table
-
-        nll = nll_table(rows, names, ids)
-        from lib.kv.noise import noise_atol
-
-        atol = noise_atol(lm.dtype)
-        summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED, atol=atol, primary_test=PRIMARY_TEST)
+    common.summary_cell("""
         by = {r["cond"]: r for r in summary["comparisons"]}
         show.table([by[n] for n in contamination.FIXED[1:]], title="fixed hybrids vs bare")
         show.discrimination(summary)
@@ -104,4 +93,4 @@ CELLS = [
 ]
 
 if __name__ == "__main__":
-    print(write_notebook(CELLS, OUT).relative_to(ROOT))
+    common.write(CELLS, OUT)

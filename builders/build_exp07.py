@@ -3,13 +3,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # builders/; common puts the repo root on the path
 
 import common  # noqa: E402
-from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp  # noqa: E402
 
-OUT = ROOT / "experiments" / "exp07" / "exp07_soft_surrogates.ipynb"
+OUT = common.notebook_path("exp07_soft_surrogates")
 
 PARAMS = [
     *[replace(p, default=True) if p.name == "LOAD_IN_4BIT" else replace(p, default=300) if p.name == "MAX_PASSAGE_WORDS" else p
@@ -100,7 +99,7 @@ CELLS = [
                   f"loss {h[0]['loss']:.4f} -> {sum(x['loss'] for x in h[-10:]) / len(h[-10:]):.4f} (mean of the last 10 steps)")
     """),
     md("## Evaluation"),
-    code("""
+    common.run_cell("""
         from lib.studies import priming
         from lib.lab.runs import RunStore
 
@@ -112,19 +111,9 @@ CELLS = [
         rows = soft.run_eval(lm, eval_exs, store, CUTOFF, static_ids=static_ids, soft=prefixes, wave=CHUNK,
                              batch_size=BATCH_SIZE, progress=PROGRESS)
         ids = [e.sample_id for e in eval_exs]
-        rows = [r for r in rows if r["sample_id"] in set(ids)]
-        print(f"{len(rows)} rows for {len(ids)} samples")
     """),
     md("## Statistics"),
-    code("""
-        from lib.report import analysis, stats
-        from lib.report.tables import nll_table
-
-        nll = nll_table(rows, names, ids)
-        from lib.kv.noise import noise_atol
-
-        atol = noise_atol(lm.dtype)
-        summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED, atol=atol, primary_test=PRIMARY_TEST)
+    common.summary_cell("""
         pairs = [("vel_static", "vel_soft_fact"), ("vel_static", "vel_soft_random"), ("vel_soft_random", "vel_soft_fact")]
         summary["pairwise"] = stats.compare_conditions(nll, None, pairs=pairs, n_boot=N_BOOT, seed=SEED, atol=atol,
                                                       primary_test=PRIMARY_TEST)
@@ -134,7 +123,7 @@ CELLS = [
         show.table(summary["comparisons"], title="each condition vs bare")
         show.table(summary["pairwise"], title="pairwise")
         show.table(summary["hardness"], keys=("bin", "cond"), columns=["d", "excess_delta"], title="hardness (excess over a uniform effect + regression to the mean)")
-    """),
+    """, report="analysis, stats"),
     md("## The seed's success criteria\nJudged on the 95% CI of d vs bare: met (CI above the threshold), not met (below), "
        "undecided (spans it). The seed's reference values come from other runs on Gemma 3 4B-IT with MS MARCO: context, not a test."),
     code("""
@@ -180,4 +169,4 @@ CELLS = [
 ]
 
 if __name__ == "__main__":
-    print(write_notebook(CELLS, OUT).relative_to(ROOT))
+    common.write(CELLS, OUT)

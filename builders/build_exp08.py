@@ -2,12 +2,12 @@
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # builders/; common puts the repo root on the path
 
-from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+import common  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp  # noqa: E402
 
-OUT = ROOT / "experiments" / "exp08" / "exp08_reachability.ipynb"
+OUT = common.notebook_path("exp08_reachability")
 
 PARAMS = [
     Param("MODEL", str, "EleutherAI/pythia-160m", "hub id, local folder, or bundled name (smollm2-135m-instruct, gemma-3-270m)"),
@@ -168,4 +168,4 @@ CELLS = [
 ]
 
 if __name__ == "__main__":
-    print(write_notebook(CELLS, OUT).relative_to(ROOT))
+    common.write(CELLS, OUT)

@@ -2,13 +2,12 @@
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # builders/; common puts the repo root on the path
 
 import common  # noqa: E402
-from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp  # noqa: E402
 
-OUT = ROOT / "experiments" / "exp09" / "exp09_encdec_enrichment.ipynb"
+OUT = common.notebook_path("exp09_encdec_enrichment")
 
 PARAMS = [
     Param("MODEL", str, "google/t5gemma-2-4b-4b", "hub id or folder of an encoder-decoder (the seed's T5Gemma 2 4B-4B; google/flan-t5-base/large/xl, facebook/bart-large), or random-t5-tiny / random-bart-tiny"),
@@ -65,14 +64,12 @@ CELLS = [
             print(f"{it.condition:22s} prefix {len(it.prefix_ids):3d} tok (hidden={it.hide_prefix})  decoder prompt {len(it.dec_prompt_ids)} tok")
     """),
     md("## Run\nResumable: rerunning with the same parameters scores only what is missing."),
-    code("""
+    common.run_cell("""
         from lib.lab.runs import RunStore
 
         store = RunStore(ROOT / OUT_DIR / "_store", encdec.store_config(CONFIG, em), fresh=FRESH)
         rows = encdec.run(em, items, store, wave=CHUNK, batch_size=BATCH_SIZE, attn_probe=ATTN_PROBE, progress=PROGRESS)
         ids = [s.id for s in samples]
-        rows = [r for r in rows if r["sample_id"] in set(ids)]
-        print(f"{len(rows)} rows for {len(ids)} samples")
     """),
     md("## Effects"),
     code("""
@@ -153,4 +150,4 @@ CELLS = [
 ]
 
 if __name__ == "__main__":
-    print(write_notebook(CELLS, OUT).relative_to(ROOT))
+    common.write(CELLS, OUT)

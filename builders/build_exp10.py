@@ -2,13 +2,12 @@
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # builders/; common puts the repo root on the path
 
 import common  # noqa: E402
-from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp  # noqa: E402
 
-OUT = ROOT / "experiments" / "exp10" / "exp10_document_length.ipynb"
+OUT = common.notebook_path("exp10_document_length")
 
 PARAMS = [
     Param("PATHS", str, "decoder,encdec", "which paths to run: decoder (two-phase cache) and/or encdec (hidden prefix)"),
@@ -147,4 +146,4 @@ CELLS = [
 ]
 
 if __name__ == "__main__":
-    print(write_notebook(CELLS, OUT).relative_to(ROOT))
+    common.write(CELLS, OUT)

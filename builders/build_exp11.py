@@ -2,13 +2,12 @@
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # builders/; common puts the repo root on the path
 
 import common  # noqa: E402
-from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp  # noqa: E402
 
-OUT = ROOT / "experiments" / "exp11" / "exp11_prefix_lm.ipynb"
+OUT = common.notebook_path("exp11_prefix_lm")
 
 PARAMS = [
     *common.model_params("google/gemma-3-12b-it", "bfloat16", "ms_marco", 400),
@@ -48,15 +47,13 @@ CELLS = [
             print(f"{it.condition:10s} {len(it.prefix_ids):3d} prefix tokens  {lm.tokenizer.decode(list(it.prefix_ids))[:70]!r}")
     """),
     md("## Run\nResumable: rerunning with the same parameters scores only what is missing."),
-    code("""
+    common.run_cell("""
         from lib.studies import priming
         from lib.lab.runs import RunStore
 
         store = RunStore(ROOT / OUT_DIR / "_store", {**priming.store_config(CONFIG, lm, conditions=()), "names": names}, fresh=FRESH)
         rows = prefixlm.run(lm, items, store, modes, keep_prefix=KEEP_PREFIX, wave=CHUNK, batch_size=BATCH_SIZE, progress=PROGRESS)
         ids = [s.id for s in samples]
-        rows = [r for r in rows if r["sample_id"] in set(ids)]
-        print(f"{len(rows)} rows for {len(ids)} samples")
     """),
     md("## Effects"),
     code("""
@@ -98,4 +95,4 @@ CELLS = [
 ]
 
 if __name__ == "__main__":
-    print(write_notebook(CELLS, OUT).relative_to(ROOT))
+    common.write(CELLS, OUT)

@@ -2,13 +2,12 @@
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "builders")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # builders/; common puts the repo root on the path
 
 import common  # noqa: E402
-from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp  # noqa: E402
 
-OUT = ROOT / "experiments" / "exp12" / "exp12_latent_prefix.ipynb"
+OUT = common.notebook_path("exp12_latent_prefix")
 
 PARAMS = [
     Param("MODEL", str, "meta-llama/Llama-3.1-8B-Instruct", "frozen reader: hub id, local folder, or bundled name (smollm2-135m-instruct, gemma-3-270m)"),
@@ -168,4 +167,4 @@ CELLS = [
 ]
 
 if __name__ == "__main__":
-    print(write_notebook(CELLS, OUT).relative_to(ROOT))
+    common.write(CELLS, OUT)

@@ -2,12 +2,12 @@
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # builders/; common puts the repo root on the path
 
-from lib.lab.notebook import Param, code, md, parameters, setup, stamp, write_notebook  # noqa: E402
+import common  # noqa: E402
+from lib.lab.notebook import Param, code, md, parameters, setup, stamp  # noqa: E402
 
-OUT = ROOT / "experiments" / "overview" / "overview.ipynb"
+OUT = common.notebook_path("overview")
 
 PARAMS = [
     Param("EXPERIMENT", str, "", "show only this experiment (exp01 ... exp12); empty: all"),
@@ -60,4 +60,4 @@ CELLS = [
 ]
 
 if __name__ == "__main__":
-    print(write_notebook(CELLS, OUT).relative_to(ROOT))
+    common.write(CELLS, OUT)

@@ -1,5 +1,27 @@
-"""Cells shared by the conditions-vs-reference experiments (exp02 onward)."""
-from lib.lab.notebook import Param, code, md
+"""What the builders share: the repo root on ``sys.path``, notebook paths and writing, and the knobs
+and cells of the experiments that load a model and a data set (exp01 onward)."""
+import sys
+from pathlib import Path
+from textwrap import dedent
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from nbformat import NotebookNode  # noqa: E402
+
+from lib.lab.notebook import Param, code, md, write_notebook  # noqa: E402
+
+
+def notebook_path(name: str) -> Path:
+    """``experiments/<expNN>/<name>.ipynb``: a notebook's name starts with its folder (``exp02_...``, ``overview``)."""
+    return ROOT / "experiments" / name.split("_")[0] / f"{name}.ipynb"
+
+
+def write(cells: list, out: Path) -> None:
+    """Write the notebook and print its path relative to the repo root (each builder's ``__main__``)."""
+    print(write_notebook(cells, out).relative_to(ROOT))
+
 
 RUNTIME = [
     Param("SEED", int, 42, "seed for random/other-sample choices, synthetic data and bootstrap"),
@@ -35,26 +57,59 @@ def model_params(model: str, dtype: str, dataset: str, n: int) -> list[Param]:
 
 SMOKE = {"MODEL": "smollm2-135m-instruct", "DTYPE": "auto", "DATASET": "synthetic"}
 
-MODEL_AND_DATA = [
-    md("## Model"),
-    code("""
-        from lib.kv.models import load_model
+LOAD_MODEL = code("""
+    from lib.kv.models import load_model
 
-        lm = load_model(MODEL, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT)
-        print(lm.source, lm.device, lm.dtype)
-        print(lm.arch)
-    """),
-    md("## Data"),
-    code("""
+    lm = load_model(MODEL, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT)
+    print(lm.source, lm.device, lm.dtype)
+    print(lm.arch)
+""")
+
+
+def model_and_data(detail: bool = False) -> list:
+    """Model and data cells: ``load_model`` and ``load_samples`` with the ``model_params`` knobs (and SEED).
+    ``detail`` (exp01) also prints the data source and the first sample."""
+    source, first = (" ({data.source})", "print(samples[0])") if detail else ("", "")
+    load_data = code(dedent("""
         from lib.data import load_samples
 
         data = load_samples(DATASET, N_SAMPLES, split=SPLIT or None, source=DATA_SOURCE or None, seed=SEED,
                             min_passage_words=MIN_PASSAGE_WORDS or None, max_passage_words=MAX_PASSAGE_WORDS or None)
         samples = data.samples
         data_info = data.info()
-        print(f"{len(samples)} samples from {data.name}/{data.split}; rows skipped: {data.skip_counts()}")
-    """),
-]
+        print(f"{len(samples)} samples from {data.name}/{data.split}%s; rows skipped: {data.skip_counts()}")
+    """) % source + first)
+    return [md("## Model"), LOAD_MODEL, md("## Data"), load_data]
+
+
+MODEL_AND_DATA = model_and_data()
+
+def conditions_cell(rest: str, also_import: str = "") -> NotebookNode:
+    """A code cell that parses the CONDITIONS knob into ``conds`` and ``names`` (the first is the
+    reference), then runs ``rest``; ``also_import``: import lines after ``conditions``'."""
+    head = "from lib.studies import conditions\n" + (also_import + "\n" if also_import else "") + "\n"
+    parse = ('conds = conditions.get([c.strip() for c in CONDITIONS.split(",") if c.strip()])\n'
+             "names = [c.name for c in conds]\n")
+    return code(head + parse + dedent(rest).strip("\n"))
+
+
+def run_cell(text: str) -> NotebookNode:
+    """A code cell: ``text`` scores into a store and leaves ``rows`` and ``ids``; then only the rows of
+    ``ids`` are kept (the store may hold more samples) and counted."""
+    return code(dedent(text).strip("\n") + '\nrows = [r for r in rows if r["sample_id"] in set(ids)]\n'
+                'print(f"{len(rows)} rows for {len(ids)} samples")')
+
+
+def summary_cell(rest: str, report: str = "analysis") -> NotebookNode:
+    """A code cell that tables the NLLs (``nll``) and summarizes every condition against ``bare`` at the
+    model's noise tolerance (``atol``, ``summary``), then runs ``rest``; ``report``: the names imported from
+    ``lib.report``."""
+    head = (f"from lib.report import {report}\nfrom lib.report.tables import nll_table\n\nnll = nll_table(rows, names, ids)\n"
+            "from lib.kv.noise import noise_atol\n\natol = noise_atol(lm.dtype)\n"
+            'summary = analysis.summarize(rows, ids, names, ref="bare", n_boot=N_BOOT, seed=SEED, atol=atol, '
+            "primary_test=PRIMARY_TEST)\n")
+    return code(head + dedent(rest).strip("\n"))
+
 
 SHOW_PREFIXES = code("""
     for c in conds:

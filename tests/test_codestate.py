@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROVENANCE_FILES = ("lib/__init__.py", "lib/lab/__init__.py", "lib/lab/runs.py", "lib/lab/records.py",
                     "lib/lab/codestate.py",
                     "lib/data/__init__.py", "lib/data/core.py", "lib/data/realdata.py", "lib/data/registry.py",
+                    "lib/data/schema.py", "lib/data/hub.py", "lib/data/synthetic.py",
                     "lib/data/jsonio.py", "lib/kv/__init__.py", "lib/kv/hashing.py")
 
 SCRIPT = """

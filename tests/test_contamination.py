@@ -7,14 +7,9 @@ from lib.studies import contamination as C
 from lib.kv.engine import Engine, WorkItem
 from lib.studies.priming import Prepared
 from lib.kv.scoring import score_single_pass
-from tiny import VOCAB, arch_of, build
+from tiny import VOCAB, TinyLM, arch_of, build
 
 TOL = 1e-4
-
-
-class _LM:
-    def __init__(self, model, arch):
-        self.model, self.arch = model, arch
 
 
 def _preps(n=3):
@@ -31,7 +26,7 @@ def _by(rows):
 @pytest.mark.parametrize("kind", ["llama", "gemma3", "qwen2"])
 def test_hybrid_identities_and_oracles_tiny(kind):
     m = build(kind)
-    lm = _LM(m, arch_of(m))
+    lm = TinyLM(m)
     n = lm.arch.n_layers
     names = C.condition_names(list(range(1, n))) + ["values_early_0", f"values_early_{n}", "values_late_0"]
     prefix = [5, 6, 7, 8, 9]
@@ -169,7 +164,7 @@ def test_best_cutoff_ignores_a_cutoff_that_equals_bare_up_to_float_noise():
 def test_score_prepared_chunks_by_the_engine_budget():
     """A budget that fits one sample's caches at a time gives the same rows, in the same order."""
     m = build("gemma3")
-    lm = _LM(m, arch_of(m))
+    lm = TinyLM(m)
     names, prefix, preps = ["bare", "primed", "values_only"], [5, 6, 7], _preps(4)
     small = Engine(lm, mem_budget_gb=3.7e-4)  # cache half ~200 kB: chunks [s0, s1], [s2], [s3] (50-120 kB each)
     rows = C.score_prepared(small, preps, names, prefix, batch_size=8)
@@ -188,7 +183,7 @@ def test_distractors_on_hybrid_caches_equal_scoring_them_as_the_answer():
     from lib.kv import margin
 
     m = build("gemma3")
-    lm = _LM(m, arch_of(m))
+    lm = TinyLM(m)
     names, prefix, preps = ["bare", "primed", "values_early_2"], [5, 6, 7], _preps(3)
     extra = [[7, 8], [9], [10, 11, 12]]
     with_d = [replace(p, distractor_ids=[extra[i], p.answer_ids[:1] + [4]], distractor_samples=["x", "y"])

@@ -1,11 +1,13 @@
-"""Tests for lib/data/core.py: the Sample schema, the loaders on local fixtures in each data set's own
-schema (tests/data/), and the offline synthetic generator."""
+"""Tests for lib/data/core.py and the modules it joins (schema.py, hub.py, synthetic.py): the Sample
+schema, the loaders on local fixtures in each data set's own schema (tests/data/), and the offline
+synthetic generator."""
 from pathlib import Path
 
 import pytest
 
-from lib.data.core import (DATASETS, LoadedData, Sample, _as_list, _word_window, load_samples,
-                           synthetic_qa)
+from lib.data.core import DATASETS, LoadedData, Sample, load_samples, synthetic_qa
+from lib.data.hub import _word_window
+from lib.data.schema import _as_list
 
 DATA = Path(__file__).parent / "data"
 MS_MARCO = DATA / "ms_marco_v1.1_sample.jsonl"

@@ -6,19 +6,9 @@ from lib.kv import engine as eng
 from lib.kv.encode import encode
 from lib.kv.engine import Engine, WorkItem
 from lib.kv.scoring import score
-from tiny import KINDS, VOCAB, arch_of, build
+from tiny import KINDS, TinyLM, build, random_ids
 
 TOL = 1e-4
-
-
-class _LM:
-    def __init__(self, model, arch):
-        self.model, self.arch = model, arch
-
-
-def _ids(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    return tuple(torch.randint(3, VOCAB, (n,), generator=g).tolist())
 
 
 def _items(ids_fn, n_samples=4):
@@ -57,8 +47,8 @@ def _check(lm, items, **kw):
 @pytest.mark.parametrize("kind", KINDS)
 def test_engine_equals_unbatched_tiny(kind):
     m = build(kind)
-    lm = _LM(m, arch_of(m))
-    items = _items(_ids)
+    lm = TinyLM(m)
+    items = _items(random_ids)
     e, rows = _check(lm, items, mem_budget_gb=0.001, max_batch=3)  # a tiny budget forces several batches
     # Phase A once per distinct encoding: bare, query, other per sample
     assert e.stats.phase_a_encodings == 3 * 4
@@ -69,7 +59,7 @@ def test_engine_equals_unbatched_tiny(kind):
 
 def test_oom_halves_the_batch_and_retries(monkeypatch):
     m = build("llama")
-    lm = _LM(m, arch_of(m))
+    lm = TinyLM(m)
     real_a, real_b = Engine._encode_batch_once, eng.scoring.score
 
     def flaky_a(self, idx, built, out):
@@ -84,20 +74,20 @@ def test_oom_halves_the_batch_and_retries(monkeypatch):
 
     monkeypatch.setattr(Engine, "_encode_batch_once", flaky_a)
     monkeypatch.setattr(eng.scoring, "score", flaky_b)
-    e, _ = _check(lm, _items(_ids, 3))
+    e, _ = _check(lm, _items(random_ids, 3))
     assert e.stats.oom_retries > 0 and e.stats.phase_a_forwards == e.stats.phase_a_encodings
 
 
 def test_other_errors_are_not_retried(monkeypatch):
     m = build("llama")
-    lm = _LM(m, arch_of(m))
+    lm = TinyLM(m)
 
     def broken(self, idx, built, out):
         raise RuntimeError("shape mismatch")
 
     monkeypatch.setattr(Engine, "_encode_batch_once", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        Engine(lm).score_items(_items(_ids, 2))
+        Engine(lm).score_items(_items(random_ids, 2))
 
 
 def test_work_item_validation():

@@ -12,19 +12,9 @@ from lib.kv import cache as kv
 from lib.kv import encode as enc_mod
 from lib.kv import engine as eng
 from lib.kv.engine import Engine, WorkItem
-from tiny import VOCAB, arch_of, build
+from tiny import TinyLM, arch_of, build, random_ids
 
 TOL = 1e-5
-
-
-class _LM:
-    def __init__(self, model, arch):
-        self.model, self.arch = model, arch
-
-
-def _ids(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    return tuple(torch.randint(3, VOCAB, (n,), generator=g).tolist())
 
 
 def _reference(lm, it):
@@ -54,9 +44,9 @@ def _spy(monkeypatch):
 @pytest.mark.parametrize("phase_b_batch", [None, 5])
 def test_64_continuations_build_one_shaped_cache(monkeypatch, kind, phase_b_batch):
     m = build(kind)
-    lm = _LM(m, arch_of(m))
-    doc, prefix = _ids(30, 1), _ids(6, 2)
-    items = [WorkItem("s0", f"cand{j}", doc, prefix, False, _ids(2 + j % 4, 100 + j), _ids(1 + j % 5, 200 + j))
+    lm = TinyLM(m)
+    doc, prefix = random_ids(30, 1), random_ids(6, 2)
+    items = [WorkItem("s0", f"cand{j}", doc, prefix, False, random_ids(2 + j % 4, 100 + j), random_ids(1 + j % 5, 200 + j))
              for j in range(64)]
     calls = _spy(monkeypatch)
     e = Engine(lm, phase_b_batch=phase_b_batch)
@@ -76,8 +66,8 @@ def test_expanded_stack_equals_copied_stack():
     """A cache repeated along the batch is broadcast, not copied, and holds exactly the copied values."""
     m = build("llama")
     arch = arch_of(m)
-    c = enc_mod.encode(m, arch, list(_ids(9, 3)), list(_ids(4, 4)))
-    other = enc_mod.encode(m, arch, list(_ids(9, 3)), list(_ids(4, 5)))
+    c = enc_mod.encode(m, arch, list(random_ids(9, 3)), list(random_ids(4, 4)))
+    other = enc_mod.encode(m, arch, list(random_ids(9, 3)), list(random_ids(4, 5)))
     shared, mask = kv.stack_left_padded([c, c, c])
     copied, mask2 = kv.stack_left_padded([c, other, c])
     assert torch.equal(mask, mask2) and torch.equal(shared.positions, copied.positions)
@@ -90,11 +80,11 @@ def test_expanded_stack_equals_copied_stack():
 @pytest.mark.parametrize("phase_b_batch", [1, 16])
 def test_identical_items_are_scored_once_and_equal_bitwise_bf16(monkeypatch, phase_b_batch):
     m = build("gemma3").to(torch.bfloat16)
-    lm = _LM(m, arch_of(m))
+    lm = TinyLM(m)
     items = []
     for s in range(3):
-        doc, q, other = _ids(14 + 5 * s, 10 + s), _ids(3 + s, 20 + s), _ids(4, 30 + s)
-        prompt, ans = _ids(4, 40 + s), _ids(2 + s, 50 + s)
+        doc, q, other = random_ids(14 + 5 * s, 10 + s), random_ids(3 + s, 20 + s), random_ids(4, 30 + s)
+        prompt, ans = random_ids(4, 40 + s), random_ids(2 + s, 50 + s)
         sid = f"s{s}"
         items += [
             WorkItem(sid, "bare", doc, (), False, prompt, ans),
@@ -103,7 +93,7 @@ def test_identical_items_are_scored_once_and_equal_bitwise_bf16(monkeypatch, pha
             WorkItem(sid, "trunc_other", doc, other, False, prompt, ans),
             WorkItem(sid, "bare_dup", doc, (), False, prompt, ans),  # the same cache and continuation as bare
             WorkItem(sid, "trunc_dup", doc, q, False, prompt, ans),
-            WorkItem(sid, "bare_alt_answer", doc, (), False, prompt, _ids(3, 60 + s)),  # same cache, other answer
+            WorkItem(sid, "bare_alt_answer", doc, (), False, prompt, random_ids(3, 60 + s)),  # same cache, other answer
         ]
     calls = _spy(monkeypatch)
     e = Engine(lm, phase_b_batch=phase_b_batch)
@@ -124,14 +114,14 @@ def test_memory_is_bounded_and_caches_are_released(monkeypatch):
     """Many items under a tiny budget: several groups, live shaped caches never exceed the budget,
     each cache is freed once its continuations are scored, and every NLL equals the unbatched one."""
     m = build("gemma3")
-    lm = _LM(m, arch_of(m))
+    lm = TinyLM(m)
     items = []
     for s in range(6):
-        doc, q, other = _ids(20 + 7 * s, 10 + s), _ids(3 + s, 20 + s), _ids(5, 30 + s)
-        prompt = _ids(3 + s % 2, 40 + s)
+        doc, q, other = random_ids(20 + 7 * s, 10 + s), random_ids(3 + s, 20 + s), random_ids(5, 30 + s)
+        prompt = random_ids(3 + s % 2, 40 + s)
         for name, pre in (("bare", ()), ("trunc", q), ("trunc_other", other)):
             for j in range(4):
-                items.append(WorkItem(f"s{s}", f"{name}_c{j}", doc, pre, False, prompt, _ids(1 + (j + s) % 3, 50 + 10 * s + j)))
+                items.append(WorkItem(f"s{s}", f"{name}_c{j}", doc, pre, False, prompt, random_ids(1 + (j + s) % 3, 50 + 10 * s + j)))
     calls = {"live": []}
     seen: list = []
     real_score = eng.scoring.score
@@ -160,9 +150,9 @@ def test_memory_is_bounded_and_caches_are_released(monkeypatch):
 
 def test_encode_many_does_not_pin_padded_batches():
     m = build("llama")
-    lm = _LM(m, arch_of(m))
+    lm = TinyLM(m)
     e = Engine(lm)
-    out = e.encode_many([(_ids(30, 1), ()), (_ids(5, 2), ()), (_ids(12, 3), _ids(3, 4))])
+    out = e.encode_many([(random_ids(30, 1), ()), (random_ids(5, 2), ()), (random_ids(12, 3), random_ids(3, 4))])
     assert e.stats.phase_a_forwards == 1  # one padded batch
     for dc, _ in out:
         for t in dc.keys + dc.values:
@@ -171,8 +161,8 @@ def test_encode_many_does_not_pin_padded_batches():
 
 def test_budget_too_small_for_one_cache_still_scores_it():
     m = build("llama")
-    lm = _LM(m, arch_of(m))
-    it = WorkItem("s", "c", _ids(40, 1), _ids(4, 2), False, _ids(3, 3), _ids(2, 4))
+    lm = TinyLM(m)
+    it = WorkItem("s", "c", random_ids(40, 1), random_ids(4, 2), False, random_ids(3, 3), random_ids(2, 4))
     e = Engine(lm, mem_budget_gb=1e-7)
     (row,) = e.score_items([it])
     assert max(abs(a - float(b)) for a, b in zip(row["token_nlls"], _reference(lm, it))) <= TOL

@@ -1,7 +1,5 @@
 """Generated notebooks: deterministic builds, committed == fresh, papermill SMOKE run and resume."""
-import csv
 import json
-import importlib.util
 import os
 import signal
 import subprocess
@@ -14,16 +12,9 @@ import pytest
 
 from lib.data import registry
 from lib.lab.notebook import Param, read_parameters, render, notebook, smoke_values
+from nbrun import ROOT, command, load_builder as _load, rows as _rows, run_notebook, smoke
 
-ROOT = Path(__file__).resolve().parents[1]
 BUILDERS = sorted((ROOT / "builders").glob("build_*.py"))
-
-
-def _load(builder: Path):
-    spec = importlib.util.spec_from_file_location(builder.stem, builder)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.parametrize("builder", BUILDERS, ids=lambda p: p.stem)
@@ -94,16 +85,9 @@ def _papermill(out_dir: Path, n: int, log: Path) -> subprocess.Popen:
     """exp01 SMOKE (SmolLM2, squad_v1.1 loader) on a local file in the registry layout: offline in CI."""
     nb = ROOT / "experiments/exp01/exp01_back_to_basics.ipynb"
     source = _squad_fixture(out_dir.parent / "squad_fixture.json")
-    cmd = [sys.executable, "-m", "papermill", str(nb), str(out_dir / "executed.ipynb"), "-p", "SMOKE", "True",
-           "-p", "N_SAMPLES", str(n), "-p", "OUT_DIR", str(out_dir), "-p", "PROGRESS", "False", "-p", "CHUNK", "2",
-           "-p", "N_BOOT", "200", "-p", "DATA_SOURCE", str(source), "-p", "N_DISTRACTORS", "1",
-           "-p", "VALUE_DRIFT_N", "2"]
+    cmd = command(nb, out_dir / "executed.ipynb", SMOKE=True, N_SAMPLES=n, OUT_DIR=out_dir, PROGRESS=False, CHUNK=2,
+                  N_BOOT=200, DATA_SOURCE=source, N_DISTRACTORS=1, VALUE_DRIFT_N=2)
     return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _rows(out_dir: Path) -> list[dict]:
-    with open(out_dir / "per_item.csv") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.mark.slow
@@ -156,17 +140,14 @@ def test_papermill_smoke_run_and_resume_after_kill(tmp_path):
     assert "N_SAMPLES" in (tmp_path / "mismatch.log").read_text()
 
 
+def _smoke(nb: str, tmp_path: Path, **params) -> dict:
+    """A SMOKE run without a progress bar and with 200 bootstrap resamples; its results.json."""
+    return smoke(nb, tmp_path, PROGRESS=False, N_BOOT=200, **params)
+
+
 @pytest.mark.slow
 def test_exp02_smoke_run_writes_every_statistic(tmp_path):
-    nb = ROOT / "experiments/exp02/exp02_surrogate_priming.ipynb"
-    cmd = [sys.executable, "-m", "papermill", str(nb), str(tmp_path / "executed.ipynb"), "-p", "SMOKE", "True",
-           "-p", "N_SAMPLES", "10", "-p", "OUT_DIR", str(tmp_path), "-p", "PROGRESS", "False", "-p", "N_BOOT", "200",
-           "-p", "N_DISTRACTORS", "1"]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    import json
-
-    r = json.loads((tmp_path / "results.json").read_text())
+    r = _smoke("experiments/exp02/exp02_surrogate_priming.ipynb", tmp_path, N_SAMPLES=10, N_DISTRACTORS=1)
     s = r["summary"]
     names = [c["name"] for c in r["config"]["conditions"]]
     assert names[0] == "bare" and s["reference"] == "bare" and len(names) == 8
@@ -183,21 +164,11 @@ def test_exp02_smoke_run_writes_every_statistic(tmp_path):
         assert (tmp_path / name).is_file()
 
 
-def _smoke(nb: str, tmp_path: Path, *params: str) -> dict:
-    cmd = [sys.executable, "-m", "papermill", str(ROOT / nb), str(tmp_path / "executed.ipynb"), "-p", "SMOKE", "True",
-           "-p", "OUT_DIR", str(tmp_path), "-p", "PROGRESS", "False", "-p", "N_BOOT", "200", *params]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    import json
-
-    return json.loads((tmp_path / "results.json").read_text())
-
-
 @pytest.mark.slow
 def test_exp04_smoke_run_writes_every_statistic(tmp_path):
     conds = "bare,random_tokens,scrambled_oracle,oracle_matched"
     r = _smoke("experiments/exp04/exp04_hard_examples_cross_dataset.ipynb", tmp_path,
-               "-p", "N_PER_DATASET", "10", "-p", "CONDITIONS", conds, "-p", "N_DISTRACTORS", "0")
+               N_PER_DATASET=10, CONDITIONS=conds, N_DISTRACTORS=0)
     c = r["summary"]["crossdata"]
     assert set(c["datasets"]) == {"synthetic@1", "synthetic@2"} and c["pooled"]["n"] == 20
     for lab, d in c["datasets"].items():
@@ -217,8 +188,7 @@ def test_exp04_smoke_run_writes_every_statistic(tmp_path):
 @pytest.mark.slow
 def test_exp05_smoke_run_writes_every_statistic(tmp_path):
     r = _smoke("experiments/exp05/exp05_prefix_length_content.ipynb", tmp_path,
-               "-p", "N_SAMPLES", "10", "-p", "LENGTHS", "8,16", "-p", "CONTENTS", "random,oracle,scrambled,kw5,kw20",
-               "-p", "N_DISTRACTORS", "0")
+               N_SAMPLES=10, LENGTHS="8,16", CONTENTS="random,oracle,scrambled,kw5,kw20", N_DISTRACTORS=0)
     s = r["summary"]
     names = [c["name"] for c in r["config"]["conditions"]]
     assert names[0] == "bare" and len(names) == 1 + 2 * 5
@@ -239,8 +209,8 @@ def test_exp05_smoke_run_writes_every_statistic(tmp_path):
 
 @pytest.mark.slow
 def test_exp06_smoke_run_writes_every_statistic(tmp_path):
-    r = _smoke("experiments/exp06/exp06_value_contamination.ipynb", tmp_path, "-p", "N_SAMPLES", "8", "-p", "CUTOFFS", "5,15,25",
-               "-p", "N_DISTRACTORS", "1")
+    r = _smoke("experiments/exp06/exp06_value_contamination.ipynb", tmp_path, N_SAMPLES=8, CUTOFFS="5,15,25",
+               N_DISTRACTORS=1)
     s = r["summary"]
     assert r["config"]["hybrids"] == ["bare", "primed", "values_only", "keys_only", "values_early_5", "values_early_15",
                                       "values_early_25", "values_late_5", "values_late_15", "values_late_25"]
@@ -257,8 +227,8 @@ def test_exp06_smoke_run_writes_every_statistic(tmp_path):
 
 @pytest.mark.slow
 def test_exp07_smoke_run_trains_evaluates_and_resumes(tmp_path):
-    params = ("-p", "N_TRAIN", "6", "-p", "N_EVAL", "10", "-p", "GRAD_ACCUM", "2", "-p", "CHECKPOINT_EVERY", "1")
-    r = _smoke("experiments/exp07/exp07_soft_surrogates.ipynb", tmp_path, *params)
+    params = dict(N_TRAIN=6, N_EVAL=10, GRAD_ACCUM=2, CHECKPOINT_EVERY=1)
+    r = _smoke("experiments/exp07/exp07_soft_surrogates.ipynb", tmp_path, **params)
     s = r["summary"]
     assert r["prefix_len"] == len(s["nearest_tokens"]["static_tokens"]) == 11  # SmolLM2: static_fact + "\n"
     assert [c["cond"] for c in s["comparisons"]] == ["vel_static", "vel_soft_random", "vel_soft_fact"]
@@ -279,7 +249,7 @@ def test_exp07_smoke_run_trains_evaluates_and_resumes(tmp_path):
     import torch
 
     before = torch.load(tmp_path / "soft_prefixes.pt")
-    r2 = _smoke("experiments/exp07/exp07_soft_surrogates.ipynb", tmp_path, *params)
+    r2 = _smoke("experiments/exp07/exp07_soft_surrogates.ipynb", tmp_path, **params)
     after = torch.load(tmp_path / "soft_prefixes.pt")
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert r2["summary"]["comparisons"] == s["comparisons"]
@@ -287,7 +257,7 @@ def test_exp07_smoke_run_trains_evaluates_and_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_exp09_smoke_run_random_init_encdec(tmp_path):
-    r = _smoke("experiments/exp09/exp09_encdec_enrichment.ipynb", tmp_path, "-p", "N_SAMPLES", "10")
+    r = _smoke("experiments/exp09/exp09_encdec_enrichment.ipynb", tmp_path, N_SAMPLES=10)
     s = r["summary"]
     assert r["random_init"] is True and r["config"]["random_init"] is True
     assert r["provenance"]["run_kind"]["random_init"] is True  # SMOKE on a random-init model: plumbing only
@@ -311,7 +281,7 @@ def test_exp09_smoke_run_random_init_encdec(tmp_path):
 
 @pytest.mark.slow
 def test_exp11_smoke_run_prefix_lm(tmp_path):
-    r = _smoke("experiments/exp11/exp11_prefix_lm.ipynb", tmp_path, "-p", "N_SAMPLES", "8")
+    r = _smoke("experiments/exp11/exp11_prefix_lm.ipynb", tmp_path, N_SAMPLES=8)
     s = r["summary"]
     assert set(s["vs_bare"]) == {"causal", "bidirectional"}
     assert [c["cond"] for c in s["vs_bare"]["bidirectional"]] == ["oracle__bidirectional", "random__bidirectional", "surr_doc__bidirectional"]
@@ -333,8 +303,8 @@ def test_exp10_smoke_run_both_paths(tmp_path):
         for par in art["paragraphs"]:
             par["context"] += " filler words" * 110
     (tmp_path / "squad_long.json").write_text(json.dumps(doc))
-    r = _smoke("experiments/exp10/exp10_document_length.ipynb", tmp_path, "-p", "N_SAMPLES", "6", "-p", "LENGTHS", "0,300",
-               "-p", "LONG_SOURCE", str(tmp_path / "squad_long.json"))
+    r = _smoke("experiments/exp10/exp10_document_length.ipynb", tmp_path, N_SAMPLES=6, LENGTHS="0,300",
+               LONG_SOURCE=str(tmp_path / "squad_long.json"))
     s = r["summary"]
     assert set(s["paths"]) == {"decoder", "encdec"} and s["paths"]["encdec"]["random_init"] is True
     for p in s["paths"].values():
@@ -358,10 +328,7 @@ def test_overview_notebook_shows_every_run_headless(tmp_path):
     from lib.report import index
 
     out = tmp_path / "overview.ipynb"
-    cmd = [sys.executable, "-m", "papermill", str(ROOT / "experiments/overview/overview.ipynb"), str(out),
-           "-p", "OUT_DIR", str(tmp_path), "-p", "RUN", "exp01"]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run_notebook(ROOT / "experiments/overview/overview.ipynb", out, timeout=300, OUT_DIR=tmp_path, RUN="exp01")
     nb = nbformat.read(str(out), as_version=4)
     outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     html = "\n".join(o["data"]["text/html"] for o in outs if "text/html" in o.get("data", {}))

@@ -263,6 +263,7 @@ def test_provenance_keys_and_commit():
 PROVENANCE_FILES = ("lib/__init__.py", "lib/lab/__init__.py", "lib/lab/runs.py", "lib/lab/records.py",
                     "lib/lab/codestate.py",
                     "lib/data/__init__.py", "lib/data/core.py", "lib/data/realdata.py", "lib/data/registry.py",
+                    "lib/data/schema.py", "lib/data/hub.py", "lib/data/synthetic.py",
                     "lib/data/jsonio.py", "lib/kv/__init__.py", "lib/kv/hashing.py")
 
 

@@ -2,15 +2,12 @@
 equals the default (issue 15, item 3). "Given" is read from the cells that ran after the parameters
 cell (``lib.lab.notebook.given_names``), not from the values, which cannot tell (see below)."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from lib.lab.notebook import PARAMS_HEADER, Param, code, given_names, parameters, setup, smoke_values, write_notebook
+from nbrun import run_notebook
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = {"MODEL": "big", "N_SAMPLES": 200, "RATE": 0.5, "PROGRESS": True, "SMOKE": False}
 SMOKE_VALUES = {"MODEL": "small", "N_SAMPLES": 4, "RATE": 0.1, "PROGRESS": False}
 PARAMS_CELL = PARAMS_HEADER + "\nMODEL: str = 'big'  # m\nN_SAMPLES: int = 200  # n\nRATE: float = 0.5  # r\nPROGRESS: bool = True  # p\nSMOKE: bool = False  # s"
@@ -74,10 +71,7 @@ def test_papermill_explicit_default_valued_knob_survives_smoke(tmp_path):
     nb = write_notebook([parameters(params), setup(params, SMOKE_VALUES),
                          code(f"import json\nPath({str(out)!r}).write_text(json.dumps({{'config': CONFIG, 'given': sorted(GIVEN)}}))")],
                         tmp_path / "knobs.ipynb")
-    cmd = [sys.executable, "-m", "papermill", str(nb), str(tmp_path / "executed.ipynb"), "-p", "SMOKE", "True",
-           "-p", "N_SAMPLES", "200", "-p", "MODEL", "big", "-p", "PROGRESS", "True"]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_notebook(nb, tmp_path / "executed.ipynb", timeout=300, SMOKE=True, N_SAMPLES=200, MODEL="big", PROGRESS=True)
     got = json.loads(out.read_text())
     assert got["given"] == ["MODEL", "N_SAMPLES", "PROGRESS", "SMOKE"]
     assert got["config"] == {"MODEL": "big", "N_SAMPLES": 200, "RATE": 0.1, "PROGRESS": True, "SMOKE": True}

@@ -6,14 +6,9 @@ import torch
 from lib.studies import contamination, soft
 from lib.kv.engine import Engine
 from lib.studies.priming import Prepared
-from tiny import VOCAB, arch_of, build
+from tiny import VOCAB, TinyLM, arch_of, build
 
 TOL = 1e-4
-
-
-class _LM:
-    def __init__(self, model, arch, name="tiny"):
-        self.model, self.arch, self.name = model, arch, name
 
 
 def _exs(n=4, seed=0):
@@ -30,7 +25,7 @@ def _embed(lm, ids):
 @pytest.mark.parametrize("kind", ["llama", "gemma3"])
 def test_soft_prefix_equal_to_token_embeddings_gives_the_token_prefix_nll(kind):
     m = build(kind)
-    lm = _LM(m, arch_of(m))
+    lm = TinyLM(m)
     ids, cutoff = [5, 6, 7, 8], 2
     exs = _exs(3)
     preps = [Prepared(e.sample_id, list(e.doc_ids), {}, {"query": list(e.prompt_ids)}, list(e.answer_ids), "", {}) for e in exs]
@@ -57,7 +52,7 @@ def test_gradient_matches_finite_differences_and_reaches_only_the_prefix(monkeyp
     monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward",
                         lambda self, x: self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)))
     m = build("llama").double()
-    lm = _LM(m, arch_of(m))
+    lm = TinyLM(m)
     for p in m.parameters():
         p.requires_grad_(False)
     ex = _exs(1, seed=3)[0]
@@ -88,7 +83,7 @@ def _cfg(**kw):
 
 def test_kill_and_resume_gives_the_same_prefix(tmp_path):
     m = build("llama")
-    lm = _LM(m, arch_of(m))
+    lm = TinyLM(m)
     exs = _exs(5)
     cfg = _cfg()
     ref = soft.train(lm, exs, cfg, tmp_path / "ref.pt")
@@ -109,7 +104,7 @@ def test_kill_and_resume_gives_the_same_prefix(tmp_path):
 
 def test_training_lowers_the_loss_on_a_tiny_model():
     m = build("llama")
-    lm = _LM(m, arch_of(m))
+    lm = TinyLM(m)
     # values at every layer come from the soft run (cutoff = depth): the prefix's only route to the loss
     out = soft.train(lm, _exs(1), _cfg(cutoff=4, lr=0.5, epochs=60, grad_accum=1, warmup_steps=1, init_std=0.5, clip=10.0))
     first, last = out.history[0]["loss"], np.mean([h["loss"] for h in out.history[-5:]])
@@ -119,7 +114,7 @@ def test_training_lowers_the_loss_on_a_tiny_model():
 
 def test_short_last_group_and_config_validation():
     m = build("llama")
-    lm = _LM(m, arch_of(m))
+    lm = TinyLM(m)
     out = soft.train(lm, _exs(3), _cfg(epochs=1, grad_accum=2))
     assert [h["micro_step"] for h in out.history] == [2, 3]
     with pytest.raises(ValueError, match="prefix_len"):
@@ -135,7 +130,7 @@ def test_short_last_group_and_config_validation():
 def test_cutoff_one_is_refused_because_layer0_values_ignore_the_prefix():
     m = build("llama")
     with pytest.raises(ValueError, match="layer-0 values"):
-        soft.train(_LM(m, arch_of(m)), _exs(1), _cfg(cutoff=1))
+        soft.train(TinyLM(m), _exs(1), _cfg(cutoff=1))
 
 
 def test_success_verdicts_judge_the_ci_not_the_point_estimate():
@@ -183,7 +178,7 @@ def test_early_stopped_phase_a_equals_the_full_forward_on_its_layers(kind):
 @pytest.mark.parametrize("kind", ["llama", "gemma3"])
 def test_fast_hybrid_equals_the_spliced_full_primed_cache(kind):
     m = build(kind)
-    lm = _LM(m, arch_of(m))
+    lm = TinyLM(m)
     ex = _exs(2)[1]
     bare = soft.bare_cache(lm, ex)
     emb = _embed(lm, [5, 6, 7])
@@ -197,7 +192,7 @@ def test_fast_hybrid_equals_the_spliced_full_primed_cache(kind):
 
 def test_fast_training_follows_the_reference_trajectory():
     m = build("gemma3")
-    lm = _LM(m, arch_of(m))
+    lm = TinyLM(m)
     exs = _exs(5)
     cfg = _cfg(cutoff=3, epochs=2)
     ref = soft.train(lm, exs, cfg, fast=False, bare_cache_gb=0)

@@ -95,3 +95,16 @@ def arch_of(model, bos_id: int | None = 1) -> TinyArch:
     ropes = layer_ropes(model)
     cfg = model.config.get_text_config(decoder=True)
     return TinyArch(ropes, bos_id, "bos_token" if bos_id is not None else "none", cfg.max_position_embeddings, len(ropes))
+
+
+class TinyLM:
+    """The loaded-model fields the engine and the studies read (``model``, ``arch``, ``name``), around a tiny model."""
+
+    def __init__(self, model, name: str = "tiny"):
+        self.model, self.arch, self.name = model, arch_of(model), name
+
+
+def random_ids(n: int, seed: int) -> tuple[int, ...]:
+    """``n`` seeded token ids in ``[3, VOCAB)`` (0-2 left to the special tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randint(3, VOCAB, (n,), generator=g).tolist())

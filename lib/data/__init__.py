@@ -1,5 +1,6 @@
-"""Data layer: the sample schema and loaders (``core``, re-exported here so ``from lib.data import
-load_samples, Sample, synthetic_qa`` works), the offline registry of real sets (``registry``,
+"""Data layer: ``load_samples`` (``core``, re-exported here with the schema so ``from lib.data import
+load_samples, Sample, synthetic_qa`` works) over the sample schema (``schema``), the hub sets (``hub``)
+and the synthetic generator (``synthetic``), the offline registry of real sets (``registry``,
 ``realdata``), SQuAD v1.1 scoring (``squad``), prefix texts (``surrogates``) and atomic JSON writes
 (``jsonio``). Imports only ``lib.kv`` and this package.
 

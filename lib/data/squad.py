@@ -14,14 +14,14 @@ import re
 import string
 from collections import Counter
 
-from lib.data import core as data_mod
+from lib.data import hub, schema
 
-SQUAD_V1 = data_mod._Spec("rajpurkar/squad", None, "validation", "id", "question",
-                          ("id", "question", "context", "answers"), data_mod._map_squad_v2)
+SQUAD_V1 = hub._Spec("rajpurkar/squad", None, "validation", "id", "question",
+                     ("id", "question", "context", "answers"), hub._map_squad_v2)
 SPLITS = ("train", "validation")
 
 
-class SquadV1Data(data_mod.LoadedData):
+class SquadV1Data(schema.LoadedData):
     """``LoadedData`` named "squad_v1.1" (``lib.data.DATASETS`` lists the sets ``load_samples`` knows)."""
 
     def __post_init__(self):
@@ -35,24 +35,24 @@ def load_squad_v1(n: int, *, split: str = "validation", source: str | None = Non
     """The first `n` eligible SQuAD v1.1 rows of `split` (file order), as `lib.data.Sample`s."""
     if split not in SPLITS:
         raise ValueError(f"SQuAD v1.1 split {split!r} not in {SPLITS}")
-    data_mod._check_int("n", n, 1)
-    data_mod._check_int("max_passage_words", max_passage_words, 1)
-    data_mod._check_int("min_passage_words", min_passage_words, 1)
-    lim = data_mod._Limits(max_passage_words, min_passage_words)
-    rows, desc = data_mod._open_rows(SQUAD_V1, source, split)
+    schema._check_int("n", n, 1)
+    schema._check_int("max_passage_words", max_passage_words, 1)
+    schema._check_int("min_passage_words", min_passage_words, 1)
+    lim = schema._Limits(max_passage_words, min_passage_words)
+    rows, desc = hub._open_rows(SQUAD_V1, source, split)
     missing = [c for c in SQUAD_V1.columns if c not in rows.column_names]
     if missing:
         raise ValueError(f"squad_v1.1 rows from {desc} lack columns {missing}; expected {list(SQUAD_V1.columns)}")
     samples, skipped, taken = [], [], set()
     for idx, row in enumerate(rows):
         rid, query = str(row["id"]), (row["question"] or "").strip()
-        out = "duplicate_id" if rid in taken else "empty_query" if not query else data_mod._map_squad_v2(row, lim)
+        out = "duplicate_id" if rid in taken else "empty_query" if not query else hub._map_squad_v2(row, lim)
         if isinstance(out, str):
             skipped.append((rid, out))
             continue
         meta = {"dataset": "squad_v1.1", "split": split, "row": idx, "truncated": False, **out["meta"]}
-        samples.append(data_mod.Sample(id=rid, query=query, passage=out["passage"], answer=out["answers"][0],
-                                       answers=tuple(out["answers"]), meta=meta))
+        samples.append(schema.Sample(id=rid, query=query, passage=out["passage"], answer=out["answers"][0],
+                                     answers=tuple(out["answers"]), meta=meta))
         taken.add(rid)
         if len(samples) == n:
             break

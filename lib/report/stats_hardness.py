@@ -29,7 +29,7 @@ from typing import Mapping
 import numpy as np
 
 from lib.kv.noise import clean_delta
-from lib.report.stats import _as_values, _check_name, _check_positive_int, _nll_dict, cohens_d_paired, win_rate
+from lib.report.stats_effects import _as_values, _check_name, _check_positive_int, _nll_dict, cohens_d_paired, win_rate
 
 
 def _rank_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
