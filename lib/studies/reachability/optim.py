@@ -145,7 +145,8 @@ class _Runner:
         state = self.store.load(self.part, i) if self.store is not None else None
         c = self._new(i, state)
         if state is not None:
-            ChunkStore.restore_rng(state)
+            if i not in self.seen:   # resuming another process's work: its RNG state too
+                ChunkStore.restore_rng(state)
             if c.result is not None:
                 self.store.mark_finished(self.part, i, state)
         self._at(i, c.step)
@@ -164,9 +165,9 @@ class _Runner:
             return
         if c.step > to:
             raise RuntimeError(f"chunk {i} of part {self.part!r} is stored at step {c.step}, past {to}")
-        every = self.store.every if self.store is not None else max(to - c.step, 1)
+        every = self.store.every if self.store is not None else None
         while c.step < to:
-            c.run(min(to - c.step, every - c.step % every))
+            c.run(to - c.step if every is None else min(to - c.step, every - c.step % every))
             self._at(i, c.step)
             if self.store is not None and (c.step < to or not finish):
                 self.store.save(self.part, i, c.state())
