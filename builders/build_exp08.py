@@ -33,16 +33,19 @@ PARAMS = [
     Param("LR", float, 0.01, "Adam learning rate"),
     Param("INIT_STD", float, 1.0, "soft prompts start as N(0, INIT_STD^2) per entry"),
     Param("REACH_FRAC", float, 0.01, "reached: best final MSE at most REACH_FRAC x the initial MSE of the target"),
-    Param("CHUNK", int, 500, "soft prompts per forward (targets x restarts are batched)"),
+    Param("CHUNK", int, 500, "soft prompts per forward: a chunk holds CHUNK // restarts whole targets and is the unit stored when finished"),
+    Param("CHECKPOINT_EVERY", int, 200, "Adam steps between checkpoints of the chunk in flight (a kill loses at most this many steps of one chunk)"),
     Param("CURVE_EVERY", int, 10, "keep every k-th loss in metrics.json (figures use the same points)"),
     Param("SEED", int, 0, "seed for pairs, random targets, replaced dimensions and initial prompts"),
     Param("OUT_DIR", str, "results/exp08", "results folder, relative to the repo root"),
     Param("PROGRESS", bool, True, "show a progress bar"),
+    Param("FRESH", bool, False, "move an existing store aside and start over"),
     Param("SMOKE", bool, False, "small offline run: bundled SmolLM2 on synthetic passages (a knob given with -p keeps its value)"),
 ]
 SMOKE = {"MODEL": "smollm2-135m-instruct", "TEXT": "synthetic", "N_TEXTS": 200, "WINDOWS_PER_TEXT": 4, "N_FIT": 300,
          "N_REAL": 4, "N_RANDOM": 4, "N_PAIRS": 1, "N_DIM_TARGETS": 1, "RESTARTS": 2, "DIM_RESTARTS": 2,
-         "STEPS": 10, "MAX_STEPS": 20, "CURVE_EVERY": 1, "OUT_DIR": "results/exp08_smoke"}
+         "STEPS": 10, "MAX_STEPS": 20, "CURVE_EVERY": 1, "CHECKPOINT_EVERY": 5,
+         "OUT_DIR": "results/exp08_smoke"}
 
 CELLS = [
     stamp("builders/build_exp08.py", "Exp 08: soft-prompt reachability of final-layer residuals", """
@@ -55,8 +58,12 @@ CELLS = [
         Part 1's curves decide (by a recorded rule) whether all parts run STEPS or MAX_STEPS.
         "Reached" means best final MSE <= REACH_FRAC x initial MSE. Each part writes
         `metrics.json`, `loss_curves.png`, `final_mse_histogram.png`, `cosine_by_position.png` in
-        its own folder; `summary.png`, `experiment4_transition.png` and `results.json` (with the
-        interpretation table) go to OUT_DIR.
+        its own folder; `summary.png`, `experiment3_pair_curves.png` (relative MSE vs alpha, one
+        line per pair), `experiment4_transition.png` and `results.json` (with the interpretation
+        table) go to OUT_DIR. Resumable: every chunk of targets is checkpointed every
+        CHECKPOINT_EVERY steps and kept when finished in `OUT_DIR/_store` (git-ignored), so a
+        rerun after a kill continues where it stopped, with the same numbers; other knobs for
+        the same OUT_DIR are refused (a new OUT_DIR, or FRESH).
     """),
     parameters(PARAMS),
     setup(PARAMS, SMOKE),
@@ -72,6 +79,7 @@ CELLS = [
         from lib.studies.reachability import report as RR
         from lib.kv.models import load_model
         from lib.lab.records import provenance, write_per_item_csv, write_results_json
+        from lib.studies.reachability import store as RS
 
         lm = load_model(MODEL, dtype=DTYPE)
         reader = R.ResidualReader(lm.model, RESIDUAL)
@@ -89,27 +97,31 @@ CELLS = [
         print("typical norm by position:", [round(x, 1) for x in stats.norms.tolist()])
         print(repr(lm.tokenizer.decode(ids[0])))
     """),
-    md("## Shared settings and writer"),
+    md("## Shared settings, store and writer\nThe store refuses other knobs for this OUT_DIR (the error names them); part 1's step decision is stored with it."),
     code("""
+        store = RS.ChunkStore(ROOT / OUT_DIR / "_store", RS.store_config(CONFIG, lm), every=CHECKPOINT_EVERY, fresh=FRESH)
+        print(store)
         RULE = R.ExtendRule(EXTEND_WINDOW, EXTEND_TOL)
         OPT = dict(lr=LR, init_std=INIT_STD, chunk=CHUNK, reach_frac=REACH_FRAC)
         SHARED = {"model": MODEL, "source": lm.source, "text": TEXT, "windows": window_stats, "norm_check": norm_check,
                   "n_fit": stats.n, "clipped_eigenvalue": stats.clipped_eigen, "typical_norms": stats.norms.tolist()}
-        parts, timings = {}, {}
+        parts, timings, resumed = {}, {}, {}
 
-        def run_part(key, folder, targets, restarts, steps, labels=None, seed_offset=0, **kw):
+        def run_part(key, folder, targets, restarts, steps, labels=None, groups=None, seed_offset=0, **kw):
             t0 = time.time()
             with tqdm(total=targets.shape[0] * restarts * steps, desc=f"part {key} prompt-steps", disable=not PROGRESS) as bar:
                 def tick(k):  # an extension to MAX_STEPS grows the total
                     bar.total = max(bar.total, bar.n + k)
                     bar.update(k)
-                fit = R.optimize(reader, targets, restarts=restarts, steps=steps, seed=SEED + seed_offset, **OPT, **kw, progress=tick)
-            s = RR.summarize(fit, reach_frac=REACH_FRAC, labels=labels, curve_every=CURVE_EVERY)
-            timings[key] = time.time() - t0
+                fit = R.optimize(reader, targets, restarts=restarts, steps=steps, seed=SEED + seed_offset, **OPT, **kw,
+                                 progress=tick, store=store, part=key)
+            s = RR.summarize(fit, reach_frac=REACH_FRAC, labels=labels, groups=groups, curve_every=CURVE_EVERY)
+            timings[key], resumed[key] = time.time() - t0, {"chunks": fit.chunks, "resumed_chunks": fit.resumed_chunks}
             RP.write_part(ROOT / OUT_DIR / folder, s, part=key, config=CONFIG, provenance=provenance(seeds={"seed": SEED}),
-                          extra={"shared": SHARED, "seconds": timings[key]}, title=f"exp08 part {key}: {MODEL}")
+                          extra={"shared": SHARED, "seconds": timings[key], "store": resumed[key]}, title=f"exp08 part {key}: {MODEL}")
             parts[key] = s
-            print(f"part {key}: {s['n_targets']} targets x {restarts} restarts, {fit.steps} steps, {timings[key]:.0f} s; "
+            print(f"part {key}: {s['n_targets']} targets x {restarts} restarts, {fit.steps} steps, {timings[key]:.0f} s "
+                  f"({fit.resumed_chunks} of {fit.chunks} chunks from the store); "
                   f"reached {s['share_reached']:.2f}; median final MSE {s['final_mse']['median']:.4g}, "
                   f"median relative MSE {s['relative_mse']['median']:.4g}")
             return fit
@@ -130,8 +142,13 @@ CELLS = [
         alphas = R.parse_floats(ALPHAS, "ALPHAS")
         ia, ib = R.choose_pairs(N_REAL, N_PAIRS, SEED + 3)
         fit3 = run_part("3", "part3_interpolation", R.interpolate(real[ia], real[ib], alphas), RESTARTS, STEPS_ALL,
-                 labels=alphas * N_PAIRS, seed_offset=4)
+                 labels=alphas * N_PAIRS, groups=[k for k in range(N_PAIRS) for _ in alphas], seed_offset=4)
         print({k: round(v["median_relative_mse"], 5) for k, v in RR.by_label(parts["3"]).items()})
+        per_pair = [{"pair": g["group"], "a": ia[g["group"]], "b": ib[g["group"]], "alpha": g["label"],
+                     "relative_mse": g["relative_mse"], "final_mse": g["final_mse"], "reached": g["reached"]}
+                    for g in parts["3"]["by_group"]]
+        for row in per_pair:
+            print(f"pair {row['pair']} (A {row['a']}, B {row['b']}):", {a: f"{v:.3g}" for a, v in zip(row["alpha"], row["relative_mse"])})
     """),
     md("## Part 4: dimension replacement"),
     code("""
@@ -145,6 +162,7 @@ CELLS = [
     md("## Summary figures"),
     code("""
         figs = [RP.summary_boxes(RR.condition_groups(parts), ROOT / OUT_DIR / "summary.png", title=f"exp08 {MODEL}: final MSE by condition"),
+                RP.group_curves(parts["3"], ROOT / OUT_DIR / "experiment3_pair_curves.png", title=f"exp08 {MODEL}: reachability curve per pair"),
                 RP.transition(parts["4"], ROOT / OUT_DIR / "experiment4_transition.png", title=f"exp08 {MODEL}: dimension replacement")]
         show.figures(figs)
     """),
@@ -158,10 +176,10 @@ CELLS = [
                    "n_targets": {k: v["n_targets"] for k, v in parts.items()}, "interpretation": table,
                    "headline": {k: {"share_reached": v["share_reached"], "median_final_mse": v["final_mse"]["median"],
                                     "median_relative_mse": v["relative_mse"]["median"]} for k, v in parts.items()},
-                   "by_label": {"3": RR.by_label(parts["3"]), "4": RR.by_label(parts["4"])}}
+                   "by_label": {"3": RR.by_label(parts["3"]), "4": RR.by_label(parts["4"])}, "per_pair": per_pair}
         out = write_results_json(ROOT / OUT_DIR, config=CONFIG, summary=summary, provenance=provenance(seeds={"seed": SEED}),
                                  extra={"shared": SHARED, "steps_run": STEPS_ALL, "extension": fit1.extension,
-                                        "seconds": timings, "figures": [f.name for f in figs]})
+                                        "seconds": timings, "store": resumed, "figures": [f.name for f in figs]})
         write_per_item_csv(ROOT / OUT_DIR, RR.per_target_rows(parts))
         print(out)
     """),

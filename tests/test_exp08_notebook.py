@@ -1,5 +1,7 @@
 """exp08 notebook: the real experiment's defaults, and a papermill SMOKE run that writes every figure
-and metrics file of the four parts (the build itself: tests/test_notebooks.py)."""
+and metrics file of the four parts and its checkpoint store (the build itself: tests/test_notebooks.py).
+Kill and resume are tested at the lib level (``tests/test_reachability_resume.py``, a SIGKILLed
+subprocess included): here they would cost two more notebook runs."""
 import json
 import os
 
@@ -23,14 +25,25 @@ def test_exp08_defaults_are_the_experiment():
 @pytest.mark.slow
 def test_exp08_smoke_run_writes_every_file(tmp_path):
     small = {"N_FIT": "100", "N_REAL": "2", "N_RANDOM": "2", "ALPHAS": "0,1,2", "FRACTIONS": "0,0.5,1",
-             "STEPS": "4", "MAX_STEPS": "6", "N_TEXTS": "80"}
+             "STEPS": "4", "MAX_STEPS": "6", "N_TEXTS": "80", "CHECKPOINT_EVERY": "3"}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     r = smoke("experiments/exp08/exp08_reachability.ipynb", tmp_path, env=env, **small)
     for d in PART_DIRS:
         for f in PART_FILES:
             assert (tmp_path / d / f).is_file(), f"{d}/{f}"
-    for f in ("summary.png", "experiment4_transition.png", "results.json"):
+    for f in ("summary.png", "experiment3_pair_curves.png", "experiment4_transition.png", "results.json"):
         assert (tmp_path / f).is_file(), f
+    r = json.loads((tmp_path / "results.json").read_text())
+    # part 3's reachability curve per pair (alpha -> relative MSE), in results.json and metrics.json
+    (pair,) = r["summary"]["per_pair"]
+    assert pair["alpha"] == [0.0, 1.0, 2.0] and len(pair["relative_mse"]) == 3 and {pair["a"], pair["b"]} == {0, 1}
+    m3 = json.loads((tmp_path / "part3_interpolation" / "metrics.json").read_text())
+    assert m3["summary"]["by_group"][0]["relative_mse"] == pair["relative_mse"]
+    # the checkpoint store: one finished chunk per part (CHUNK 500), the step decision, nothing resumed
+    rows = [json.loads(x) for x in (tmp_path / "_store" / "items.jsonl").read_text().splitlines()]
+    assert {(x["part"], x["chunk"]) for x in rows if isinstance(x["chunk"], int)} == {(k, 0) for k in ("1", "2a", "2b", "3", "4")}
+    assert [x["decision"] for x in rows if x["chunk"] == "extension"] == [r["extension"]]
+    assert r["store"]["1"] == {"chunks": 1, "resumed_chunks": 0}
     assert r["config"]["MODEL"] == "smollm2-135m-instruct" and r["config"]["STEPS"] == 4
     assert r["steps_run"] in (4, 6) and r["extension"]["steps_run"] == r["steps_run"]
     assert r["shared"]["norm_check"]["hidden_states_includes_final_norm"] is True

@@ -8,7 +8,10 @@ Layouts: targets ``[n, T, d]``; a batch of soft prompts ``[P, T, d]`` where prom
 to target ``p // restarts`` and is restart ``p % restarts`` (target-major). Every prompt's initial
 value comes from its own seed, and the batched loss is the SUM of per-prompt MSEs, so with Adam
 (elementwise) a prompt's trajectory does not depend on which other prompts share its batch:
-batched restarts equal one-by-one restarts up to float reassociation (tested).
+batched restarts equal one-by-one restarts up to float reassociation (tested). The optimizer
+(``optimize``, the step-extension rule) is ``lib.studies.reachability.optim``; its checkpoint
+store (per chunk of targets, resumable bit-identically) ``lib.studies.reachability.store``; both
+re-exported here.
 
 The residual is read through generic interfaces only: ``get_input_embeddings()`` to embed real
 tokens, the base model (``model.base_model``) called with ``inputs_embeds=`` and
@@ -21,20 +24,21 @@ Summaries and the interpretation table live in ``lib.studies.reachability.report
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from lib.studies.reachability.optim import ExtendRule, Fit, best_rows, check_pos_int, init_prompts, optimize
+from lib.studies.reachability.store import ChunkStore, PartMismatch, store_config
+
+__all__ = ["ResidualReader", "RealStats", "ExtendRule", "Fit", "ChunkStore", "PartMismatch", "best_rows", "check_pos_int",
+           "choose_pairs", "init_prompts", "interpolate", "load_texts", "matched_gaussian", "optimize", "parse_floats",
+           "raw_gaussian", "replace_dims", "store_config", "token_windows"]
 
 RESIDUALS = ("hidden_states", "pre_norm")
 TEXTS = ("wikitext", "wiki", "brown", "synthetic")
 FINAL_NORM_NAMES = ("norm", "final_layer_norm", "ln_f", "final_norm")
-
-
-def check_pos_int(name: str, value, low: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 def parse_floats(text: str, name: str) -> list[float]:
@@ -251,124 +255,6 @@ def replace_dims(targets: torch.Tensor, fractions: list[float], dim_std: torch.T
             out.append(x)
             counts.append(k)
     return torch.stack(out), counts
-
-
-# --------------------------------------------------------------------------------------- optimizer
-@dataclass(frozen=True)
-class ExtendRule:
-    """Keep optimizing (to ``max_steps``) when curves still fall: the best restart's running-min
-    loss dropped by more than ``tol`` (relative) over the last ``window`` fraction of steps, for the
-    median target. Targets already below the reach threshold count as flat."""
-
-    window: float = 0.1
-    tol: float = 0.01
-
-    def __post_init__(self):
-        if not 0 < self.window < 1:
-            raise ValueError(f"window must be in (0, 1), got {self.window!r}")
-        if self.tol < 0:
-            raise ValueError(f"tol must be >= 0, got {self.tol!r}")
-
-    def decide(self, best_curves: np.ndarray, reached: np.ndarray) -> dict:
-        steps = best_curves.shape[1] - 1
-        w = max(1, int(round(self.window * steps)))
-        run_min = np.minimum.accumulate(best_curves, axis=1)
-        drop = 1.0 - run_min[:, -1] / np.maximum(run_min[:, -1 - w], 1e-30)
-        drop = np.where(reached, 0.0, drop)
-        med = float(np.median(drop))
-        return {"rule": f"extend if median over targets of the relative drop of the best restart's running-min "
-                        f"loss over the last {self.window:.0%} of steps ({w} steps) > {self.tol}; reached targets "
-                        f"count as 0", "window_steps": w, "median_relative_drop": med,
-                "share_falling": float(np.mean(drop > self.tol)), "still_falling": med > self.tol}
-
-
-@dataclass
-class Fit:
-    """Result of optimizing P = targets x restarts prompts. Curves hold the loss before each step
-    plus the final loss after the last step (``[P, steps + 1]``)."""
-
-    restarts: int
-    curves: np.ndarray          # [P, S+1]
-    final_mse: np.ndarray       # [P]
-    cosine: np.ndarray          # [P, T] per-position cosine(achieved, target) at the end
-    steps: int
-    extension: dict | None = None
-    prompts: torch.Tensor | None = field(default=None, repr=False)  # [P, T, d] final soft prompts
-
-
-def init_prompts(seeds: list[int], seq_len: int, d: int, std: float) -> torch.Tensor:
-    """``[P, T, d]``: prompt p ~ N(0, std^2) from its own generator seeded with seeds[p]."""
-    return torch.stack([torch.randn(seq_len, d, generator=torch.Generator().manual_seed(int(s))) * std
-                        for s in seeds])
-
-
-class _Chunk:
-    def __init__(self, reader, targets, seeds, lr, std):
-        self.reader = reader
-        self.target = targets.to(reader.device)
-        self.prompt = init_prompts(seeds, targets.shape[1], targets.shape[2], std).to(reader.device).requires_grad_(True)
-        self.opt = torch.optim.Adam([self.prompt], lr=lr)
-        self.losses: list[np.ndarray] = []
-
-    def run(self, steps: int) -> None:
-        for _ in range(steps):
-            mse = (self.reader(self.prompt) - self.target).pow(2).mean(dim=(1, 2))   # [P]
-            self.opt.zero_grad(set_to_none=True)
-            mse.sum().backward()
-            self.opt.step()
-            self.losses.append(mse.detach().cpu().numpy())
-
-    @torch.no_grad()
-    def finish(self):
-        res = self.reader(self.prompt)
-        mse = (res - self.target).pow(2).mean(dim=(1, 2)).cpu().numpy()
-        cos = torch.nn.functional.cosine_similarity(res, self.target, dim=-1).cpu().numpy()
-        return np.stack(self.losses + [mse], axis=1), mse, cos
-
-
-def optimize(reader: ResidualReader, targets: torch.Tensor, *, restarts: int, steps: int, lr: float = 0.01,
-             init_std: float = 1.0, seed: int = 0, chunk: int = 256, max_steps: int | None = None,
-             rule: ExtendRule | None = None, reach_frac: float = 0.01, progress=None) -> Fit:
-    """Optimize ``restarts`` soft prompts per target, ``chunk`` prompts per forward. Prompt
-    (target i, restart r) starts from seed ``seed + 1_000_003 * r + i``. With ``max_steps``,
-    ``rule`` decides after ``steps`` whether every chunk continues to ``max_steps``."""
-    check_pos_int("restarts", restarts)
-    check_pos_int("steps", steps)
-    check_pos_int("chunk", chunk)
-    if targets.dim() != 3 or targets.shape[-1] != reader.d_model:
-        raise ValueError(f"targets must be [n, T, {reader.d_model}], got {tuple(targets.shape)}")
-    if max_steps is not None and max_steps < steps:
-        raise ValueError(f"max_steps={max_steps} is below steps={steps}")
-    n = targets.shape[0]
-    seeds = [seed + 1_000_003 * r + i for i in range(n) for r in range(restarts)]
-    flat = targets.float().repeat_interleave(restarts, dim=0)
-    chunks = [_Chunk(reader, flat[i:i + chunk], seeds[i:i + chunk], lr, init_std) for i in range(0, len(seeds), chunk)]
-    for c in chunks:
-        c.run(steps)
-        if progress:  # called with the prompt-steps just done
-            progress(steps * c.prompt.shape[0])
-    extension, total = None, steps
-    if max_steps is not None:
-        curves = np.concatenate([np.stack(c.losses, axis=1) for c in chunks])
-        best = best_rows(curves[:, -1], n, restarts)
-        init = curves[:, 0].reshape(n, restarts).mean(1)
-        extension = (rule or ExtendRule()).decide(curves[best], curves[best, -1] <= reach_frac * init)
-        if extension["still_falling"] and max_steps > steps:
-            for c in chunks:
-                c.run(max_steps - steps)
-                if progress:
-                    progress((max_steps - steps) * c.prompt.shape[0])
-            total = max_steps
-        extension.update(steps=steps, max_steps=max_steps, steps_run=total)
-    done = [c.finish() for c in chunks]
-    return Fit(restarts, np.concatenate([d[0] for d in done]), np.concatenate([d[1] for d in done]),
-               np.concatenate([d[2] for d in done]), total, extension,
-               torch.cat([c.prompt.detach().cpu() for c in chunks]))
-
-
-def best_rows(final: np.ndarray, n: int, restarts: int) -> np.ndarray:
-    """Row index (into P) of each target's best restart by final loss."""
-    return np.arange(n) * restarts + final.reshape(n, restarts).argmin(1)
 
 
 # --------------------------------------------------------------------------------------- part helpers

@@ -6,7 +6,8 @@ import numpy as np
 
 from lib.report.plots import new_figure, save_figure
 
-__all__ = ["loss_curves", "final_mse_histogram", "cosine_by_position", "summary_boxes", "transition", "part_figures"]
+__all__ = ["loss_curves", "final_mse_histogram", "cosine_by_position", "summary_boxes", "transition", "group_curves",
+           "part_figures"]
 
 
 def loss_curves(summary: dict, path, title: str = ""):
@@ -94,6 +95,31 @@ def transition(summary: dict, path, title: str = ""):
     ax.set_ylabel("final MSE, best restart")
     ax.set_title(title or "dimension replacement")
     ax.legend()
+    return save_figure(fig, path)
+
+
+def group_curves(summary: dict, path, title: str = "", xlabel: str = "alpha"):
+    """Part 3: relative MSE (best final / initial) vs label, one line per group (pair), median bold."""
+    groups = summary.get("by_group")
+    if not groups:
+        raise ValueError("summary has no by_group: pass groups= to summarize")
+    fig = new_figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    for g in groups:
+        pts = sorted(zip(g["label"], g["relative_mse"]))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", alpha=0.6, lw=1.0, label=f"pair {g['group']}")
+    labels = sorted({x for g in groups for x in g["label"]})
+    med = [np.median([v for g in groups for lab, v in zip(g["label"], g["relative_mse"]) if lab == x]) for x in labels]
+    ax.plot(labels, med, color="black", lw=2.5, marker="o", label="median")
+    for x in (0.0, 1.0):
+        ax.axvline(x, color="grey", ls=":", lw=0.8)
+    ax.axhline(summary["threshold"]["reach_frac"], color="tab:red", ls="--", lw=0.8, label="reach threshold")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("relative MSE (best final / initial)")
+    ax.set_title(title or f"reachability curve per pair ({len(groups)} pairs)")
+    if len(groups) <= 10:
+        ax.legend(fontsize=7)
     return save_figure(fig, path)
 
 

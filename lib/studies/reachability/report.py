@@ -13,9 +13,12 @@ import numpy as np
 from lib.studies.reachability import Fit, best_rows, check_pos_int
 
 
-def summarize(fit: Fit, *, reach_frac: float = 0.01, labels: list | None = None, curve_every: int = 10) -> dict:
+def summarize(fit: Fit, *, reach_frac: float = 0.01, labels: list | None = None, groups: list | None = None,
+              curve_every: int = 10) -> dict:
     """Per-target and aggregate numbers of one part. A target counts as reached when its best
-    restart's final MSE is at most ``reach_frac`` x its initial MSE (mean over restarts at step 0)."""
+    restart's final MSE is at most ``reach_frac`` x its initial MSE (mean over restarts at step 0).
+    ``groups`` (one id per target, e.g. part 3's pair) adds ``by_group``: each group's targets in
+    order, with their labels and relative / final MSEs (part 3: one reachability curve per pair)."""
     if not 0 < reach_frac < 1:
         raise ValueError(f"reach_frac must be in (0, 1), got {reach_frac!r}")
     check_pos_int("curve_every", curve_every)
@@ -23,6 +26,8 @@ def summarize(fit: Fit, *, reach_frac: float = 0.01, labels: list | None = None,
     n = fit.curves.shape[0] // r
     if labels is not None and len(labels) != n:
         raise ValueError(f"{len(labels)} labels for {n} targets")
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"{len(groups)} groups for {n} targets")
     best = best_rows(fit.final_mse, n, r)
     init = fit.curves[:, 0].reshape(n, r).mean(1)
     final = fit.final_mse[best]
@@ -31,6 +36,7 @@ def summarize(fit: Fit, *, reach_frac: float = 0.01, labels: list | None = None,
     per_restart = fit.final_mse.reshape(n, r)
     cos = fit.cosine[best]                                   # [n, T]
     targets = [{"target": i, **({"label": labels[i]} if labels is not None else {}),
+                **({"group": groups[i]} if groups is not None else {}),
                 "best_restart": int(best[i] - i * r), "final_mse": float(final[i]), "initial_mse": float(init[i]),
                 "relative_mse": float(rel[i]), "reached": bool(reached[i]),
                 "restart_final_mse": per_restart[i].tolist(), "restart_std": float(per_restart[i].std()),
@@ -38,7 +44,7 @@ def summarize(fit: Fit, *, reach_frac: float = 0.01, labels: list | None = None,
     idx = list(range(0, fit.curves.shape[1], curve_every))
     if idx[-1] != fit.curves.shape[1] - 1:
         idx.append(fit.curves.shape[1] - 1)
-    return {
+    out = {
         "n_targets": n, "restarts": r, "steps": fit.steps, "extension": fit.extension,
         "threshold": {"rule": f"reached iff best-of-{r} final MSE <= {reach_frac} x the target's initial MSE "
                               f"(mean over restarts at step 0)", "reach_frac": reach_frac},
@@ -49,11 +55,24 @@ def summarize(fit: Fit, *, reach_frac: float = 0.01, labels: list | None = None,
         "targets": targets,
         "best_curves": {"steps": idx, "loss": fit.curves[best][:, idx].tolist()},
     }
+    if groups is not None:
+        out["by_group"] = by_group(targets)
+    return out
+
+
+def by_group(targets: list[dict]) -> list[dict]:
+    """Per group (first-seen order): its targets, labels, relative and final MSEs and reached flags."""
+    order: dict = {}
+    for t in targets:
+        order.setdefault(t["group"], []).append(t)
+    return [{"group": g, "targets": [t["target"] for t in ts], "label": [t.get("label") for t in ts],
+             "relative_mse": [t["relative_mse"] for t in ts], "final_mse": [t["final_mse"] for t in ts],
+             "reached": [t["reached"] for t in ts]} for g, ts in order.items()]
 
 
 def per_target_rows(parts: dict) -> list[dict]:
     """One row per (part, target) for per_item.csv: initial / final / relative MSE, reached, restarts."""
-    keep = ("target", "label", "best_restart", "initial_mse", "final_mse", "relative_mse", "reached", "restart_std")
+    keep = ("target", "label", "group", "best_restart", "initial_mse", "final_mse", "relative_mse", "reached", "restart_std")
     return [{"part": k, **{f: t.get(f) for f in keep}} for k, s in parts.items() for t in s["targets"]]
 
 
