@@ -46,7 +46,7 @@ def model_params(model: str, dtype: str, dataset: str, n: int) -> list[Param]:
         Param("MODEL", str, model, "hub id, local folder, or bundled name (smollm2-135m-instruct, gemma-3-270m)"),
         Param("LOAD_IN_4BIT", bool, False, "bitsandbytes nf4 (CUDA only)"),
         Param("DTYPE", str, dtype, "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16"),
-        Param("DATASET", str, dataset, "hub: ms_marco, squad_v2, triviaqa, hotpotqa; offline registry: squad_v1.1, squad_shifts_nyt, coqa, drop, ...; synthetic (pipeline check)"),
+        Param("DATASET", str, dataset, "hub: ms_marco, ms_marco_seed, squad_v2, triviaqa, hotpotqa, neural_bridge; offline registry: squad_v1.1, squad_shifts_nyt, coqa, drop, ...; synthetic (pipeline check)"),
         Param("DATA_SOURCE", str, "", "empty: the hub copy (hub sets) or the verified registry copy; or a local file in the set's schema"),
         Param("SPLIT", str, "", "empty: the loader's default split"),
         Param("N_SAMPLES", int, n, "samples to score (first N eligible rows)"),

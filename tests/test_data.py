@@ -306,3 +306,27 @@ def test_load_samples_synthetic_matches_generator_and_applies_limits():
         {f"synth-3-{i}" for i in range(short.n_scanned)}
     with pytest.raises(ValueError, match="found 0 eligible rows of the 2 requested"):
         load_samples("synthetic", 2, max_passage_words=30)
+
+
+def test_ms_marco_seed_selection_takes_first_passage_and_first_answer(tmp_path):
+    """The exp01 seed's selection: passages[0] (selected or not), answers[0], 2-30-word answers, split train."""
+    import json as _json
+
+    rows = [{"query_id": 1, "query": "where is paris", "query_type": "LOCATION",
+             "answers": ["Paris is in France", "France"], "wellFormedAnswers": ["Paris is in France."],
+             "passages": {"passage_text": ["Paris lies on the Seine in northern France today.", "Other text here."],
+                          "is_selected": [0, 1], "url": ["u0", "u1"]}},
+            {"query_id": 2, "query": "q two", "answers": ["Rome"], "wellFormedAnswers": [],
+             "passages": {"passage_text": ["Rome is old."], "is_selected": [1], "url": ["u"]}},
+            {"query_id": 3, "query": "q three", "answers": ["No Answer Present."], "wellFormedAnswers": [],
+             "passages": {"passage_text": ["Some passage words."], "is_selected": [0], "url": ["u"]}},
+            {"query_id": 4, "query": "q four", "answers": [" ".join(["w"] * 31)], "wellFormedAnswers": [],
+             "passages": {"passage_text": ["Some passage words."], "is_selected": [0], "url": ["u"]}}]
+    path = tmp_path / "ms_marco_train.jsonl"
+    path.write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    data = load_samples("ms_marco_seed", 4, source=str(path), min_passage_words=None, allow_fewer=True)
+    assert data.split == "train" and [s.id for s in data.samples] == ["1"]
+    s = data.samples[0]
+    assert s.passage == "Paris lies on the Seine in northern France today." and s.answers == ("Paris is in France",)
+    assert s.meta["passage_is_selected"] is False and s.meta["answer_source"] == "answers[0]"
+    assert data.skipped == [("2", "answer_length"), ("3", "no_answer"), ("4", "answer_length")]

@@ -142,6 +142,35 @@ def _map_hotpotqa(row: dict, lim: _Limits):
                      "supporting_titles": [t for t in titles if t in wanted]}}
 
 
+SEED_ANSWER_WORDS = (2, 30)  # the exp01 seed's answer filter (words, inclusive)
+
+
+def _map_ms_marco_seed(row: dict, lim: _Limits):
+    """The exp01 seed's MS MARCO selection: the FIRST passage (``passages[0]``, not the selected one,
+    so the answer need not be in it) and the first answer (``answers[0]``, not the well-formed one),
+    answers of 2-30 words. One stated departure: "No Answer Present." is skipped (``no_answer``), where
+    the seed kept it (three words) and scored a placeholder as if it were an answer."""
+    answers = [a for a in _as_list(row["answers"], "answers") if isinstance(a, str)]
+    if not answers or not answers[0].strip():
+        return "empty_answer"
+    answer = answers[0].strip()
+    if answer == NO_ANSWER:
+        return "no_answer"
+    if not SEED_ANSWER_WORDS[0] <= _n_words(answer) <= SEED_ANSWER_WORDS[1]:
+        return "answer_length"
+    texts = list(row["passages"]["passage_text"])
+    if not texts or not (texts[0] or "").strip():
+        return "empty_passage"
+    passage = texts[0].strip()
+    reason = _length_reason(passage, lim)
+    if reason:
+        return reason
+    selected = list(row["passages"].get("is_selected") or [])
+    return {"passage": passage, "answers": (answer,),
+            "meta": {"query_type": row.get("query_type"), "passage_index": 0, "answer_source": "answers[0]",
+                     "passage_is_selected": bool(selected and selected[0] == 1)}}
+
+
 def _map_neural_bridge(row: dict, lim: _Limits):
     """neural-bridge/rag-dataset-12000: one long web passage (~600 words), a question, a generated answer."""
     answer = (row["answer"] or "").strip()
@@ -172,6 +201,9 @@ _SPECS: dict[str, _Spec] = {
     "ms_marco": _Spec("microsoft/ms_marco", "v1.1", "validation", "query_id", "query",
                       ("query", "query_id", "answers", "wellFormedAnswers", "passages"),
                       _map_ms_marco),
+    # the exp01 seed's selection (train split, passages[0], answers[0], 2-30-word answers)
+    "ms_marco_seed": _Spec("microsoft/ms_marco", "v1.1", "train", "query_id", "query",
+                           ("query", "query_id", "answers", "passages"), _map_ms_marco_seed),
     "squad_v2": _Spec("rajpurkar/squad_v2", None, "validation", "id", "question",
                       ("id", "question", "context", "answers"), _map_squad_v2),
     "triviaqa": _Spec("mandarjoshi/trivia_qa", "rc.wikipedia", "validation", "question_id",

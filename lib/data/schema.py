@@ -18,7 +18,7 @@ from typing import Any
 
 from lib.data.realdata import REAL_QA
 
-HUB_DATASETS: tuple[str, ...] = ("ms_marco", "squad_v2", "triviaqa", "hotpotqa", "neural_bridge")
+HUB_DATASETS: tuple[str, ...] = ("ms_marco", "ms_marco_seed", "squad_v2", "triviaqa", "hotpotqa", "neural_bridge")
 DATASETS: tuple[str, ...] = (*HUB_DATASETS, *REAL_QA, "synthetic")
 
 
