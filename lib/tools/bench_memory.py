@@ -19,7 +19,7 @@ Three paths score the same items in ONE process, interleaved:
   kept as views of the padded batch), then ONE shaped cache per work item, all alive at once,
   then Phase B over all items (the same batching rule).
 Printed and written to ``results/bench/many8_<model>.json``: continuations/s of each, the ratios
-engine / per_item and engine / unshared (``prompt_sharing_speedup``), the largest difference between them of an item's NLL (limit ``NLL_LIMIT``) and of a token's
+engine / per_item and engine / unshared (``prompt_sharing_speedup``), the largest difference between them of an item's NLL (limit: the noise rule ``lib.kv.noise.noise_atol`` of the model's dtype, 1e-5 in float32) and of a token's
 NLL (batch composition differs between the paths; in float32 each path is ~1e-5 from batch-1 scoring), and peak memory of each above the loaded model, measured in a
 fresh process after a one-item warm-up (``lib.lab.peakmem.PeakMemory``: CUDA max allocated, or sampled
 RSS on CPU; the warm-up's own resident buffers are reported apart). The engine's
@@ -39,6 +39,7 @@ import torch
 from lib.kv import encode as enc_mod
 from lib.studies import priming
 from lib.kv import scoring
+from lib.kv.noise import noise_atol
 from lib.data import synthetic_qa
 from lib.kv.engine import Engine, WorkItem, _batches
 from lib.lab.peakmem import PeakMemory, _sync
@@ -46,7 +47,6 @@ from lib.lab.peakmem import PeakMemory, _sync
 N_CANDIDATES = 8
 STATIC_PREFIX = "What are the key facts I need to know?"
 OVERHEAD_GB = 0.5
-NLL_LIMIT = 1e-5  # on each item's mean NLL (the row's ``nll``), float32
 
 
 def design_items(lm, n: int, seed: int = 42, n_candidates: int = N_CANDIDATES) -> list[WorkItem]:
@@ -174,6 +174,7 @@ def bench(lm, n: int, repeats: int = 2, mem_budget_gb: float = 2.0, memory_n: in
         if memory_n and memory_n != n:
             mem["engine_at_memory_n"] = memory_probe(lm.name, dtype, "engine", memory_n, mem_budget_gb)
     t_ref, t_eng, t_unshared = min(times["per_item"]), min(times["engine"]), min(times["unshared"])
+    limit = noise_atol(getattr(lm, "dtype", None) or next(lm.model.parameters()).dtype)  # on each item's mean NLL
     return {
         "design": "many8", "model": lm.name, "dtype": str(next(lm.model.parameters()).dtype),
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
@@ -181,7 +182,7 @@ def bench(lm, n: int, repeats: int = 2, mem_budget_gb: float = 2.0, memory_n: in
         "distinct_caches": len({(it.encoding, it.keep_prefix) for it in items}), "repeats": repeats,
         "times_s": times, "items_per_s": {"per_item": len(items) / t_ref, "engine": len(items) / t_eng},
         "speedup": t_ref / t_eng, "max_abs_token_nll_diff": diff, "max_abs_nll_diff": diff_nll,
-        "nll_limit": NLL_LIMIT, "nll_agreement_ok": diff_nll <= NLL_LIMIT and share_diff_nll <= NLL_LIMIT,
+        "nll_limit": limit, "nll_agreement_ok": diff_nll <= limit and share_diff_nll <= limit,
         # prompt sharing: the engine against itself with share_prompt=False (every candidate re-runs the prompt)
         "unshared_items_per_s": len(items) / t_unshared, "prompt_sharing_speedup": t_unshared / t_eng,
         "prompt_sharing_max_abs_nll_diff": share_diff_nll, "prompt_sharing_max_abs_token_nll_diff": share_diff,
