@@ -314,3 +314,22 @@ def test_shared_prompt_equals_unshared_real(request, name):
     _assert_rows_close(rows, ref_rows, real_env.TOL, real_env.NLL_TOL)
     for it, r in zip(items, rows):
         assert abs(r["nll"] - float(_reference(lm, it).mean())) <= real_env.NLL_TOL, it.condition
+
+
+def test_out_of_memory_while_extending_halves_and_stays_exact(monkeypatch):
+    m = build("llama")
+    lm = _LM(m, arch_of(m))
+    items = _candidate_items(_ids, n_samples=2)
+    ref_rows = Engine(lm, share_prompt=False).score_items(items)
+    real = eng.scoring.extend
+
+    def flaky(model, caches, *a, **k):
+        if len(caches) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, caches, *a, **k)
+
+    monkeypatch.setattr(eng.scoring, "extend", flaky)
+    e = Engine(lm)
+    rows = e.score_items(items)
+    assert e.stats.oom_retries > 0 and e.stats.prompt_extensions == 6
+    _assert_rows_close(rows, ref_rows, TOL)
