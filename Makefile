@@ -5,7 +5,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 NB := experiments/exp01/exp01_back_to_basics.ipynb
 
-.PHONY: setup models data exp01 test test-fast notebooks clean-store lab sweep index
+.PHONY: setup models data exp01 test test-fast notebooks clean-store lab sweep index gpu-check
 
 setup:
 	$(PIP) install -q -r requirements-cpu.txt
@@ -65,3 +65,10 @@ sweep: models
 index:
 	$(PYTHON) -m lib.report.index
 
+
+# On a CUDA machine after `make models`: the bundled models in bfloat16 and 4-bit nf4 (real-model
+# exactness tests, engine benchmarks, one SMOKE notebook per experiment family), ~10 min on an H200,
+# figures in one JSON (GPU_CHECK_OUT). Without CUDA it exits at once: "no CUDA device: ...".
+GPU_CHECK_OUT ?= results/gpu_check/gpu_check.json
+gpu-check:
+	$(PYTHON) -m lib.tools.gpu_check --out $(GPU_CHECK_OUT)

@@ -1,11 +1,12 @@
-"""Shared pytest fixtures: the three bundled real models, loaded once per session (float32, CPU, sdpa).
+"""Shared pytest fixtures: the three bundled real models, loaded once per session (float32, CPU, sdpa;
+another device / dtype / nf4 through the environment: ``tests/real_env.py``).
 
 Tests that use them are marked ``slow`` (first use converts the bundled GGUFs into the model
 cache, ~2-3 min once; later loads take seconds).
 """
 import pytest
 
-from lib.kv.models import load_model
+import real_env
 
 
 def pytest_configure(config):
@@ -14,17 +15,17 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def smollm2():
-    return load_model("smollm2-135m-instruct", dtype="float32", device="cpu", attn_implementation="sdpa")
+    return real_env.load("smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")
 def gemma3():
-    return load_model("gemma-3-270m", dtype="float32", device="cpu", attn_implementation="sdpa")
+    return real_env.load("gemma-3-270m")
 
 
 @pytest.fixture(scope="session")
 def qwen2():
-    return load_model("qwen2.5-coder-0.5b-instruct", dtype="float32", device="cpu", attn_implementation="sdpa")
+    return real_env.load("qwen2.5-coder-0.5b-instruct")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -113,17 +113,17 @@ def test_missing_margin_raises():
 def test_engine_distractor_nlls_equal_scoring_each_distractor_as_the_answer():
     """Oracle: every distractor NLL equals an unbatched single-item scoring of that distractor as the
     answer on the same cache; the gold NLL is unchanged by adding distractors."""
-    from test_engine import _LM, _ids, _items, _reference
+    from test_engine import _items, _reference
 
     from dataclasses import replace
 
     from lib.kv.engine import Engine
-    from tiny import arch_of, build
+    from tiny import TinyLM, build, random_ids
 
     m = build("gemma3")
-    lm = _LM(m, arch_of(m))
-    base = _items(_ids, n_samples=3)
-    items = [replace(it, distractor_ids=(_ids(2, 900 + i), _ids(4, 950 + i), it.answer_ids[:1] + (5,)))
+    lm = TinyLM(m)
+    base = _items(random_ids, n_samples=3)
+    items = [replace(it, distractor_ids=(random_ids(2, 900 + i), random_ids(4, 950 + i), it.answer_ids[:1] + (5,)))
              for i, it in enumerate(base)]
     rows = Engine(lm, mem_budget_gb=0.001, max_batch=3).score_items(items)
     plain = Engine(lm).score_items(base)

@@ -17,10 +17,18 @@ prompt and answer ids. The engine
    (``lib.kv.encode.shape``; a cache that would still view the padded batch is cloned, so no padded
    batch outlives its forward), then Phase B batched over the group's continuations
    (``lib.kv.scoring.score``: left-padded caches, logits only at answer positions; a batch whose rows
-   all continue one cache broadcasts it instead of copying it). A shaped cache is dropped as soon
-   as its last continuation is scored.
+   all continue one cache broadcasts it instead of copying it). A cache is dropped as soon as its
+   last continuation is scored;
+4. shares prompts (``share_prompt=True``): a (shaped cache, prompt) that several answers continue
+   (gold + distractors, or answer candidates as separate items) runs ``prompt[:-1]`` ONCE
+   (``scoring.extend``, batched; a new cache, the shaped one is never modified) and each answer feeds
+   only ``[last prompt token] + answer`` on that extended cache, so the last prompt token still
+   predicts answer[0]. One answer, or a one-token prompt, keeps the plain path.
+   ``share_prompt=False`` re-runs the whole prompt per answer (the reference; equal to float32 noise,
+   ``tests/test_engine_sharing.py``, ``python -m lib.tools.bench --design many8``).
 
-Memory: at most one group's shaped caches (<= ``cache_budget_bytes``) plus one Phase A or Phase B
+Memory: at most one group's shaped and prompt-extended caches (<= ``cache_budget_bytes``: a group's
+cost counts both, since while its prompts run both are alive) plus one Phase A or Phase B
 batch (token budget from the other half) are alive at once, whatever the number of items. On CUDA
 an out-of-memory error halves the batch and retries. No deep copies, no per-step
 ``gc.collect``/``empty_cache``. ``run`` streams rows into a ``RunStore`` wave by wave (a wave =
@@ -38,6 +46,7 @@ from transformers import DynamicCache
 from lib.kv import cache as kv
 from lib.kv import encode as enc_mod
 from lib.kv import margin, scoring
+from lib.kv.batching import batches as _batches, groups as _groups, sizes as _sizes, token_budget  # noqa: F401 (re-exported)
 from lib.kv.noise import noise_atol
 
 
@@ -85,75 +94,28 @@ class EngineStats:
     shaped_caches: int = 0  # distinct shaped caches built (one per (encoding, keep_prefix))
     deduplicated_items: int = 0  # items that repeated an earlier item's work: scored once, result copied
     groups: int = 0  # streamed Phase A -> shape -> Phase B groups
-    peak_live_cache_bytes: int = 0  # most bytes of shaped caches alive at once
+    peak_live_cache_bytes: int = 0  # most bytes of shaped and prompt-extended caches alive at once
+    prompt_extensions: int = 0  # (shaped cache, prompt) pairs whose prompt ran once for all their answers
+    phase_b_tokens: int = 0  # real (unpadded) tokens fed in Phase B, prompt extensions included
 
 
-def _sizes(model) -> tuple[int, int]:
-    """(KV bytes per cached token over all layers, largest transient activation bytes per token)."""
-    cfg = model.config.get_text_config(decoder=True)
-    p = next(model.parameters())
-    size = p.element_size() if p.is_floating_point() else 2  # quantized weights compute in 16 bits
-    n_heads = cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
-    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
-    kv_bytes = 2 * cfg.num_hidden_layers * n_kv * head_dim * size
-    inter = getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)
-    act_bytes = size * (6 * cfg.hidden_size + 3 * inter + 2 * n_heads * head_dim)
-    return kv_bytes, act_bytes
-
-
-def token_budget(model, mem_budget_gb: float) -> int:
-    """Tokens per Phase A batch that fit half of ``mem_budget_gb`` (activations + the kept KV cache).
-
-    Per token: KV entries of every layer, plus the largest transient activations of one layer
-    (hidden states, the MLP's intermediate, q/k/v), with a safety factor of 2. (The other half of
-    the budget holds the shaped caches alive between Phase A and Phase B.)
-    """
-    if mem_budget_gb <= 0:
-        raise ValueError(f"mem_budget_gb must be > 0, got {mem_budget_gb}")
-    kv_bytes, act_bytes = _sizes(model)
-    return max(64, int(mem_budget_gb * 2**30 / (2 * (kv_bytes + act_bytes))))
-
-
-def _batches(lengths: list[int], budget: int, max_batch: int, *, cost: list[int] | None = None,
-             min_tokens: int = 512, slack: float = 0.05) -> list[list[int]]:
-    """Indices grouped into batches, longest ``lengths`` first (the padded dimension).
-
-    A batch closes when adding the next item would make ``items * max(cost)`` exceed ``budget``
-    (``cost`` defaults to ``lengths``) or exceed ``max_batch`` items, or, once it holds
-    ``min_tokens`` real tokens (enough for efficient matmuls), when the next item is more than
-    ``slack`` shorter than the batch's longest (to keep padding waste low).
-    """
-    cost = lengths if cost is None else cost
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], -cost[i]))
-    out, cur, real, top = [], [], 0, 0
-    for i in order:
-        if cur:
-            full = (len(cur) + 1) * max(top, cost[i]) > budget or len(cur) >= max_batch
-            ragged = real >= min_tokens and lengths[i] < (1 - slack) * lengths[cur[0]]
-            if full or ragged:
-                out.append(cur)
-                cur, real, top = [], 0, 0
-        cur.append(i)
-        real += lengths[i]
-        top = max(top, cost[i])
-    if cur:
-        out.append(cur)
-    return out
-
-
-def _groups(encodings: list, cost: dict, budget: int) -> list[list]:
-    """Consecutive runs of ``encodings`` whose summed ``cost`` fits ``budget`` (an oversized one stands alone)."""
-    out, cur, used = [], [], 0
-    for e in encodings:
-        if cur and used + cost[e] > budget:
-            out.append(cur)
-            cur, used = [], 0
-        cur.append(e)
-        used += cost[e]
-    if cur:
-        out.append(cur)
-    return out
+@dataclass
+class _Plan:
+    """``score_items``' plan: shaped caches (index c), distinct continuations (index j), prompt extensions (x)."""
+    encodings: list  # distinct (doc_ids, prefix_ids)
+    built: dict  # encoding -> encode.Encoded
+    keep_of: dict  # c -> keep_prefix
+    cache_len: list  # c -> shaped cache length
+    caches_of_enc: dict  # encoding -> [c]
+    jobs: list  # j -> (c, prompt_ids, answer_ids)
+    src: list  # j -> the cache it continues: ("doc", c) or ("ext", x)
+    feed: list  # j -> prompt tokens it feeds before its answer (the whole prompt, or its last token)
+    exts: list  # x -> (c, prompt_ids): prompt[:-1] runs once on cache c
+    ext_len: list  # x -> extended cache length
+    exts_of_cache: dict  # c -> [x]
+    jobs_of_cache: dict  # c -> [j]
+    cost: dict  # encoding -> bytes of its shaped and extended caches
+    nlls: list  # j -> per-token NLLs, filled by Phase B
 
 
 def _nbytes(dc: kv.DocCache) -> int:
@@ -178,7 +140,8 @@ def _is_oom(err: BaseException) -> bool:
 class Engine:
     """Plans and runs Phase A / Phase B for lists of WorkItems on one loaded model."""
 
-    def __init__(self, lm, *, mem_budget_gb: float = 2.0, max_batch: int = 64, phase_b_batch: int | None = None):
+    def __init__(self, lm, *, mem_budget_gb: float = 2.0, max_batch: int = 64, phase_b_batch: int | None = None,
+                 share_prompt: bool = True):
         self.lm, self.model, self.arch = lm, lm.model, lm.arch
         self.budget = token_budget(self.model, mem_budget_gb)
         self.kv_bytes_per_token, act_bytes = _sizes(self.model)
@@ -188,6 +151,7 @@ class Engine:
         self.cache_budget_bytes = int(mem_budget_gb * 2**30 / 2)  # shaped caches alive at once
         self.max_batch = max_batch
         self.phase_b_batch = phase_b_batch
+        self.share_prompt = share_prompt  # False: every answer re-runs its whole prompt (the reference path)
         self.stats = EngineStats()
         self.device = next(self.model.parameters()).device
         self.atol = noise_atol(getattr(lm, "dtype", None) or next(self.model.parameters()).dtype)  # ties between a distractor and the gold answer (``margin.candidate_stats``)
@@ -264,51 +228,34 @@ class Engine:
         """Rows for ``items`` (any order, any mix of samples and conditions), in input order."""
         cache_of: dict[tuple, int] = {}  # (encoding, keep_prefix) -> shaped-cache index
         job_of: dict[tuple, int] = {}  # (cache index, prompt_ids, answer_ids) -> distinct continuation
-        jobs: list[tuple[int, tuple, tuple]] = []  # (cache index, prompt_ids, answer_ids)
         item_job, item_distractor_jobs = [], []
         n_asked = 0
-
-        def job(c, prompt, answer):
-            j = job_of.setdefault((c, prompt, answer), len(job_of))
-            if j == len(jobs):
-                jobs.append((c, prompt, answer))
-            return j
-
         for it in items:
             c = cache_of.setdefault((it.encoding, it.keep_prefix), len(cache_of))
-            item_job.append(job(c, it.prompt_ids, it.answer_ids))
-            item_distractor_jobs.append([job(c, it.prompt_ids, d) for d in it.distractor_ids])
+            item_job.append(job_of.setdefault((c, it.prompt_ids, it.answer_ids), len(job_of)))
+            item_distractor_jobs.append([job_of.setdefault((c, it.prompt_ids, d), len(job_of)) for d in it.distractor_ids])
             n_asked += 1 + len(it.distractor_ids)
+        jobs = list(job_of)  # (cache index, prompt_ids, answer_ids), in first-asked order
         self.stats.deduplicated_items += n_asked - len(jobs)
-        encodings = list(dict.fromkeys(enc for enc, _ in cache_of))
-        built = dict(zip(encodings, self._built(encodings)))
-        cache_len = [len(built[enc].keep_index(keep)) for enc, keep in cache_of]
-        caches_of_enc: dict[tuple, list[int]] = {}
-        for (enc, _), c in cache_of.items():
-            caches_of_enc.setdefault(enc, []).append(c)
-        jobs_of_cache: dict[int, list[int]] = {}
-        for j, (c, _, _) in enumerate(jobs):
-            jobs_of_cache.setdefault(c, []).append(j)
-        nlls: list = [None] * len(jobs)
-        cost = {e: self.kv_bytes_per_token * sum(cache_len[c] for c in caches_of_enc[e]) for e in encodings}
-        for group in _groups(sorted(encodings, key=lambda e: -len(built[e].input_ids)), cost, self.cache_budget_bytes):
+        plan = self._plan(cache_of, jobs)
+        for group in _groups(sorted(plan.encodings, key=lambda e: -len(plan.built[e].input_ids)), plan.cost,
+                             self.cache_budget_bytes):
             self.stats.groups += 1
-            self._run_group(group, built, cache_of, caches_of_enc, [j for e in group for c in caches_of_enc[e]
-                                                                      for j in jobs_of_cache[c]], jobs, nlls)
+            self._run_group(group, plan)
         rows = []
         for it, j, dj in zip(items, item_job, item_distractor_jobs):
-            tok = nlls[j]
+            tok = plan.nlls[j]
             extra = {}
             if dj:
                 gold = float(tok.mean())
-                dn = [float(nlls[k].mean()) for k in dj]
+                dn = [float(plan.nlls[k].mean()) for k in dj]
                 extra = {"distractor_nlls": [round(x, 6) for x in dn], **margin.candidate_stats(gold, dn, self.atol)}
             rows.append({
                 "sample_id": it.sample_id,
                 "condition": it.condition,
                 "n_doc_tokens": len(it.doc_ids),
                 "n_prefix_tokens": len(it.prefix_ids),
-                "cache_len": cache_len[jobs[j][0]],
+                "cache_len": plan.cache_len[jobs[j][0]],
                 "n_prompt_tokens": len(it.prompt_ids),
                 "n_answer_tokens": len(it.answer_ids),
                 **it.row,
@@ -318,56 +265,110 @@ class Engine:
             })
         return rows
 
-    def _run_group(self, group, built, cache_of, caches_of_enc, group_jobs, jobs, nlls) -> None:
-        """Phase A for the group's encodings, each shaped cache once, Phase B; frees caches when done."""
-        shaped: dict[int, kv.DocCache] = {}
-        keep_of = {c: keep for (_, keep), c in cache_of.items()}
+    def _plan(self, cache_of: dict, jobs: list[tuple]) -> _Plan:
+        """Which cache each continuation reads and what it feeds; the cache bytes of every encoding."""
+        encodings = list(dict.fromkeys(enc for enc, _ in cache_of))
+        built = dict(zip(encodings, self._built(encodings)))
+        cache_len = [len(built[enc].keep_index(keep)) for enc, keep in cache_of]
+        n_answers: dict[tuple, int] = {}
+        for c, p, _ in jobs:
+            n_answers[(c, p)] = n_answers.get((c, p), 0) + 1
+        # prompt sharing: a (cache, prompt) with >= 2 answers runs prompt[:-1] once (an extended cache);
+        # each answer then feeds [last prompt token] + answer on it (the last prompt token predicts answer[0])
+        ext_of = {cp: x for x, cp in enumerate(cp for cp, n in n_answers.items()
+                                               if self.share_prompt and n >= 2 and len(cp[1]) >= 2)}
+        src = [("ext", ext_of[(c, p)]) if (c, p) in ext_of else ("doc", c) for c, p, _ in jobs]
+        feed = [p[-1:] if (c, p) in ext_of else p for c, p, _ in jobs]
+        caches_of_enc: dict[tuple, list[int]] = {}
+        for (enc, _), c in cache_of.items():
+            caches_of_enc.setdefault(enc, []).append(c)
+        exts_of_cache: dict[int, list[int]] = {}
+        for (c, _), x in ext_of.items():
+            exts_of_cache.setdefault(c, []).append(x)
+        jobs_of_cache: dict[int, list[int]] = {}
+        for j, (c, _, _) in enumerate(jobs):
+            jobs_of_cache.setdefault(c, []).append(j)
+        # the group's shaped AND extended caches may all be alive at once (while the prompts run)
+        ext_len = [cache_len[c] + len(p) - 1 for c, p in ext_of]
+        cost = {e: self.kv_bytes_per_token * sum(cache_len[c] + sum(ext_len[x] for x in exts_of_cache.get(c, ()))
+                                                 for c in caches_of_enc[e]) for e in encodings}
+        return _Plan(encodings, built, {c: keep for (_, keep), c in cache_of.items()}, cache_len, caches_of_enc,
+                     jobs, src, feed, list(ext_of), ext_len, exts_of_cache, jobs_of_cache, cost, [None] * len(jobs))
+
+    def _run_group(self, group, plan: _Plan) -> None:
+        """Phase A for the group's encodings, each shaped cache once, the shared prompts once, Phase B;
+        frees every cache when its last use is done."""
+        live: dict[tuple, kv.DocCache] = {}  # ("doc", shaped-cache index) / ("ext", extension index) -> cache
+        nbytes = [0]  # bytes of caches alive now
         encs = list(group)
-        enc_list = [built[e] for e in encs]
-        live = [0]  # bytes of shaped caches alive now
+        enc_list = [plan.built[e] for e in encs]
+        caches = [c for e in encs for c in plan.caches_of_enc[e]]
+        group_jobs = [j for c in caches for j in plan.jobs_of_cache[c]]
+        group_exts = [x for c in caches for x in plan.exts_of_cache.get(c, ())]
+        remaining: dict[tuple, int] = {}  # uses left per live cache
+        for j in group_jobs:
+            remaining[plan.src[j]] = remaining.get(plan.src[j], 0) + 1
+        for x in group_exts:
+            key = ("doc", plan.exts[x][0])
+            remaining[key] = remaining.get(key, 0) + 1
+
+        def add(key, dc):
+            live[key] = dc
+            nbytes[0] += _nbytes(dc)
+            self.stats.peak_live_cache_bytes = max(self.stats.peak_live_cache_bytes, nbytes[0])
+
+        def used(key):
+            remaining[key] -= 1
+            if remaining[key] == 0:  # its last use is done: free it now
+                nbytes[0] -= _nbytes(live.pop(key))
 
         def take(i, row):
             owners = {t.untyped_storage().data_ptr() for t in row.keys + row.values}
-            for c in caches_of_enc[encs[i]]:
-                if c in shaped:  # already built before an out-of-memory retry
+            for c in plan.caches_of_enc[encs[i]]:
+                if ("doc", c) in live:  # already built before an out-of-memory retry
                     continue
-                dc = _owned(enc_mod.shape(row, enc_list[i], self.arch, keep_prefix=keep_of[c]), owners)
-                shaped[c] = dc
-                live[0] += _nbytes(dc)
+                add(("doc", c), _owned(enc_mod.shape(row, enc_list[i], self.arch, keep_prefix=plan.keep_of[c]), owners))
                 self.stats.shaped_caches += 1
-                self.stats.peak_live_cache_bytes = max(self.stats.peak_live_cache_bytes, live[0])
 
         for idx in _batches([len(b.input_ids) for b in enc_list], self.budget, self.max_batch):
             self._encode_batch(idx, enc_list, take)
         self.stats.phase_a_encodings += len(encs)
-        remaining: dict[int, int] = {}
-        for j in group_jobs:
-            remaining[jobs[j][0]] = remaining.get(jobs[j][0], 0) + 1
+        new_len = [len(plan.exts[x][1]) - 1 for x in group_exts]
+        total = [plan.ext_len[x] for x in group_exts]
+        for idx in _batches(new_len, self.budget, self.phase_b_batch or self.max_batch, cost=total, min_tokens=256):
+            sel = [group_exts[k] for k in idx]
+            self._halving_on_oom(lambda part: self._extend_once(part, plan, live, add), sel)
+            for x in sel:
+                used(("doc", plan.exts[x][0]))
         # Phase B pads the new tokens (what the linear layers pay for) and holds a padded copy of the
         # batch's caches and vocab-wide logits at answer positions (what memory pays for): batch by
         # new-token length, budget on the total
-        new_len = [len(jobs[j][1]) + len(jobs[j][2]) for j in group_jobs]
-        total = [shaped[jobs[j][0]].length + n + math.ceil(len(jobs[j][2]) * self._logit_tokens)
+        new_len = [len(plan.feed[j]) + len(plan.jobs[j][2]) for j in group_jobs]
+        total = [live[plan.src[j]].length + n + math.ceil(len(plan.jobs[j][2]) * self._logit_tokens)
                  for j, n in zip(group_jobs, new_len)]
         for idx in _batches(new_len, self.budget, self.phase_b_batch or self.max_batch, cost=total, min_tokens=256):
             sel = [group_jobs[k] for k in idx]
-            self._score_batch(sel, jobs, shaped, nlls)
+            self._halving_on_oom(lambda part: self._score_once(part, plan, live), sel)
             for j in sel:
-                c = jobs[j][0]
-                remaining[c] -= 1
-                if remaining[c] == 0:  # its last continuation is scored: free it now
-                    live[0] -= _nbytes(shaped.pop(c))
+                used(plan.src[j])
 
-    def _score_batch(self, sel, jobs, shaped, nlls) -> None:
-        self._halving_on_oom(lambda part: self._score_batch_once(part, jobs, shaped, nlls), sel)
+    def _extend_once(self, sel, plan: _Plan, live, add) -> None:
+        prompts = [list(plan.exts[x][1][:-1]) for x in sel]
+        got = scoring.extend(self.model, [live[("doc", plan.exts[x][0])] for x in sel], prompts)
+        for x, dc in zip(sel, got):
+            add(("ext", x), dc)
+        self.stats.prompt_extensions += len(sel)
+        self.stats.phase_b_forwards += 1
+        self.stats.phase_b_tokens += sum(map(len, prompts))
 
-    def _score_batch_once(self, sel, jobs, shaped, nlls) -> None:
-        got = scoring.score(self.model, [shaped[jobs[j][0]] for j in sel], [list(jobs[j][1]) for j in sel],
-                            [list(jobs[j][2]) for j in sel], batch_size=len(sel))
+    def _score_once(self, sel, plan: _Plan, live) -> None:
+        feed, answers = [list(plan.feed[j]) for j in sel], [list(plan.jobs[j][2]) for j in sel]
+        got = scoring.score(self.model, [live[plan.src[j]] for j in sel], feed, answers, batch_size=len(sel))
         for j, t in zip(sel, got):
-            nlls[j] = t
+            plan.nlls[j] = t
         self.stats.phase_b_forwards += 1
         self.stats.phase_b_items += len(sel)
+        self.stats.phase_b_tokens += sum(len(p) + len(a) for p, a in zip(feed, answers))
 
     # ---- streaming -------------------------------------------------------------------------
     def run(self, items: list[WorkItem], store, *, wave: int = 8, progress: bool = True, desc: str = "samples") -> list[dict]:

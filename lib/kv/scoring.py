@@ -13,6 +13,10 @@ index distances between cache entries and new tokens are those of the unpadded i
 sliding-window masks stay exact. Logits are computed only at the positions that predict answer
 tokens (hidden states of the base model, then the LM head), never over the full sequence.
 
+Prompt sharing: ``extend`` appends tokens to a cache (Phase B without logits); scoring
+``[prompt[-1]] + answer`` on ``extend(cache, prompt[:-1])`` equals scoring ``prompt + answer`` on the
+cache, so answers sharing a prompt run it once (``lib.kv.engine``).
+
 Guards: a cache whose next position differs from its length (the one-token look-ahead bug: the
 causal mask's offset comes from the cache length, RoPE from position_ids) raises unless
 ``allow_position_gap=True``; every forward gets a fresh cache wrapper, so the DocCache is never
@@ -95,6 +99,50 @@ def score(
         for s in range(0, len(caches), batch_size):
             sl = slice(s, s + batch_size)
             out.extend(_score_batch(model, caches[sl], prompt_ids[sl], answer_ids[sl], pad_id))
+    return out
+
+
+def extend(model, caches: list[kv.DocCache], new_ids: list[list[int]], *, pad_id: int = 0) -> list[kv.DocCache]:
+    """Each cache with ``new_ids`` appended (Phase B on a prompt, no logits): new batch-1 caches.
+
+    Prompt sharing (``lib.kv.engine``): run ``prompt[:-1]`` once on a shaped cache, then score every
+    answer candidate as ``score(extended, [prompt[-1]], answer)``: the last prompt token still
+    predicts answer[0]. Same batching as ``score`` (caches left-padded, new tokens right-padded,
+    ``position_ids = next_position + arange``); row b keeps entries ``[Lmax - L_b, Lmax + T_b)``,
+    cloned so no padded batch stays alive. The input caches are never modified (a fresh wrapper
+    per forward); they must be contiguous (next position == length).
+    """
+    if len(caches) != len(new_ids) or not caches:
+        raise ValueError(f"got {len(caches)} caches and {len(new_ids)} id lists; need the same number, at least one")
+    for i, (c, ids) in enumerate(zip(caches, new_ids)):
+        if len(ids) == 0:
+            raise ValueError(f"item {i}: empty ids to extend the cache with")
+        if c.batch != 1:
+            raise ValueError(f"item {i}: extend takes batch-1 caches, got batch {c.batch}")
+        if int(c.next_position[0]) != c.length:
+            raise ValueError(f"item {i}: cache holds {c.length} entries but its next position is "
+                             f"{int(c.next_position[0])}; compact it first")
+    dev = caches[0].keys[0].device
+    batched, cache_mask = kv.stack_left_padded(caches)
+    B, lmax, tmax = len(caches), batched.length, max(len(x) for x in new_ids)
+    ids = torch.full((B, tmax), pad_id, dtype=torch.long, device=dev)
+    new_mask = torch.zeros(B, tmax, dtype=torch.long, device=dev)
+    for b, x in enumerate(new_ids):
+        ids[b, : len(x)] = torch.tensor(list(x), device=dev)
+        new_mask[b, : len(x)] = 1
+    mask = torch.cat([cache_mask.to(dev), new_mask], dim=1)
+    position_ids = torch.tensor([c.length for c in caches], device=dev)[:, None] + torch.arange(tmax, device=dev)[None]
+    past = kv.to_dynamic(batched)
+    with torch.no_grad():
+        model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=past, use_cache=True)
+    out = []
+    for b, (c, x) in enumerate(zip(caches, new_ids)):
+        sl = slice(lmax - c.length, lmax + len(x))  # (B, H, Lmax + Tmax, D) -> row b's real entries
+        keys = tuple(layer.keys[b : b + 1, :, sl].clone() for layer in past.layers)
+        values = tuple(layer.values[b : b + 1, :, sl].clone() for layer in past.layers)
+        n = c.length + len(x)
+        out.append(kv.DocCache(keys, values, torch.arange(n, device=c.positions.device)[None],
+                               {**c.meta, "extended_by": len(x)}))
     return out
 
 

@@ -4,6 +4,7 @@
     python -m lib.tools.bench --design exp01 --model gemma-3-270m --n 8
     python -m lib.tools.bench --design many8 --model gemma-3-270m --n 12 --memory-n 120   # lib/tools/bench_memory.py
     python -m lib.tools.bench --design exp07train --model gemma-3-270m --n 8             # lib/tools/bench_train.py
+    python -m lib.tools.bench --design exp01 --load-in-4bit --no-memory       # CUDA: bitsandbytes nf4
 
 The reference loop does what the seed notebooks did, with this repo's correct kernels (so its
 NLLs are comparable): per sample and per condition one Phase A forward of the full LM (logits
@@ -280,12 +281,15 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    ap.add_argument("--load-in-4bit", action="store_true", help="bitsandbytes nf4 (CUDA only; needs --no-memory)")
     ap.add_argument("--memory-n", type=int, default=None, help="many8: samples for the engine's extra memory probe")
     ap.add_argument("--probe", choices=("reference", "engine"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.probe:
         return _probe_main(args)
-    lm = load_model(args.model, dtype=args.dtype)
+    if args.load_in_4bit and not args.no_memory:
+        ap.error("--load-in-4bit needs --no-memory (the memory probes load the model in its dtype)")
+    lm = load_model(args.model, dtype=args.dtype, load_in_4bit=args.load_in_4bit)
     out = Path(args.out)
     ok = True
     for design in (DESIGNS if args.design == "both" else (args.design,)):
@@ -304,6 +308,7 @@ def main(argv=None) -> int:
         else:
             res = bench(lm, design, n, args.repeats, args.mem_budget_gb, memory=not args.no_memory)
             print(report(res), flush=True)
+        res["load_in_4bit"] = args.load_in_4bit
         res["provenance"] = provenance(seeds={"seed": 42})
         write_json_atomic(out / f"{design}_{args.model.replace('/', '_')}.json", res)
         ok &= res["nll_agreement_ok"]
