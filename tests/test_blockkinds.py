@@ -89,3 +89,16 @@ def test_bench_block_shows_ratio_and_agreement(tmp_path):
         "peak_memory_bytes": {"reference": 2 ** 30, "engine": 2 ** 31}}))
     text = logblocks.render("results/bench/d.json", tmp_path)
     assert "| 2.00 | 7.00 | 3.50x | 2.0e-05 | FAILED | 200.0 GFLOP/s | 150.0 GFLOP/s | 75% | 1.00 / 2.00 GiB |" in text
+
+
+def test_training_bench_block(tmp_path):
+    path = tmp_path / "results" / "bench" / "t.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({
+        "design": "exp07train", "model": "m", "dtype": "f32", "device": "cpu", "threads": 2, "n_samples": 8, "epochs": 2,
+        "micro_steps": 16, "cutoff": 8, "n_layers": 18, "repeats": 2, "steps_per_s": {"reference": 0.8, "fast": 1.2},
+        "speedup": 1.5, "max_rel_loss_diff": 0.0, "max_abs_prefix_diff": 0.0, "agreement_ok": True,
+        "matmul_peak_flops": 1e11, "fast_useful_flops_per_s": 5e10, "fast_useful_fraction_of_peak": 0.5,
+        "reference_useful_fraction_of_peak": 0.33}))
+    text = logblocks.render("results/bench/t.json", tmp_path)
+    assert "| 0.80 | 1.20 | 1.50x | 0.0e+00 | 0.0e+00 | ok | 100.0 GFLOP/s | 50.0 GFLOP/s | 50% (33%) |" in text

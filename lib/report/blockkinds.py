@@ -30,6 +30,8 @@ def kind(r: dict) -> str | None:
         return "reachability"
     if "by_condition" in r.get("summary", {}):
         return "latent"
+    if r.get("design") == "exp07train":
+        return "bench_train"
     if "design" in r and "speedup" in r:
         return "bench"
     if "relative_mse_at_step" in r:
@@ -188,6 +190,22 @@ def latent(run: str, folder: Path, r: dict) -> list[str]:
 
 
 # engine benchmark ------------------------------------------------------------------------------------
+
+def bench_train(run: str, r: dict) -> list[str]:
+    """``python -m lib.tools.bench --design exp07train``: exp07 training, reference vs fast path."""
+    prov = r.get("provenance", {})
+    return [f"`{run}`; exp07 training; model {r['model']} ({r['dtype']}, {r['device']}, {r['threads']} threads); "
+            f"{r['n_samples']} examples x {r['epochs']} epochs = {r['micro_steps']} micro-steps; cutoff {r['cutoff']} of "
+            f"{r['n_layers']} layers; best of {r['repeats']} interleaved repeats; commit {_commit(prov)}; "
+            f"{(prov.get('date') or '?')[:10]}.", "",
+            "| reference steps/s | fast steps/s | ratio | max relative loss diff | max prefix diff | agreement | matmul peak | "
+            "fast useful FLOP/s | of peak (reference) |", "|---|---|---|---|---|---|---|---|---|",
+            f"| {_f(r['steps_per_s']['reference'], '.2f')} | {_f(r['steps_per_s']['fast'], '.2f')} | {_f(r['speedup'], '.2f')}x | "
+            f"{_f(r['max_rel_loss_diff'], '.1e')} | {_f(r['max_abs_prefix_diff'], '.1e')} | "
+            f"{'ok' if r['agreement_ok'] else 'FAILED'} | {_gflops(r['matmul_peak_flops'])} | "
+            f"{_gflops(r['fast_useful_flops_per_s'])} | {_f(100 * r['fast_useful_fraction_of_peak'], '.0f')}% "
+            f"({_f(100 * r['reference_useful_fraction_of_peak'], '.0f')}%) |"]
+
 
 def _mem(v) -> float | None:
     """GiB: a plain peak, or the ``peak_bytes`` of ``lib.tools.bench_memory`` (already above the warmed model)."""

@@ -178,6 +178,8 @@ def render(run: str, results_root: Path | None = None) -> str:
         raise FileNotFoundError(f"RUN-BLOCK names {run!r} but {path} does not exist")
     r = json.loads(path.read_text())
     k = blockkinds.kind(r)
+    if k == "bench_train":
+        return "\n".join(blockkinds.bench_train(run, r)) + "\n"
     if k == "bench":
         return "\n".join(blockkinds.bench(run, r)) + "\n"
     if k == "probe":
