@@ -70,3 +70,12 @@ def test_block_shows_margins_and_derived_tables(tmp_path):
     assert "vs 4 type-matched distractors" in out and "A +1.250 / 2.00 / 0.40" in out
     assert "| D vs A (margin) |" in out and "Entropy gap d(nll) - d(margin): D vs A +0.290." in out
     assert "Best early cutoff 2 (bootstrap 95% range 2-3): mean delta +0.0011 [+0.0008, +0.0015] nats" in out
+
+
+def test_identity_calls_multi_set_synthetic_runs_pipeline_checks(tmp_path):
+    run = tmp_path / "results" / "exp04_x"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"config": {"MODEL": "m", "DATASETS": "synthetic@1,synthetic@2"},
+                                                  "summary": {"comparisons": []}}))
+    text = logblocks.render("results/exp04_x", tmp_path)
+    assert "pipeline check (synthetic data)" in text and "real data" not in text

@@ -31,8 +31,10 @@ def _p(x) -> str:
 def _identity(run: str, r: dict) -> str:
     cfg, prov, data = r.get("config", {}), r.get("provenance", {}), r.get("data", {})
     model = cfg.get("MODEL") or cfg.get("model", "?")
-    name = data.get("name", cfg.get("DATASET", "?"))
-    kind = "pipeline check (synthetic data)" if name == "synthetic" else "real data"
+    name = data.get("name") or cfg.get("DATASET") or cfg.get("DATASETS") or "?"
+    parts = [x.strip().split("@")[0] for x in str(name).split(",")]
+    kind = ("pipeline check (synthetic data)" if all(p == "synthetic" for p in parts) else
+            "real data" if name != "?" else "data not recorded")
     sha = (data.get("provenance") or {}).get("sha256")
     commit = (prov.get("commit") or "?")[:8] + ("+dirty" if prov.get("dirty") else "")
     bits = [f"`{run}/results.json`", f"model {model} ({cfg.get('dtype', '?')})",
