@@ -15,6 +15,7 @@ PARAMS = [
     Param("MODES", str, "causal,bidirectional", "Phase A attention over [prefix + doc]: causal and/or bidirectional"),
     Param("KEEP_PREFIX", bool, True, "keep the prefix entries in the cache for Phase B (False: drop them, re-position the document)"),
     *[p for p in common.RUNTIME if p.name != "MEM_BUDGET_GB"],
+    common.DISTRACTORS,
     Param("OUT_DIR", str, "results/exp11", "results folder, relative to the repo root"),
     *common.TAIL,
 ]
@@ -41,7 +42,7 @@ CELLS = [
         modes = [m.strip() for m in MODES.split(",") if m.strip()]
         bad = [m for m in modes if m not in prefixlm.MODES]
         assert not bad, f"unknown MODES {bad}; choose from {prefixlm.MODES}"
-        items = prefixlm.build_items(lm, samples, conds, seed=SEED)
+        items = prefixlm.build_items(lm, samples, conds, seed=SEED, n_distractors=N_DISTRACTORS)
         names = [f"{c}__{m}" for c in conds for m in modes]
         for it in items[:len(conds)]:
             print(f"{it.condition:10s} {len(it.prefix_ids):3d} prefix tokens  {lm.tokenizer.decode(list(it.prefix_ids))[:70]!r}")
@@ -71,6 +72,13 @@ CELLS = [
             print(f"structural fraction ({m}): {sf['fraction_of_d']:.2f} of d, {sf['fraction_of_mean_benefit']:.2f} of the mean benefit")
         if summary.get("bidirectional_vs_causal"):
             show.table(summary["bidirectional_vs_causal"], title="bidirectional vs causal")
+        from lib.report.discrimination import discrimination_summary
+
+        nll_rows = [r for rows_ in summary["vs_bare"].values() for r in rows_] + summary.get("bidirectional_vs_causal", [])
+        summary.update(discrimination_summary(rows, ids, names, pairs=[(r["ref"], r["cond"]) for r in nll_rows],
+                                              nll_comparisons=nll_rows, n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype),
+                                              primary_test=PRIMARY_TEST))
+        show.discrimination(summary)
     """),
     md("## Figures"),
     code("""

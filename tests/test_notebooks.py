@@ -281,8 +281,11 @@ def test_exp09_smoke_run_random_init_encdec(tmp_path):
 
 @pytest.mark.slow
 def test_exp11_smoke_run_prefix_lm(tmp_path):
-    r = _smoke("experiments/exp11/exp11_prefix_lm.ipynb", tmp_path, N_SAMPLES=8)
+    r = _smoke("experiments/exp11/exp11_prefix_lm.ipynb", tmp_path, N_SAMPLES=8, N_DISTRACTORS=1)
     s = r["summary"]
+    disc = s["discrimination"]  # d(margin) beside d(nll) for every comparison, bidirectional vs causal included
+    assert disc["n_distractors"] == [1] and len(disc["comparisons"]) == 3 + 3 + 4
+    assert all("entropy_gap" in c for c in disc["comparisons"])
     assert set(s["vs_bare"]) == {"causal", "bidirectional"}
     assert [c["cond"] for c in s["vs_bare"]["bidirectional"]] == ["oracle__bidirectional", "random__bidirectional", "surr_doc__bidirectional"]
     assert len(s["bidirectional_vs_causal"]) == 4 and set(s["structural_fraction"]) == {"causal", "bidirectional"}

@@ -89,3 +89,24 @@ def test_causal_mask_real_models(request, name):
         own = lm.model.base_model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)).last_hidden_state[0]
     ours = prefixlm.hidden_states(lm.model, lm.arch, doc, prefix, mode="causal")
     assert (own - ours).abs().max() / own.abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["causal", "bidirectional"])
+def test_distractors_score_as_answers_on_the_same_cache(mode):
+    """Oracle: each distractor NLL equals scoring that distractor as the answer, alone, on the same
+    prefix-LM cache; the gold row is unchanged by adding distractors; margin and rank follow."""
+    from lib.kv.engine import WorkItem
+    from tiny import TinyLM
+
+    lm = TinyLM(build("gemma3"))
+    it = WorkItem("s0", "oracle", tuple(_ids(20, 1)), tuple(_ids(4, 2)), True, tuple(_ids(3, 3)), tuple(_ids(2, 4)),
+                  distractor_ids=(tuple(_ids(3, 5)), tuple(_ids(1, 6))))
+    plain = WorkItem("s0", "oracle", it.doc_ids, it.prefix_ids, True, it.prompt_ids, it.answer_ids)
+    (row,) = prefixlm.score_items(lm, [it], (mode,), batch_size=2)
+    (ref,) = prefixlm.score_items(lm, [plain], (mode,))
+    assert row["token_nlls"] == pytest.approx(ref["token_nlls"], abs=1e-5) and "margin" not in ref
+    cache = prefixlm.encode(lm.model, lm.arch, list(it.doc_ids), list(it.prefix_ids), mode=mode, keep_prefix=True)
+    alone = [float(score(lm.model, [cache], [list(it.prompt_ids)], [list(d)])[0].mean()) for d in it.distractor_ids]
+    assert row["distractor_nlls"] == pytest.approx(alone, abs=1e-5)
+    assert row["margin"] == pytest.approx(sum(alone) / 2 - row["nll"], abs=1e-5)
+    assert row["gold_rank"] == 1 + sum(a <= row["nll"] + 1e-5 for a in alone)

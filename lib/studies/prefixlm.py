@@ -106,9 +106,10 @@ def hidden_states(model, arch, doc_ids, prefix_ids=None, *, mode: str = "causal"
 CONDITIONS = {"bare": "bare", "oracle": "oracle", "random": "random_tokens", "surr_doc": "kw10"}
 
 
-def build_items(lm, samples, conds=tuple(CONDITIONS), *, seed: int = 42):
+def build_items(lm, samples, conds=tuple(CONDITIONS), *, seed: int = 42, n_distractors: int = 0):
     """``engine.WorkItem`` per (sample, condition) from the registry recipes in ``CONDITIONS``
-    (random: Q random tokens; surr_doc: the document's top-10 TF-IDF keywords)."""
+    (random: Q random tokens; surr_doc: the document's top-10 TF-IDF keywords); ``n_distractors``
+    other samples' answers ride along on each item (``lib.kv.margin``)."""
     from dataclasses import replace
 
     from lib.studies import conditions
@@ -117,28 +118,40 @@ def build_items(lm, samples, conds=tuple(CONDITIONS), *, seed: int = 42):
     if unknown or "bare" not in conds:
         raise ValueError(f"conditions {list(conds)}: must include 'bare' and come from {list(CONDITIONS)}")
     regs = conditions.get([CONDITIONS[c] for c in conds])
-    items = conditions.build_items(lm, samples, regs, seed=seed)
+    items = conditions.build_items(lm, samples, regs, seed=seed, n_distractors=n_distractors)
     back = {CONDITIONS[c]: c for c in conds}
     return [replace(it, condition=back[it.condition]) for it in items]
 
 
 def score_items(lm, items, modes=MODES, *, keep_prefix: bool = True, batch_size: int = 16) -> list[dict]:
-    """Rows ``<condition>__<mode>``: Phase A under each mode (one forward per item and mode), Phase B batched."""
-    from lib.kv import scoring
+    """Rows ``<condition>__<mode>``: Phase A under each mode (one forward per item and mode), Phase B batched.
+    An item's distractor answers are scored on the same cache after the same prompt: the row gets
+    ``distractor_nlls``, ``margin``, ``gold_rank``, ``top1`` (``lib.kv.margin.candidate_stats``)."""
+    from lib.kv import margin, scoring
+    from lib.kv.noise import noise_atol
 
-    caches, meta = [], []
+    atol = noise_atol(getattr(lm, "dtype", None) or next(lm.model.parameters()).dtype)
+    caches, meta, jobs = [], [], []  # jobs: (cache index, prompt ids, answer ids); the gold answer first per cache
     for it in items:
         for mode in modes:
             caches.append(encode(lm.model, lm.arch, list(it.doc_ids), list(it.prefix_ids), mode=mode, keep_prefix=keep_prefix))
             meta.append((it, mode))
+            jobs += [(len(caches) - 1, list(it.prompt_ids), list(a)) for a in (it.answer_ids, *it.distractor_ids)]
     nlls = []
-    for s in range(0, len(caches), batch_size):
-        nlls += scoring.score(lm.model, caches[s:s + batch_size], [list(it.prompt_ids) for it, _ in meta[s:s + batch_size]],
-                              [list(it.answer_ids) for it, _ in meta[s:s + batch_size]], batch_size=batch_size)
-    return [{"sample_id": it.sample_id, "condition": f"{it.condition}__{mode}", "mode": mode, "n_prefix_tokens": len(it.prefix_ids),
-             "n_doc_tokens": len(it.doc_ids), "cache_len": c.length, "n_answer_tokens": len(it.answer_ids), **it.row,
-             "token_nlls": [round(float(x), 6) for x in t], "nll": float(t.mean())}
-            for (it, mode), c, t in zip(meta, caches, nlls)]
+    for s in range(0, len(jobs), batch_size):
+        chunk = jobs[s:s + batch_size]
+        nlls += scoring.score(lm.model, [caches[c] for c, _, _ in chunk], [p for _, p, _ in chunk], [a for _, _, a in chunk],
+                              batch_size=batch_size)
+    rows, k = [], 0
+    for (it, mode), c in zip(meta, caches):
+        t, dn = nlls[k], [float(x.mean()) for x in nlls[k + 1:k + 1 + len(it.distractor_ids)]]
+        k += 1 + len(it.distractor_ids)
+        extra = {"distractor_nlls": [round(x, 6) for x in dn], **margin.candidate_stats(float(t.mean()), dn, atol)} if dn else {}
+        rows.append({"sample_id": it.sample_id, "condition": f"{it.condition}__{mode}", "mode": mode,
+                     "n_prefix_tokens": len(it.prefix_ids), "n_doc_tokens": len(it.doc_ids), "cache_len": c.length,
+                     "n_answer_tokens": len(it.answer_ids), **it.row, "token_nlls": [round(float(x), 6) for x in t],
+                     "nll": float(t.mean()), **extra})
+    return rows
 
 
 def run(lm, items, store, modes=MODES, *, keep_prefix: bool = True, wave: int = 8, batch_size: int = 16,
