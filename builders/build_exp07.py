@@ -150,7 +150,8 @@ CELLS = [
                 plots.plot_soft_eval(summary["comparisons"], nll, summary["hardness"], "bare", ROOT / OUT_DIR / "evaluation.png",
                                      title=title, pair=("vel_static", "vel_soft_fact"),
                                      reference_d={"seed Exp 21 values_early": 0.227, "seed primary target": 0.25}),
-                plots.plot_delta_histograms(nll, "bare", names[1:], ROOT / OUT_DIR / "delta_histograms.png", title=title)]
+                plots.plot_delta_hist({f"{c} vs bare": nll["bare"] - nll[c] for c in names[1:]}, ROOT / OUT_DIR / "delta_hist.png",
+                                      title=title)]
         show.figures(figs)
     """),
     md("## Save"),

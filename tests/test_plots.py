@@ -169,13 +169,3 @@ def test_training_curves_drop_a_constant_prefix_norm_and_keep_the_legend_outside
     assert _legend_clear_of_axes(fig, r)
     _assert_png(P.plot_training_curves({"a": _history(lambda s: 0.5)}, tmp_path / "t.png"))
 
-
-def test_delta_histograms_write_one_panel_per_condition_and_reject_unknown_names(tmp_path):
-    from lib.report import plots
-
-    rng = np.random.default_rng(0)
-    nll = {"bare": rng.normal(3, 1, 40), "a": rng.normal(2.8, 1, 40), "b": rng.normal(3.1, 1, 40)}
-    out = plots.plot_delta_histograms(nll, "bare", ["a", "b"], tmp_path / "h.png")
-    assert out.is_file() and out.stat().st_size > 0
-    with pytest.raises(ValueError, match="'c'"):
-        plots.plot_delta_histograms(nll, "bare", ["c"], tmp_path / "x.png")

@@ -466,28 +466,6 @@ def plot_soft_eval(comparisons: list[dict], nll: Mapping[str, object], hardness:
     return _save(_soft_eval_figure(comparisons, nll, hardness, ref, title, pair, reference_d), out)
 
 
-def plot_delta_histograms(nll: Mapping[str, object], ref: str, conds: list[str], path, title: str = "") -> Path:
-    """One histogram per condition of the per-sample delta ``nll[ref] - nll[cond]`` (positive: lower NLL
-    than ``ref``), on shared bins, with the mean marked."""
-    arrays = {k: _values(v, f"nll[{k!r}]") for k, v in nll.items()}
-    if ref not in arrays or any(c not in arrays for c in conds) or not conds:
-        raise ValueError(f"need {ref!r} and conditions {conds!r} in nll (have {sorted(arrays)})")
-    deltas = {c: arrays[ref] - arrays[c] for c in conds}
-    allv = np.concatenate(list(deltas.values()))
-    bins = np.linspace(float(allv.min()), float(allv.max()) + 1e-9, 31)
-    fig = _new_figure(4.2 * len(conds), 3.6)
-    axes = np.atleast_1d(fig.subplots(1, len(conds), sharey=True))
-    for ax, (c, dl) in zip(axes, deltas.items()):
-        ax.hist(dl, bins=bins, color="tab:blue", alpha=0.8)
-        ax.axvline(0, color="black", lw=0.8)
-        ax.axvline(float(dl.mean()), color="tab:red", lw=1.2, ls="--", label=f"mean {dl.mean():+.3f}")
-        ax.set_xlabel(f"{ref} - {c} (nats, per sample)")
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("samples")
-    suptitle(fig, title or f"per-sample NLL change vs {ref}")
-    return _save(fig, _out_path(path))
-
-
 def _soft_eval_figure(comparisons: list[dict], nll: Mapping[str, object], hardness: list[dict], ref: str,
                       title: str = "", pair: tuple[str, str] | None = None,
                       reference_d: Mapping[str, float] | None = None) -> Figure:
