@@ -13,15 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lib.report import stats, verdicts
+from lib.report import blockfmt, stats
 
 
-def _f(x, fmt: str) -> str:
-    return "n/a" if x is None or x != x else format(x, fmt)
-
-
-def _commit(prov: dict) -> str:
-    return (prov.get("commit") or "?")[:8] + ("+dirty" if prov.get("dirty") else "")
+_f, _commit = blockfmt.num, blockfmt.commit
 
 
 def kind(r: dict) -> str | None:
@@ -176,16 +171,9 @@ def latent(run: str, folder: Path, r: dict) -> list[str]:
     if path.is_file():
         comps = latent_comparisons(per_token_nll(path))
         for m, rows in comps.items():
-            out += ["", f"M={m}, per-sample answer NLL per token, latent vs each reference (positive = the latent is better; "
-                    f"Holm within M):", "",
-                    "| comparison | mean delta, nats/token [95% CI] | % of ref [95% CI] | d [95% CI] | win | Holm p (t) | "
-                    "Holm p (Wilcoxon) | verdict |", "|---|---|---|---|---|---|---|---|"]
-            for c in rows:
-                out.append(f"| {c['label']} | {_f(c['mean_delta'], '+.4f')} [{_f(c['mean_delta_ci_low'], '+.4f')}, "
-                           f"{_f(c['mean_delta_ci_high'], '+.4f')}] | {_f(c['pct_of_ref'], '+.2f')} [{_f(c['pct_ci_low'], '+.2f')}, "
-                           f"{_f(c['pct_ci_high'], '+.2f')}] | {_f(c['d'], '+.3f')} [{_f(c['ci_low'], '+.3f')}, "
-                           f"{_f(c['ci_high'], '+.3f')}] | {_f(c['win_rate'], '.2f')} | {_f(c['p_holm'], '.2g')} | "
-                           f"{_f(c['p_holm_wilcoxon'], '.2g')} | {verdicts.verdict(c)} |")
+            out += blockfmt.comparisons(rows, f"M={m}, per-sample answer NLL per token, latent vs each reference "
+                                              f"(positive = the latent is better; Holm within M)",
+                                        unit="nats/token", pct="% of ref")
     return out
 
 

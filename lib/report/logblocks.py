@@ -14,18 +14,13 @@ import json
 import re
 from pathlib import Path
 
-from lib.report import blockkinds, verdicts
+from lib.report import blockfmt, blockkinds
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"(<!-- RUN-BLOCK (\S+) -->\n)(.*?)(<!-- /RUN-BLOCK -->)", re.S)
 
 
-def _f(x, fmt: str) -> str:
-    return "n/a" if x is None or x != x else format(x, fmt)
-
-
-def _p(x) -> str:
-    return "n/a" if x is None or x != x else ("<1e-300" if x == 0 else f"{x:.2g}")
+_f, _p = blockfmt.num, blockfmt.pval
 
 
 def _identity(run: str, r: dict) -> str:
@@ -36,7 +31,7 @@ def _identity(run: str, r: dict) -> str:
     kind = ("pipeline check (synthetic data)" if all(p == "synthetic" for p in parts) else
             "real data" if name != "?" else "data not recorded")
     sha = (data.get("provenance") or {}).get("sha256")
-    commit = (prov.get("commit") or "?")[:8] + ("+dirty" if prov.get("dirty") else "")
+    commit = blockfmt.commit(prov)
     bits = [f"`{run}/results.json`", f"model {model} ({cfg.get('dtype', '?')})",
             f"data {name} N={data.get('n_samples') or r.get('summary', {}).get('n_samples', '?')}", kind]
     if sha:
@@ -48,22 +43,7 @@ def _identity(run: str, r: dict) -> str:
     return "; ".join(bits) + "."
 
 
-def _comparisons(rows: list[dict], title: str | None = None) -> list[str]:
-    out = ["", f"{title}:", ""] if title else []
-    out += ["| comparison | mean delta, nats [95% CI] | % of ref NLL [95% CI] | d [95% CI] | win | Holm p (t) | "
-            "Holm p (Wilcoxon) | verdict |", "|---|---|---|---|---|---|---|---|"]
-    for c in rows:
-        label = c.get("label") or f"{c.get('cond')} vs {c.get('ref')}"
-        md = f"{_f(c.get('mean_delta'), '+.4f')} [{_f(c.get('mean_delta_ci_low'), '+.4f')}, {_f(c.get('mean_delta_ci_high'), '+.4f')}]"
-        pct = f"{_f(c.get('pct_of_ref'), '+.2f')} [{_f(c.get('pct_ci_low'), '+.2f')}, {_f(c.get('pct_ci_high'), '+.2f')}]"
-        d = f"{_f(c.get('d'), '+.3f')} [{_f(c.get('ci_low'), '+.3f')}, {_f(c.get('ci_high'), '+.3f')}]"
-        try:
-            v = verdicts.verdict(c)
-        except (ValueError, KeyError):
-            v = "n/a (pre-verdict file)"
-        out.append(f"| {label} | {md} | {pct} | {d} | {_f(c.get('win_rate'), '.2f')} | {_p(c.get('p_holm'))} | "
-                   f"{_p(c.get('p_holm_wilcoxon'))} | {v} |")
-    return out
+_comparisons = blockfmt.comparisons
 
 
 def _ci(v: dict, key: str = "mean", ci: str = "mean_ci", fmt: str = "+.4f") -> str:
