@@ -245,11 +245,7 @@ class Engine:
         rows = []
         for it, j, dj in zip(items, item_job, item_distractor_jobs):
             tok = plan.nlls[j]
-            extra = {}
-            if dj:
-                gold = float(tok.mean())
-                dn = [float(plan.nlls[k].mean()) for k in dj]
-                extra = {"distractor_nlls": [round(x, 6) for x in dn], **margin.candidate_stats(gold, dn, self.atol)}
+            extra = margin.row_fields(float(tok.mean()), [float(plan.nlls[k].mean()) for k in dj], self.atol)
             rows.append({
                 "sample_id": it.sample_id,
                 "condition": it.condition,

@@ -107,3 +107,13 @@ def candidate_stats(gold_nll: float, distractor_nlls, atol: float) -> dict:
         raise ValueError("no distractor NLLs: a margin needs at least one distractor")
     rank = 1 + int(np.sum(d <= gold_nll + atol))
     return {"margin": float(d.mean() - gold_nll), "gold_rank": rank, "top1": rank == 1}
+
+
+def row_fields(gold_nll: float, distractor_nlls, atol: float) -> dict:
+    """The fields a scored row carries for its distractors: their NLLs (rounded as token NLLs are) and
+    ``candidate_stats``; ``{}`` when the item has none."""
+    if not len(distractor_nlls):
+        return {}
+    return {"distractor_nlls": [round(float(x), 6) for x in distractor_nlls],
+            **candidate_stats(gold_nll, distractor_nlls, atol)}
+

@@ -126,7 +126,7 @@ def build_items(lm, samples, conds=tuple(CONDITIONS), *, seed: int = 42, n_distr
 def score_items(lm, items, modes=MODES, *, keep_prefix: bool = True, batch_size: int = 16) -> list[dict]:
     """Rows ``<condition>__<mode>``: Phase A under each mode (one forward per item and mode), Phase B batched.
     An item's distractor answers are scored on the same cache after the same prompt: the row gets
-    ``distractor_nlls``, ``margin``, ``gold_rank``, ``top1`` (``lib.kv.margin.candidate_stats``)."""
+    ``distractor_nlls``, ``margin``, ``gold_rank``, ``top1`` (``lib.kv.margin.row_fields``, as the engine's rows)."""
     from lib.kv import margin, scoring
     from lib.kv.noise import noise_atol
 
@@ -146,7 +146,7 @@ def score_items(lm, items, modes=MODES, *, keep_prefix: bool = True, batch_size:
     for (it, mode), c in zip(meta, caches):
         t, dn = nlls[k], [float(x.mean()) for x in nlls[k + 1:k + 1 + len(it.distractor_ids)]]
         k += 1 + len(it.distractor_ids)
-        extra = {"distractor_nlls": [round(x, 6) for x in dn], **margin.candidate_stats(float(t.mean()), dn, atol)} if dn else {}
+        extra = margin.row_fields(float(t.mean()), dn, atol)
         rows.append({"sample_id": it.sample_id, "condition": f"{it.condition}__{mode}", "mode": mode,
                      "n_prefix_tokens": len(it.prefix_ids), "n_doc_tokens": len(it.doc_ids), "cache_len": c.length,
                      "n_answer_tokens": len(it.answer_ids), **it.row, "token_nlls": [round(float(x), 6) for x in t],
