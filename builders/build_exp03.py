@@ -65,7 +65,7 @@ CELLS = [
         gradient = analysis.semantic_gradient(nll, ref=names[0], seed=SEED)
         structural = analysis.structural_fraction(nll, ref=names[0])
         llm_vs_generic = stats.compare_conditions(
-            nll, None, pairs=[("extractor_matched", c) for c in ("llm_extract", "llm_question", "llm_summarize") if c in nll],
+            nll, None, pairs=conditions.llm_vs_generic_pairs(nll),
             n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST)
         summary.update(semantic_gradient=gradient, structural_fraction=structural, llm_vs_generic=llm_vs_generic)
         print(f"pooled rho {gradient['pooled_rho']:+.3f} {[round(x, 3) for x in gradient['pooled_rho_ci']]} (sample-level p="

@@ -86,6 +86,15 @@ REGISTRY = _reg(
     Condition("paraphrase", "generated:paraphrase", matched=True, family="matched"),
     Condition("oracle_matched", "query", matched=True, family="matched", description="the query itself (Q tokens by definition)"),
 )
+GENERIC_SURROGATE = "extractor_matched"  # what the model-written surrogates are tested against (exp03, exp04)
+LLM_SURROGATES = ("llm_extract", "llm_question", "llm_summarize")
+
+
+def llm_vs_generic_pairs(names) -> list[tuple[str, str]]:
+    """``(extractor_matched, llm_*)`` for every model-written surrogate among ``names``."""
+    return [(GENERIC_SURROGATE, c) for c in LLM_SURROGATES if c in names]
+
+
 TOKEN_MATCHED = ("random_tokens", "repeat_token", "scrambled_oracle", "unrelated_query", "same_topic", "paraphrase",
                  "extractor_matched", "adversarial_matched", "llm_extract", "llm_question", "llm_summarize",
                  "oracle_matched")

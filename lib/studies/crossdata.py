@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from lib.report import stats
+from lib.studies import conditions
 
 SEMANTIC_REF = "random_tokens"
 FEATURES = ("log_answer_tokens", "log_query_tokens", "log_doc_tokens", "query_doc_overlap", "answer_in_doc")
@@ -157,10 +158,6 @@ def _sub(nll: dict, mask: np.ndarray) -> dict:
     return {k: v[mask] for k, v in nll.items()}
 
 
-GENERIC = "extractor_matched"  # the seed's per-data-set test: model-written surrogates vs this generic one
-LLM_CONDITIONS = ("llm_extract", "llm_question", "llm_summarize")
-
-
 def subset_stats(nll: dict, names: list[str], *, ref: str = "bare", semantic_ref: str = SEMANTIC_REF,
                  n_boot: int = 2000, seed: int = 0, atol: float | None = None, primary_test: str = "t") -> dict:
     """Semantic delta (vs ``semantic_ref``) and d vs ``ref`` for every other condition, Holm within each family;
@@ -175,7 +172,7 @@ def subset_stats(nll: dict, names: list[str], *, ref: str = "bare", semantic_ref
         return out
     out["semantic"] = stats.compare_conditions(nll, semantic_ref, sem, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
     out["vs_bare"] = stats.compare_conditions(nll, ref, [c for c in names if c != ref], n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
-    pairs = [(GENERIC, c) for c in LLM_CONDITIONS if c in names] if GENERIC in names else []
+    pairs = conditions.llm_vs_generic_pairs(names) if conditions.GENERIC_SURROGATE in names else []
     if pairs:
         out["llm_vs_generic"] = stats.compare_conditions(nll, None, pairs=pairs, n_boot=n_boot, seed=seed, atol=atol,
                                                          primary_test=primary_test)

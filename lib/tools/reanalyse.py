@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lib.report import analysis, stats
+from lib.studies import conditions
 from lib.lab import codestate
 from lib.kv.noise import noise_atol
 from lib.report.tables import nll_table
@@ -106,8 +107,8 @@ def _derived(exp: str, old: dict, nll: dict, names: list[str], cfg: dict, kw: di
         ref = old.get("reference", "bare")
         out["semantic_gradient"] = analysis.semantic_gradient(nll, ref=ref, seed=seed)
         out["structural_fraction"] = analysis.structural_fraction(nll, ref=ref)
-        pairs = [("extractor_matched", c) for c in ("llm_extract", "llm_question", "llm_summarize") if c in nll]
-        if pairs and "extractor_matched" in nll:
+        pairs = conditions.llm_vs_generic_pairs(nll)
+        if pairs and conditions.GENERIC_SURROGATE in nll:
             out["llm_vs_generic"] = stats.compare_conditions(nll, None, pairs=pairs, n_boot=n_boot, seed=seed, atol=atol,
                                                              primary_test=primary)
     elif exp == "exp05":
