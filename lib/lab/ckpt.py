@@ -50,3 +50,13 @@ def restore_rng(state: dict) -> None:
 def warmup(steps: int):
     """``LambdaLR`` factor: (step + 1) / steps during warm-up, then 1 (steps 0: always 1)."""
     return lambda step: min(1.0, (step + 1) / steps) if steps > 0 else 1.0
+
+
+def check_positive_ints(config, names) -> None:
+    """Raise ``ValueError`` naming the first of ``names`` whose value on ``config`` is not a positive int
+    (a training config's sizes and step counts)."""
+    for k in names:
+        v = getattr(config, k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{k} must be a positive int, got {v!r}")
+

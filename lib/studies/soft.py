@@ -72,10 +72,7 @@ class TrainConfig:
     checkpoint_every: int = 10  # optimizer steps
 
     def __post_init__(self):
-        for k in ("prefix_len", "cutoff", "grad_accum", "epochs", "checkpoint_every"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{k} must be a positive int, got {v!r}")
+        ckpt_io.check_positive_ints(self, ("prefix_len", "cutoff", "grad_accum", "epochs", "checkpoint_every"))
         if self.warmup_steps < 0 or self.lr <= 0 or self.clip <= 0:
             raise ValueError(f"need warmup_steps >= 0, lr > 0, clip > 0; got {self.warmup_steps}, {self.lr}, {self.clip}")
         if self.init not in ("random", "tokens"):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lib.lab.ckpt import check_positive_ints
 from lib.studies.latent.layout import Item, decoder, embed
 
 
@@ -39,10 +40,7 @@ class LatentConfig:
     checkpoint_every: int = 20
 
     def __post_init__(self):
-        for k in ("m", "d_z", "n_heads", "n_layers", "adapter_hidden", "batch_size", "epochs", "checkpoint_every"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{k} must be a positive int, got {v!r}")
+        check_positive_ints(self, ("m", "d_z", "n_heads", "n_layers", "adapter_hidden", "batch_size", "epochs", "checkpoint_every"))
         if self.d_z % self.n_heads:
             raise ValueError(f"d_z={self.d_z} must be a multiple of n_heads={self.n_heads}")
         if self.enc_layer < 0:
