@@ -32,6 +32,7 @@ PARAMS = [
     Param("NEAREST_K", int, 5, "vocabulary neighbours listed per learned prefix vector"),
     Param("SEED", int, 42, "seed for initialization, data order, synthetic data and bootstrap"),
     Param("BATCH_SIZE", int, 16, "Phase B items per forward in evaluation"),
+    common.DISTRACTORS,
     Param("CHUNK", int, 8, "evaluation samples per store append (resume granularity)"),
     Param("N_BOOT", int, 2000, "bootstrap resamples for the CI of d"),
     Param("PRIMARY_TEST", str, "t", "paired test that decides claims (t or wilcoxon); tables show both"),
@@ -51,7 +52,8 @@ CELLS = [
         checkpoints hold everything needed to resume exactly. Evaluation on held-out samples: `bare`,
         `vel_static` (the token prefix through the same hybrid), `vel_soft_random`, `vel_soft_fact`:
         d vs bare, pairwise comparisons, hardness quintiles, training curves, and the nearest vocabulary
-        tokens of each learned vector. Positive d means a LOWER answer NLL than bare.
+        tokens of each learned vector. Positive d means a LOWER answer NLL than bare. `N_DISTRACTORS` other
+        samples' answers are scored on every evaluation cache: d(margin) beside d(nll) (`lib.kv.margin`).
     """),
     parameters(PARAMS),
     setup(PARAMS, SMOKE),
@@ -76,7 +78,7 @@ CELLS = [
         prefix_len = len(static_ids)
         print(f"{PREFIX!r} -> {prefix_len} tokens {lm.tokenizer.convert_ids_to_tokens(static_ids)}; cutoff {CUTOFF} of {lm.arch.n_layers} layers")
         train_exs = soft.examples(lm, train_data.samples, prefix_len, prompt_query=QUERY_PROMPT)
-        eval_exs = soft.examples(lm, eval_data.samples, prefix_len, prompt_query=QUERY_PROMPT)
+        eval_exs = soft.examples(lm, eval_data.samples, prefix_len, prompt_query=QUERY_PROMPT, n_distractors=N_DISTRACTORS, seed=SEED)
     """),
     md("## Training\nResumable: a rerun continues from the last checkpoint (or returns the finished prefix)."),
     code("""
@@ -122,6 +124,7 @@ CELLS = [
         summary["nearest_tokens"]["static_tokens"] = lm.tokenizer.convert_ids_to_tokens(static_ids)
         show.table(summary["comparisons"], title="each condition vs bare")
         show.table(summary["pairwise"], title="pairwise")
+        show.discrimination(summary)
         show.table(summary["hardness"], keys=("bin", "cond"), columns=["d", "excess_delta"], title="hardness (excess over a uniform effect + regression to the mean)")
     """, report="analysis, stats"),
     md("## The seed's success criteria\nJudged on the 95% CI of d vs bare: met (CI above the threshold), not met (below), "

@@ -16,6 +16,7 @@ PARAMS = [
     Param("DTYPE", str, "bfloat16", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16"),
     Param("ENCDEC_MODEL", str, "google/t5gemma-2-4b-4b", "encoder-decoder model: hub id or folder (the seed's T5Gemma 2 4B-4B; google/flan-t5-xl, ...), or random-t5-tiny / random-bart-tiny"),
     *[p for p in common.model_params("", "auto", "ms_marco", 200) if p.name not in ("MODEL", "LOAD_IN_4BIT", "DTYPE")],
+    common.DISTRACTORS,
     Param("LENGTHS", str, "0,256,512,1024,2048,4096", "document lengths in tokens (0: the natural passage); padded with unrelated passages"),
     Param("LONG_DATASET", str, "neural_bridge", "naturally long documents on the encoder-decoder path (seed Exp 03): neural_bridge (hub), squad_v1.1_long (offline stand-in), or empty to skip"),
     Param("LONG_SOURCE", str, "", "empty: the hub / registry copy; or a local file in the set's schema"),
@@ -35,7 +36,8 @@ CELLS = [
         dropped, document re-positioned; sliding-window layers keep every entry and their mask applies the
         window, so documents longer than the window are exact) and on the encoder-decoder path (prefix
         hidden from cross-attention, query in the decoder). Curves: d of oracle and random vs bare, and
-        oracle vs random, against the document length. Positive d means a LOWER answer NLL.
+        oracle vs random, against the document length. Positive d means a LOWER answer NLL. On the decoder
+        path `N_DISTRACTORS` other samples' answers are scored on every cache: d(margin) beside d(nll).
         Then naturally long documents (seed Exp 03: neural-bridge, ~600 words): `bare`, `oracle`, `random`
         and the document-keyword surrogate `kw10`, hidden prefixes, query in the decoder, vs bare. Offline
         stand-in: `squad_v1.1_long` (SQuAD dev questions, each with a >= 600-word block of its article).
@@ -59,6 +61,7 @@ CELLS = [
     md("## Decoder-only path"),
     code("""
         from lib.report import analysis, plots
+        from lib.report.discrimination import discrimination_summary
         from lib.kv.engine import Engine
         from lib.kv.models import load_model
         from lib.kv.noise import noise_atol
@@ -69,7 +72,7 @@ CELLS = [
         if "decoder" in paths:
             lm = load_model(DEC_MODEL, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT)
             print(lm.source, lm.arch.sliding_window, lm.arch.max_positions)
-            items = doclen.decoder_items(lm, samples, lengths, seed=SEED)
+            items = doclen.decoder_items(lm, samples, lengths, seed=SEED, n_distractors=N_DISTRACTORS)
             names = [doclen.name(c, L) for L in lengths for c in doclen.CONDS]
             store = RunStore(ROOT / OUT_DIR / "_store_decoder", {**store_config(CONFIG, lm, conditions=()), "path": "decoder"}, fresh=FRESH)
             engine = Engine(lm, mem_budget_gb=MEM_BUDGET_GB, phase_b_batch=BATCH_SIZE)
@@ -78,11 +81,15 @@ CELLS = [
             actual = {L: float(sum(r["n_doc_tokens"] for r in rows if r["condition"] == doclen.name("bare", L)) / len(ids)) for L in lengths}
             cv = doclen.curves(nll, lengths, n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST)
             summary["paths"]["decoder"] = {"noise_atol": noise_atol(lm.dtype), "model": lm.source, "mean_doc_tokens": actual, "curves": cv,
-                                           "mean_nll": {n: float(v.mean()) for n, v in nll.items()}}
+                                           "mean_nll": {n: float(v.mean()) for n, v in nll.items()},
+                                           **discrimination_summary(rows, ids, names, pairs=doclen.curve_pairs(lengths),
+                                                                    nll_comparisons=[r for L in lengths for r in cv[L]], n_boot=N_BOOT,
+                                                                    seed=SEED, atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST)}
             figs.append(plots.plot_length_curves(doclen.curve_points(cv, lengths, actual), ROOT / OUT_DIR / "decoder_length_curves.png",
                                                  title=f"decoder-only {DEC_MODEL}", xlabel="document tokens"))
             all_rows += [{**r, "path": "decoder"} for r in rows]
             show.table([{"L": L, "doc_tokens": actual[L], **r} for L in lengths for r in cv[L]], keys=("L", "doc_tokens"))
+            show.discrimination(summary["paths"]["decoder"])
             show.figures(figs[-1:])
             del lm, engine
     """),

@@ -95,6 +95,30 @@ def test_generation_is_cached_and_reused(smollm2, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_generation_keeps_finished_batches_when_interrupted(smollm2, tmp_path, monkeypatch):
+    """A run killed in the middle of a kind keeps every finished batch: the rerun generates only the rest."""
+    samples = synthetic_qa(5, 3)
+    real, calls = smollm2.model.generate, []
+
+    def dies_on_second_batch(*a, **k):
+        calls.append(k["input_ids"].shape[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(smollm2.model, "generate", dies_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        surrogates.generate(smollm2, samples, ["llm_question"], surrogates.GeneratedCache(tmp_path / "gen.json"),
+                            max_new_tokens=4, batch_size=2)
+    kept = surrogates.GeneratedCache(tmp_path / "gen.json")
+    assert sum(kept.get(smollm2.name, "llm_question", s.id) is not None for s in samples) == 2
+    calls.clear()
+    monkeypatch.setattr(smollm2.model, "generate", lambda *a, **k: (calls.append(k["input_ids"].shape[0]), real(*a, **k))[1])
+    out = surrogates.generate(smollm2, samples, ["llm_question"], kept, max_new_tokens=4, batch_size=2)
+    assert calls == [2, 1] and set(out["llm_question"]) == {s.id for s in samples}
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("L", [1, 8, 37])
 def test_length_conditions_have_exactly_l_tokens_and_scrambles_keep_the_multiset(smollm2, L):
     from collections import Counter

@@ -239,6 +239,9 @@ def test_exp07_smoke_run_trains_evaluates_and_resumes(tmp_path):
         assert len(hist) == 3 and all({"loss", "grad_norm", "prefix_norm", "lr"} <= set(h) for h in hist)
         assert len(s["nearest_tokens"][k]) == 11 and all(len(nb) == 5 for nb in s["nearest_tokens"][k])
     assert len(s["hardness"]) == 5 * 3
+    disc = s["discrimination"]  # 4 distractors scored on every evaluation cache: d(margin) beside d(nll)
+    assert disc["n_distractors"] == [4] and [c["cond"] for c in disc["comparisons"]] == ["vel_static", "vel_soft_random", "vel_soft_fact"]
+    assert all("entropy_gap" in c for c in disc["comparisons"])
     assert [(c["cond"], c["threshold"]) for c in s["success_criteria"]] == [("vel_soft_fact", 0.25), ("vel_soft_random", 0.10)]
     assert all(c["verdict"] in ("met", "not met", "undecided") for c in s["success_criteria"])
     assert r["config"]["prompt_query"] == r["config"]["QUERY_PROMPT"] == "\nQuery: {query}\nAnswer:"
@@ -314,6 +317,9 @@ def test_exp10_smoke_run_both_paths(tmp_path):
         assert p["mean_doc_tokens"]["300"] == 300.0 and p["mean_doc_tokens"]["0"] < 300
         assert [x["label"] for x in p["curves"]["300"]] == ["oracle_len300 vs bare_len300", "random_len300 vs bare_len300",
                                                              "oracle_len300 vs random_len300"]
+    disc = s["paths"]["decoder"]["discrimination"]  # d(margin) beside d(nll) for every curve point
+    assert disc["n_distractors"] == [4] and len(disc["comparisons"]) == 2 * 3 and all("entropy_gap" in c for c in disc["comparisons"])
+    assert "discrimination" not in s["paths"]["encdec"]
     ld = s["long_documents"]  # naturally long documents (seed Exp 03), offline stand-in squad_v1.1_long
     assert ld["data"]["name"] == "squad_v1.1_long" and ld["mean_passage_words"] >= 600 and ld["random_init"] is True
     assert [x["cond"] for x in ld["vs_bare"]] == ["oracle__q", "random__q", "kw10__q"]

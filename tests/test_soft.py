@@ -144,6 +144,36 @@ def test_success_verdicts_judge_the_ci_not_the_point_estimate():
         soft.success_verdicts(rows[:1])
 
 
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_evaluation_distractors_score_as_answers_on_the_same_cache(kind):
+    """Each distractor NLL equals evaluating that distractor as the gold answer on the same hybrid
+    cache; adding distractors leaves the gold NLL unchanged; the rows carry margin, rank and top-1."""
+    from dataclasses import replace
+
+    from lib.kv import margin
+
+    lm = TinyLM(build(kind))
+    ids, cutoff = [5, 6, 7, 8], 2
+    plain = _exs(3)
+    dis = [(tuple(range(20, 22)), tuple(range(30, 33))), ((40,), (41, 42)), ((9, 9, 9), (11,))]
+    exs = [replace(e, distractor_ids=d, distractor_samples=("x", "y")) for e, d in zip(plain, dis)]
+    prefixes = {"same": _embed(lm, ids), "other": torch.randn(4, lm.model.config.hidden_size) * 0.02}
+    rows = soft.evaluate(lm, exs, cutoff, static_ids=ids, soft=prefixes, batch_size=5)
+    base = {(r["sample_id"], r["condition"]): r for r in soft.evaluate(lm, plain, cutoff, static_ids=ids, soft=prefixes)}
+    assert len(rows) == 3 * 4
+    for r in rows:
+        b = base[(r["sample_id"], r["condition"])]
+        assert np.allclose(r["token_nlls"], b["token_nlls"], atol=2e-6) and "margin" not in b  # other batch: float noise only
+        e = next(x for x in exs if x.sample_id == r["sample_id"])
+        alone = [soft.evaluate(lm, [replace(e, answer_ids=d, distractor_ids=())], cutoff, static_ids=ids, soft=prefixes)
+                 for d in e.distractor_ids]
+        want = [next(x["nll"] for x in a if x["condition"] == r["condition"]) for a in alone]
+        assert np.allclose(r["distractor_nlls"], want, atol=2e-6)
+        assert r["distractor_samples"] == ["x", "y"]
+        want = margin.candidate_stats(r["nll"], want, 1e-5)
+        assert (r["gold_rank"], r["top1"]) == (want["gold_rank"], want["top1"]) and r["margin"] == pytest.approx(want["margin"], abs=4e-6)
+
+
 @pytest.mark.slow
 def test_examples_use_the_given_query_template(smollm2):
     from lib.data.core import Sample
@@ -156,6 +186,28 @@ def test_examples_use_the_given_query_template(smollm2):
     assert seed.prompt_ids != default.prompt_ids and seed.doc_ids == default.doc_ids
     with pytest.raises(ValueError, match="query"):
         soft.examples(lm, [s], 3, prompt_query="no field")
+
+
+@pytest.mark.slow
+def test_examples_draw_distractors_tokenized_as_the_gold_answer(smollm2):
+    """``n_distractors`` gives each example other articles' answers, tokenized after the same prompt
+    exactly as ``priming.prepare`` tokenizes them; 0 gives none."""
+    from lib.data.core import Sample
+    from lib.studies import priming
+
+    lm = smollm2
+    ss = [Sample(id=f"q{i}", query=f"what is item {i}?", passage=f"Item {i} is a thing number {i}.", answer=a,
+                 meta={"article": f"a{i % 3}"}) for i, a in enumerate(["Paris", "1912", "Bob Smith", "blue", "42", "Rome"])]
+    exs = soft.examples(lm, ss, 3, prompt_query=soft.SEED_PROMPT, n_distractors=2, seed=7)
+    pairs = priming.distractor_pairs(ss, 2, 7)
+    for s, e in zip(ss, exs):
+        p = priming.prepare(lm.tokenizer, lm.arch, s, s.query, s.id, pairs[s.id], prompt_query=soft.SEED_PROMPT)
+        assert [list(d) for d in e.distractor_ids] == p.distractor_ids and len(e.distractor_ids) == 2
+        assert list(e.distractor_samples) == [sid for sid, _ in pairs[s.id]]
+        assert all(ss[int(o[1:])].meta["article"] != s.meta["article"] for o in e.distractor_samples)
+    plain = soft.examples(lm, ss, 3, prompt_query=soft.SEED_PROMPT)
+    assert all(e.distractor_ids == () for e in plain)
+    assert [(e.doc_ids, e.answer_ids) for e in plain] == [(e.doc_ids, e.answer_ids) for e in exs]
 
 
 @pytest.mark.parametrize("kind", ["llama", "gemma3", "gemma3_mm", "neox"])

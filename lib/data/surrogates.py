@@ -107,7 +107,6 @@ def generate(lm, samples, kinds, cache: GeneratedCache, *, max_new_tokens: int =
                disable=not progress)
     for kind in kinds:
         missing = [s for s in samples if cache.get(lm.name, kind, s.id) is None]
-        new = {}
         for i in range(0, len(missing), batch_size):
             part = missing[i : i + batch_size]
             prompts = [_chat(tok, GENERATION_PROMPTS[kind].format(passage=s.passage, query=s.query)) for s in part]
@@ -121,12 +120,12 @@ def generate(lm, samples, kinds, cache: GeneratedCache, *, max_new_tokens: int =
             with torch.no_grad():
                 gen = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                         pad_token_id=tok.pad_token_id)
+            new = {}
             for s, row in zip(part, gen[:, enc["input_ids"].shape[1]:]):
                 text = tok.decode(row, skip_special_tokens=True).strip().split("\n")[0].strip()
                 new[s.id] = text  # kept as generated, even empty: the condition builder refuses empty texts
+            cache.put_many(lm.name, kind, new)  # every batch: a killed run keeps what it generated
             bar.update(len(part))
-        if new:
-            cache.put_many(lm.name, kind, new)
         out[kind] = {s.id: cache.get(lm.name, kind, s.id) for s in samples}
     bar.close()
     return out

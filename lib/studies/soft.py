@@ -40,18 +40,27 @@ class Example:
     doc_ids: tuple[int, ...]
     prompt_ids: tuple[int, ...]
     answer_ids: tuple[int, ...]
+    # evaluation only: other samples' answers scored on the same caches (``lib.kv.margin``)
+    distractor_ids: tuple[tuple[int, ...], ...] = ()
+    distractor_samples: tuple[str, ...] = ()
 
 
-def examples(lm, samples, prefix_len: int, *, prompt_query: str | None = None) -> list[Example]:
+def examples(lm, samples, prefix_len: int, *, prompt_query: str | None = None, n_distractors: int = 0,
+             seed: int = 42) -> list[Example]:
     """Examples from samples (matched tokenization as in ``priming.prepare``, with its query template
-    unless ``prompt_query`` is given); documents cut to fit."""
+    unless ``prompt_query`` is given); documents cut to fit. ``n_distractors`` (evaluation): other
+    articles' answers among ``samples`` (``priming.distractor_pairs``), tokenized as the gold answer."""
     from lib.studies import priming
 
+    pairs = priming.distractor_pairs(samples, n_distractors, seed) if n_distractors else {}
     out = []
     for s in samples:
-        p = priming.prepare(lm.tokenizer, lm.arch, s, s.query, s.id, prompt_query=prompt_query or priming.PROMPT_QUERY)
-        doc, _ = enc_mod.fit_document(p.doc_ids, lm.arch, prefix_len + len(p.prompt_ids["query"]) + len(p.answer_ids))
-        out.append(Example(s.id, tuple(doc), tuple(p.prompt_ids["query"]), tuple(p.answer_ids)))
+        p = priming.prepare(lm.tokenizer, lm.arch, s, s.query, s.id, pairs.get(s.id, ()),
+                            prompt_query=prompt_query or priming.PROMPT_QUERY)
+        longest = max(map(len, [p.answer_ids, *p.distractor_ids]))
+        doc, _ = enc_mod.fit_document(p.doc_ids, lm.arch, prefix_len + len(p.prompt_ids["query"]) + longest)
+        out.append(Example(s.id, tuple(doc), tuple(p.prompt_ids["query"]), tuple(p.answer_ids),
+                           tuple(tuple(d) for d in p.distractor_ids), tuple(p.distractor_samples)))
     return out
 
 
@@ -283,7 +292,13 @@ def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | Non
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(lm, exs: list[Example], cutoff: int, *, static_ids, soft: dict[str, torch.Tensor], batch_size: int = 16) -> list[dict]:
-    """Rows: bare, vel_static (token prefix) and one ``vel_soft_<name>`` per learned prefix, per example."""
+    """Rows: bare, vel_static (token prefix) and one ``vel_soft_<name>`` per learned prefix, per example.
+    An example's distractor answers are scored on each of its caches after the same prompt: the row
+    gets ``distractor_nlls``, ``margin``, ``gold_rank``, ``top1`` (``margin.row_fields``, as the engine's rows)."""
+    from lib.kv import margin
+    from lib.kv.noise import noise_atol
+
+    atol = noise_atol(next(lm.model.parameters()).dtype)
     rows = []
     for ex in exs:
         bare = bare_cache(lm, ex)
@@ -291,12 +306,15 @@ def evaluate(lm, exs: list[Example], cutoff: int, *, static_ids, soft: dict[str,
         for name, s in soft.items():
             caches[f"vel_soft_{name}"] = hybrid(bare, primed_cache(lm, ex, prefix_embeds=s), cutoff)
         names = list(caches)
-        nlls = scoring.score(lm.model, [caches[k] for k in names], [list(ex.prompt_ids)] * len(names),
-                             [list(ex.answer_ids)] * len(names), batch_size=batch_size)
-        for k, t in zip(names, nlls):
+        answers = [list(ex.answer_ids), *map(list, ex.distractor_ids)]  # the gold answer first per cache
+        nlls = scoring.score(lm.model, [caches[k] for k in names for _ in answers], [list(ex.prompt_ids)] * (len(names) * len(answers)),
+                             answers * len(names), batch_size=batch_size)
+        extra = {"distractor_samples": list(ex.distractor_samples)} if ex.distractor_ids else {}
+        for i, k in enumerate(names):
+            t, dn = nlls[i * len(answers)], [float(x.mean()) for x in nlls[i * len(answers) + 1:(i + 1) * len(answers)]]
             rows.append({"sample_id": ex.sample_id, "condition": k, "n_doc_tokens": len(ex.doc_ids),
                          "n_answer_tokens": len(ex.answer_ids), "token_nlls": [round(float(x), 6) for x in t],
-                         "nll": float(t.mean())})
+                         "nll": float(t.mean()), **extra, **margin.row_fields(float(t.mean()), dn, atol)})
     return rows
 
 

@@ -71,9 +71,14 @@ def curves(nll: dict, lengths: list[int], *, n_boot: int = 2000, seed: int = 0, 
     """Per length: oracle and random vs bare, and oracle vs random (the semantic part), Holm within each length."""
     out = {}
     for L in lengths:
-        pairs = [(name("bare", L), name("oracle", L)), (name("bare", L), name("random", L)), (name("random", L), name("oracle", L))]
+        pairs = curve_pairs([L])
         out[L] = stats.compare_conditions(nll, None, pairs=pairs, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test)
     return out
+
+
+def curve_pairs(lengths: list[int]) -> list[tuple[str, str]]:
+    """Every (ref, cond) pair ``curves`` compares, in its order."""
+    return [(name(a, L), name(b, L)) for L in lengths for a, b in (("bare", "oracle"), ("bare", "random"), ("random", "oracle"))]
 
 
 def curve_points(cv: dict, lengths: list[int], actual: dict[int, float]) -> dict[str, list[dict]]:
@@ -100,16 +105,19 @@ def _padded(samples, lengths, tokenize, seed: int, max_len: int | None, what: st
     return out
 
 
-def decoder_items(lm, samples, lengths: list[int], *, seed: int = 42):
-    """Engine WorkItems ``<cond>_len<L>`` for the decoder-only path."""
+def decoder_items(lm, samples, lengths: list[int], *, seed: int = 42, n_distractors: int = 0):
+    """Engine WorkItems ``<cond>_len<L>`` for the decoder-only path; ``n_distractors`` other samples'
+    answers ride along on each item (``lib.kv.margin``: d(margin) beside d(nll) at every length)."""
     from dataclasses import replace
 
     from lib.studies import conditions
     from lib.kv import encode as enc_mod
 
-    base = conditions.build_items(lm, samples, conditions.get(["bare", "oracle", "random_tokens"]), seed=seed)
+    base = conditions.build_items(lm, samples, conditions.get(["bare", "oracle", "random_tokens"]), seed=seed,
+                                  n_distractors=n_distractors)
     back = {"bare": "bare", "oracle": "oracle", "random_tokens": "random"}
-    room = lm.arch.max_positions - 1 - max(len(it.prefix_ids) + len(it.prompt_ids) + len(it.answer_ids) for it in base)
+    room = lm.arch.max_positions - 1 - max(len(it.prefix_ids) + len(it.prompt_ids) + max(map(len, [it.answer_ids, *it.distractor_ids]))
+                                           for it in base)
     docs = _padded(samples, lengths, lambda t: enc_mod.tokenize(lm.tokenizer, t), seed, room, "decoder path")
     return [replace(it, condition=name(back[it.condition], L), doc_ids=tuple(docs[(it.sample_id, L)][0]),
                     row={**it.row, "target_len": L, "fillers": docs[(it.sample_id, L)][1]})
