@@ -272,6 +272,9 @@ def main(argv=None) -> int:
         from lib.report import logblocks
 
         print(logblocks.update_plan())  # every RUN-BLOCK in the log, from its results.json
+        from lib.report import findings
+
+        print(findings.update_plan(rows))  # the seed headlines beside the lab's real-data figures
     for e in a.figure:
         print(cross_model_figure(rows, e, Path(a.results) / f"cross_model_{e}.png"))
     return 0

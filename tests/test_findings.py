@@ -1,0 +1,75 @@
+"""The findings table: seed headlines beside real-data runs only, verdicts by both tests, the committed log current."""
+import json
+from pathlib import Path
+
+import pytest
+
+from lib.report import findings, index
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cmp(ref, cond, mean_delta, p_t, p_w, d):
+    return {"label": f"{cond} vs {ref}", "ref": ref, "cond": cond, "n": 50, "mean_delta": mean_delta, "pct_of_ref": 10 * mean_delta,
+            "pct_ci_low": 0.0, "pct_ci_high": 1.0, "d": d, "ci_low": d - 0.1, "ci_high": d + 0.1, "p_holm": p_t,
+            "p_holm_wilcoxon": p_w, "rank_biserial": 0.5 if mean_delta > 0 else -0.5, "primary_test": "t"}
+
+
+def _run(root, name, model, dataset, comparisons, *, smoke=False, crossdata=None, margins=()):
+    f = root / name
+    f.mkdir(parents=True)
+    summary = {"primary_test": "t", "comparisons": comparisons}
+    if crossdata:
+        summary["crossdata"] = crossdata
+    if margins:
+        summary["discrimination"] = {"comparisons": list(margins)}
+    cfg = {"MODEL": model, ("DATASETS" if crossdata else "DATASET"): dataset}
+    (f / "results.json").write_text(json.dumps({"config": cfg, "summary": summary,
+                                                "provenance": {"run_kind": {"smoke": smoke, "random_init": False}}}))
+
+
+def test_only_real_runs_count_and_verdicts_use_both_tests(tmp_path):
+    d_vs_a = ("A_bare", "D_trunc_oracle")
+    _run(tmp_path, "exp01_real_a", "smollm2-135m-instruct", "squad_v1.1", [_cmp(*d_vs_a, 0.2, 1e-6, 1e-6, 0.5)],
+         margins=[{**_cmp(*d_vs_a, 0.1, 0.01, 0.01, 0.3)}])
+    _run(tmp_path, "exp01_real_b", "qwen2.5-coder-0.5b-instruct", "squad_v1.1",
+         [_cmp(*d_vs_a, -0.01, 0.4, 0.5, -0.02), _cmp("E_trunc_random", "D_trunc_oracle", 0.0, 0.3, 0.6, 0.0)])
+    _run(tmp_path, "exp01_real_c", "gemma-3-270m", "squad_v1.1", [_cmp(*d_vs_a, -0.1, 0.2, 0.001, -0.2)])  # only Wilcoxon rejects
+    _run(tmp_path, "exp01_synth", "gemma-3-270m", "synthetic", [_cmp(*d_vs_a, 0.3, 1e-9, 1e-9, 1.0)])
+    _run(tmp_path, "exp01_smoke", "gemma-3-270m", "squad_v1.1", [_cmp(*d_vs_a, 0.3, 1e-9, 1e-9, 1.0)], smoke=True)
+    pooled = {"pooled": {"hard_heldout": {"semantic": [_cmp("random_tokens", "extractor_matched", 0.05, 0.01, 0.02, 0.3)]}}}
+    _run(tmp_path, "exp04_real", "gemma-3-270m", "squad_v1.1,coqa", [], crossdata=pooled)
+    found = {f["headline"].key: f for f in findings.measure(index.collect(tmp_path))}
+
+    seed001 = found["exp21_trunc_oracle"]["lab"]  # the seed: null
+    assert [m["run"] for m in seed001] == ["exp01_real_a", "exp01_real_b", "exp01_real_c"]  # synthetic and SMOKE left out
+    assert [(m["verdict"], m["agrees"]) for m in seed001] == [("better", "no"), ("null", "yes"), ("test-dependent", "undecided")]
+    assert seed001[0]["row"]["d_margin"] == pytest.approx(0.3)
+    banked = found["correction_content_banked"]["lab"]  # the seed's direction depends on the model: Qwen null
+    assert [(m["model"], m["verdict"], m["agrees"]) for m in banked] == [("qwen2.5-coder-0.5b-instruct", "null", "yes")]
+    hard = found["v4_hard_extractor"]["lab"]
+    assert [(m["run"], m["verdict"], m["agrees"]) for m in hard] == [("exp04_real", "better", "yes")]
+
+    table = findings.render(list(found.values()))
+    assert "d(margin) +0.30" in table and "+0.200 nats" in table
+    assert "cannot be measured offline: no pretrained encoder-decoder" in table  # exp09's headline says why
+    assert "no real-data run yet; would be measured by exp07" in table
+    assert "exp01_synth" not in table and "exp01_smoke" not in table
+
+
+def test_update_plan_needs_markers(tmp_path):
+    plan = tmp_path / "plan.md"
+    plan.write_text("no markers here\n")
+    with pytest.raises(ValueError, match="FINDINGS:START"):
+        findings.update_plan([], plan)
+    plan.write_text(f"head\n{findings.START}\nold\n{findings.END}\ntail\n")
+    findings.update_plan([], plan)
+    text = plan.read_text()
+    assert "old" not in text and text.startswith("head\n") and text.endswith(f"{findings.END}\ntail\n")
+    assert text.count("| ") > len(findings.HEADLINES)  # one row per headline even without runs
+
+
+def test_committed_findings_table_is_current():
+    text = (ROOT / "EXPERIMENT_PLAN.md").read_text()
+    body = text.split(findings.START, 1)[1].split(findings.END, 1)[0]
+    assert body == "\n" + findings.render(findings.measure(index.collect())) + "\n", "the findings table is stale: run `make index`"
