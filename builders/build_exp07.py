@@ -15,8 +15,9 @@ PARAMS = [
       for p in common.model_params("google/gemma-3-4b-it", "bfloat16", "ms_marco", 0) if p.name not in ("N_SAMPLES", "SPLIT")],
     Param("QUERY_PROMPT", str, "\nQuery: {query}\nAnswer:", "query template scored after the document (the seed's; the other "
           "experiments use lib.studies.priming.PROMPT_QUERY)"),
-    Param("TRAIN_SPLIT", str, "train", "split for training (ignored by synthetic, which uses seed SEED)"),
-    Param("EVAL_SPLIT", str, "validation", "split for evaluation (synthetic: seed SEED+1)"),
+    Param("TRAIN_SPLIT", str, "train", "split for training (ignored by synthetic, which uses seed SEED); articles (in both "
+          "splits): disjoint articles of a one-split registry set such as squad_v1.1"),
+    Param("EVAL_SPLIT", str, "validation", "split for evaluation (synthetic: seed SEED+1); articles: see TRAIN_SPLIT"),
     Param("N_TRAIN", int, 2000, "training samples"),
     Param("N_EVAL", int, 300, "evaluation samples"),
     Param("PREFIX", str, "static_fact", "the discrete surrogate: its token count sets the soft prefix length; also an init"),

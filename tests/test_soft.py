@@ -256,3 +256,23 @@ def test_fast_training_follows_the_reference_trajectory():
     assert a is b and (cached.hits, cached.misses) == (1, 1)
     none = soft.BareCaches(lm, 0)
     assert none.get(0, exs[0]) is not none.get(0, exs[0])
+
+
+def test_article_splits_share_no_article_and_say_what_they_hold(tmp_path):
+    """exp07 on a one-split registry set (SQuAD v1.1 dev): TRAIN_SPLIT = EVAL_SPLIT = "articles"
+    trains and evaluates on disjoint articles; too few samples on a side raises."""
+    import json
+
+    from test_registry import _squad_doc
+
+    f = tmp_path / "squad.json"
+    f.write_text(json.dumps(_squad_doc(n_articles=6, n_pars=2, n_q=3)))  # 6 articles x 6 questions
+    tr, ev = soft.load_splits("squad_v1.1", 10, 5, train_split="articles", eval_split="articles", seed=3, source=str(f))
+    assert len(tr.samples) == 10 and len(ev.samples) == 5
+    assert not {s.meta["article"] for s in tr.samples} & {s.meta["article"] for s in ev.samples}
+    assert "train side" in tr.split and "eval side" in ev.split
+    with pytest.raises(ValueError, match="articles"):
+        soft.load_splits("squad_v1.1", 30, 30, train_split="articles", eval_split="articles", source=str(f))
+    with pytest.raises(ValueError, match="both"):
+        soft.load_splits("squad_v1.1", 10, 5, train_split="articles", eval_split="", source=str(f))
+

@@ -42,6 +42,29 @@ def test_expand_builds_one_job_per_cell_and_checks_parameters(tmp_path):
         sweep.load_grid(p)
 
 
+def test_out_dirs_pin_jobs_to_earlier_runs_which_count_as_done_when_their_config_agrees(tmp_path):
+    """A grid can point a cell at a run made outside the sweep (``out_dirs``); that run is skipped
+    when its results.json config records the cell's parameters with the same values, and rerun
+    (resuming its store) when one differs."""
+    g = _grid(tmp_path / "sweeps")
+    jid = "exp02__smollm2-135m-instruct__synthetic"
+    g["experiments"][0]["out_dirs"] = {jid: str(tmp_path / "earlier_run")}
+    jobs = {j.job_id: j for j in sweep.expand(g)}
+    j = jobs[jid]
+    assert j.out_dir == j.params["OUT_DIR"] == str(tmp_path / "earlier_run")
+    assert jobs["exp02__gemma-3-270m__synthetic"].out_dir == str(tmp_path / "sweeps" / "exp02__gemma-3-270m__synthetic")
+    assert not sweep.is_done(j)
+    (tmp_path / "earlier_run").mkdir()
+    cfg = {k: v for k, v in j.params.items() if k not in ("OUT_DIR", "PROGRESS", "SMOKE")}
+    (tmp_path / "earlier_run" / "results.json").write_text(json.dumps({"config": {**cfg, "extra_key": 1}}))
+    assert sweep.is_done(j)  # keys the config lacks (OUT_DIR, PROGRESS, SMOKE) are not compared
+    (tmp_path / "earlier_run" / "results.json").write_text(json.dumps({"config": {**cfg, "N_SAMPLES": 99}}))
+    assert not sweep.is_done(j)
+    g["experiments"][0]["out_dirs"] = {"exp02__nope": "x"}
+    with pytest.raises(ValueError, match="out_dirs names jobs the grid does not produce"):
+        sweep.expand(g)
+
+
 def test_failed_job_keeps_its_notebook_and_error(tmp_path):
     g = _grid(tmp_path)
     g["experiments"] = [{"notebook": EXP02, "models": ["no-such-model-xyz"], "datasets": ["synthetic"], "params": {"N_SAMPLES": 2}}]

@@ -137,3 +137,30 @@ if __name__ == "__main__":
     import sys
 
     sys.exit(main())
+
+
+ARTICLE_SPLIT = "articles"  # a split name meaning: train and evaluate on disjoint articles of a one-split set
+
+
+def load_article_splits(name: str, n_train: int, n_eval: int, *, seed: int = 42, source: str | None = None,
+                        **limits) -> tuple[LoadedData, LoadedData]:
+    """(train, eval) from ONE split of a registry set (e.g. SQuAD v1.1 dev) with no article on both
+    sides: every eligible sample is read, a seeded share n_eval / (n_train + n_eval) of the articles
+    goes to eval (``realdata.article_split``), and each side keeps its first ``n`` samples (drawn
+    across articles). Raises when a side has fewer samples than asked."""
+    from dataclasses import replace
+
+    from lib.data import realdata
+
+    _check_int("n_train", n_train, 1)
+    _check_int("n_eval", n_eval, 1)
+    pool = load_samples(name, 10**7, seed=seed, source=source, allow_fewer=True, **limits)
+    if any("article" not in s.meta for s in pool.samples[:1]):
+        raise ValueError(f"{name} samples carry no article: split={ARTICLE_SPLIT!r} needs a registry QA set with articles")
+    train, held = realdata.article_split(pool.samples, n_eval / (n_train + n_eval), seed)
+    if len(train) < n_train or len(held) < n_eval:
+        raise ValueError(f"{name}: the article split gives {len(train)} train / {len(held)} eval samples, fewer than the "
+                         f"{n_train} / {n_eval} asked (split={ARTICLE_SPLIT!r}); ask for fewer or loosen the passage limits")
+    arts = lambda ss: len({s.meta["article"] for s in ss})  # noqa: E731
+    return (replace(pool, split=f"{pool.split} ({ARTICLE_SPLIT}: train side, {arts(train)} articles)", samples=train[:n_train]),
+            replace(pool, split=f"{pool.split} ({ARTICLE_SPLIT}: eval side, {arts(held)} articles)", samples=held[:n_eval]))

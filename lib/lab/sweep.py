@@ -17,13 +17,16 @@ Grid file (TOML or JSON)::
     datasets = ["synthetic"]
     model_param = "MODEL"                   # the notebook knob the model goes into (exp10: DEC_MODEL)
     dataset_param = "DATASET"               # (exp04: DATASETS)
+    out_dirs = {"exp02__gemma-3-270m__squad_v1.1" = "results/exp02_squad_gemma3_270m"}  # optional: pin a job's folder
     [experiments.params]                    # other knobs; a list value becomes one more grid axis
     N_SAMPLES = 8
 
 Each job gets ``OUT_DIR = <out_root>/<job id>`` and writes ``executed.ipynb`` and ``sweep_status.json``
 there. A job whose status says ``done`` with the same parameters is skipped; a job that was killed
 (status ``running`` or missing, no results) is run again and its notebook resumes from its run
-store; a failed job keeps its executed notebook (with the error) and the error text. Every call ends
+store; a failed job keeps its executed notebook (with the error) and the error text. A job pinned by
+``out_dirs`` to a run made outside the sweep counts as done when that run's results.json config
+agrees with the job's parameters (``is_done``). Every call ends
 with a summary table (printed and written to ``<out_root>/SUMMARY.md``).
 """
 from __future__ import annotations
@@ -94,6 +97,7 @@ def expand(grid: dict) -> list[Job]:
         known = read_parameters(ROOT / nb)
         mp, dp = e.get("model_param", "MODEL"), e.get("dataset_param", "DATASET")
         params = dict(e.get("params", {}))
+        out_dirs = dict(e.get("out_dirs", {}))  # {job id: folder}: a run made outside the sweep (see is_done)
         for k in [mp, dp, *params]:
             if k not in known:
                 raise ValueError(f"experiments[{i}] ({nb}): {k!r} is not a parameter of the notebook; it has {sorted(known)}")
@@ -110,9 +114,13 @@ def expand(grid: dict) -> list[Job]:
                 p[dp] = ds
             tag = "__".join([exp, _slug(model), _slug(ds)] + [f"{k}-{_slug(v)}" for k, v in zip(axes, combo)])
             job_id = tag
-            p["OUT_DIR"] = str(Path(grid["out_root"]) / job_id)
+            p["OUT_DIR"] = str(out_dirs.get(job_id) or Path(grid["out_root"]) / job_id)
             p.setdefault("PROGRESS", False)
             jobs.append(Job(job_id, nb, p["OUT_DIR"], p))
+        unknown = sorted(set(out_dirs) - {j.job_id for j in jobs})
+        if unknown:
+            raise ValueError(f"experiments[{i}] ({nb}): out_dirs names jobs the grid does not produce: {unknown}; "
+                             f"job ids look like {jobs[-1].job_id if jobs else 'exp02__<model>__<data set>'}")
     ids = [j.job_id for j in jobs]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -132,9 +140,21 @@ def _write_status(job: Job, **kw) -> None:
     write_json_atomic(job.folder() / STATUS, {"job_id": job.job_id, "params_hash": job.params_hash(), "params": job.params, **kw})
 
 
+UNCOMPARED = ("OUT_DIR", "PROGRESS", "FRESH")  # knobs that never change what a run computes
+
+
 def is_done(job: Job) -> bool:
+    """Done by the sweep with the same parameters; or, for a folder without a sweep status (a run made
+    outside the sweep, pinned by the grid's ``out_dirs``), a results.json whose config records every
+    parameter of the job it records at all with the same value (keys it lacks are not compared)."""
+    res = job.folder() / "results.json"
+    if not res.is_file():
+        return False
     st = read_status(job)
-    return st.get("status") == "done" and st.get("params_hash") == job.params_hash() and (job.folder() / "results.json").is_file()
+    if st:
+        return st.get("status") == "done" and st.get("params_hash") == job.params_hash()
+    cfg = json.loads(res.read_text()).get("config", {})
+    return all(cfg[k] == v for k, v in job.params.items() if k in cfg and k not in UNCOMPARED)
 
 
 def run_job(job: Job) -> dict:

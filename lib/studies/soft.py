@@ -331,9 +331,15 @@ def nearest_tokens(lm, prefix: torch.Tensor, k: int = 5) -> list[list[tuple[str,
 # ----------------------------------------------------------------------------- notebook helpers
 def load_splits(dataset: str, n_train: int, n_eval: int, *, train_split: str = "", eval_split: str = "", seed: int = 42,
                 source: str | None = None, **limits):
-    """Training and evaluation samples that share no sample (id or query+passage); synthetic uses seeds seed / seed+1."""
+    """Training and evaluation samples that share no sample (id or query+passage); synthetic uses seeds seed / seed+1;
+    both splits ``"articles"``: disjoint articles of a one-split registry set (``lib.data.core.load_article_splits``)."""
     from lib.data import load_samples
+    from lib.data.core import ARTICLE_SPLIT, load_article_splits
 
+    if ARTICLE_SPLIT in (train_split, eval_split):
+        if train_split != eval_split:
+            raise ValueError(f"train_split={train_split!r}, eval_split={eval_split!r}: set both to {ARTICLE_SPLIT!r} for an article split")
+        return load_article_splits(dataset, n_train, n_eval, seed=seed, source=source, **limits)
     synth = dataset == "synthetic"
     tr = load_samples(dataset, n_train, split=None if synth else (train_split or None), source=source, seed=seed, **limits)
     ev = load_samples(dataset, n_eval, split=None if synth else (eval_split or None), source=source, seed=seed + 1, **limits)
