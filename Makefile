@@ -55,11 +55,12 @@ LAB_ARGS ?=
 lab: setup
 	$(PYTHON) -m jupyter lab --notebook-dir=. $(LAB_ARGS)
 
-# make sweep GRID=sweeps/smoke.toml [EXECUTOR=local|submitit-local|slurm]
+# make sweep GRID=sweeps/smoke.toml [EXECUTOR=local|submitit-local|slurm] [ONLY=regex of job ids]
+# the real-data table: make sweep GRID=sweeps/real.toml (done cells, earlier runs pinned by out_dirs included, are skipped)
 GRID ?= sweeps/smoke.toml
 EXECUTOR ?=
 sweep: models
-	$(PYTHON) -m lib.lab.sweep $(GRID) $(if $(EXECUTOR),--executor $(EXECUTOR),)
+	$(PYTHON) -m lib.lab.sweep $(GRID) $(if $(EXECUTOR),--executor $(EXECUTOR),) $(if $(ONLY),--only '$(ONLY)',)
 	$(PYTHON) -m lib.report.index
 
 index:

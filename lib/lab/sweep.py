@@ -1,6 +1,6 @@
 """Sweeps: a grid of experiment x model x data set x parameters, run as papermill jobs.
 
-    python -m lib.lab.sweep GRID.toml [--executor local|submitit-local|slurm] [--force] [--dry-run]
+    python -m lib.lab.sweep GRID.toml [--executor local|submitit-local|slurm] [--force] [--dry-run] [--only REGEX]
 
 Grid file (TOML or JSON)::
 
@@ -178,13 +178,24 @@ def run_job(job: Job) -> dict:
     return {"job_id": job.job_id, **res}
 
 
+def select(jobs: list[Job], only: str | None) -> list[Job]:
+    """The jobs whose id matches the regular expression ``only`` (all when None); none raises."""
+    if not only:
+        return jobs
+    picked = [j for j in jobs if re.search(only, j.job_id)]
+    if not picked:
+        raise ValueError(f"--only {only!r} matches no job id; ids: {[j.job_id for j in jobs]}")
+    return picked
+
+
 def run_sweep(grid: dict, *, executor: str | None = None, force: bool = False, log=print,
-              progress: bool = False) -> list[dict]:
-    """Run every job of the grid that is not done; returns one summary row per job. ``progress``:
-    a bar over the jobs to run (``tqdm.auto``: a widget in JupyterLab, text in a terminal)."""
+              progress: bool = False, only: str | None = None) -> list[dict]:
+    """Run every job of the grid that is not done (``only``: those whose id matches this regular
+    expression); returns one summary row per job. ``progress``: a bar over the jobs to run
+    (``tqdm.auto``: a widget in JupyterLab, text in a terminal)."""
     from tqdm.auto import tqdm
 
-    jobs = expand(grid)
+    jobs = select(expand(grid), only)
     executor = executor or grid.get("executor", "local")
     if executor not in EXECUTORS:
         raise ValueError(f"executor {executor!r} not in {EXECUTORS}")
@@ -250,13 +261,14 @@ def main(argv=None) -> int:
     ap.add_argument("--executor", choices=EXECUTORS)
     ap.add_argument("--force", action="store_true", help="rerun jobs that are done")
     ap.add_argument("--dry-run", action="store_true", help="list the jobs and their state, run nothing")
+    ap.add_argument("--only", help="run only the jobs whose id matches this regular expression")
     a = ap.parse_args(argv)
     grid = load_grid(a.grid)
     if a.dry_run:
-        for j in expand(grid):
+        for j in select(expand(grid), a.only):
             print(f"{j.job_id:60s} {'done' if is_done(j) else read_status(j).get('status', 'new')}")
         return 0
-    rows = run_sweep(grid, executor=a.executor, force=a.force, progress=True)
+    rows = run_sweep(grid, executor=a.executor, force=a.force, progress=True, only=a.only)
     return 0 if all(r["status"] != "failed" for r in rows) else 1
 
 
