@@ -314,3 +314,30 @@ def test_bad_knobs_raise_naming_the_value(two):
         WE.prefixes("nope", two[0], [])
     with pytest.raises(ValueError, match="latent_input 'x' unknown"):
         make_wire_items(CharTok(), samples(), "x")
+
+
+# ----------------------------------------------------------------------------- the bundled models
+@pytest.mark.slow
+def test_bundled_smollm2_and_qwen_train_one_step_and_evaluate(tmp_path):
+    """Both bundled models (different tokenizers and BOS ids) through one joint step and every condition."""
+    from lib.data import load_samples
+    from tests.real_env import load
+
+    models = [load("smollm2-135m-instruct"), load("qwen2.5-coder-0.5b-instruct")]
+    names = [lm.name for lm in models]
+    data = load_samples("synthetic", 2, seed=0, max_passage_words=90)
+    its = [make_wire_items(lm.tokenizer, data.samples, "prompt") for lm in models]
+    assert its[0][0].text == its[1][0].text and its[0][0].prompt_ids != its[1][0].prompt_ids
+    before = [next(lm.model.parameters()).detach().clone() for lm in models]
+    tw = W.train(models, its, cfg(encoder="bytes", batch_size=2, adapter_hidden=32), tmp_path / "w.pt")
+    assert len(tw.history) == 1 and all(torch.isfinite(torch.tensor(v)) for k, v in tw.history[0].items()
+                                         if k.endswith("loss"))
+    assert all(torch.equal(b, next(lm.model.parameters())) for b, lm in zip(before, models))
+    store = WE.open_store(tmp_path / "e", {"k": 1})
+    WE.evaluate(models, names, its, list(WE.CONDITIONS), store, tw=tw, m=4, chunk=2, max_new_tokens=3)
+    for n, lm, x in zip(names, models, its):
+        rows = {(r["condition"], r["sample_id"]): r for r in WE.rows(store, n)}
+        for it in x:
+            assert rows[("budget", it.sample_id)]["prefix_len"] == 4 == rows[("latent", it.sample_id)]["prefix_len"]
+            assert rows[("text", it.sample_id)]["nll_sum"] > 0
+    assert len(WE.rows(store, WE.JOINT)) == 2

@@ -9,7 +9,8 @@ several frozen LMs, one adapter per LM; the per-model items and the encoder's in
   latent, the single-model exp12 layout), ``k_tokens`` (loss positions, 0 = every answer token).
 - ``SharedEncoder``: inputs -> (B, M, d_z); built in the same order as ``Compressor``'s encoder half, so one
   seed gives the same initial weights (the single-model path is a special case: ``tests/test_wire.py``).
-- ``Adapter``: LayerNorm -> Linear -> GELU -> Linear to THAT model's d_model, then per-example RMS
+- ``Adapter``: LayerNorm -> Linear (to ``adapter_hidden``, or ``adapter_mult`` x d_model) -> GELU -> Linear to
+  THAT model's d_model, then per-example RMS
   calibration to that model's input-embedding RMS.
 - ``WireItem``: ``Item`` (one model's tokenization) plus the whole prompt's ids (passage + question, no cue;
   the token-budget baseline cuts it), the cue ids and the text the byte encoder reads.
@@ -38,6 +39,7 @@ class WireConfig(LatentConfig):
     byte_max: int = BYTE_MAX
     k_tokens: int = 0            # CE and KD over answer positions t < k_tokens (0: all answer tokens)
     encoder_source: int = 0      # tokens encoder: index of the model whose tokenizer and embeddings feed it
+    adapter_mult: int = 0        # > 0: adapter hidden width = adapter_mult * that model's d_model (the seed's 4)
 
     def __post_init__(self):
         super().__post_init__()
@@ -45,7 +47,7 @@ class WireConfig(LatentConfig):
             raise ValueError(f"encoder {self.encoder!r} unknown; choose from {ENCODERS}")
         if self.latent_input not in LATENT_INPUTS:
             raise ValueError(f"latent_input {self.latent_input!r} unknown; choose from {LATENT_INPUTS}")
-        for k in ("byte_max", "k_tokens", "encoder_source"):
+        for k in ("byte_max", "k_tokens", "encoder_source", "adapter_mult"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if k == "byte_max" else 0):
                 raise ValueError(f"{k} must be an int >= {1 if k == 'byte_max' else 0}, got {v!r}")
@@ -85,6 +87,25 @@ def make_wire_items(tokenizer, samples, latent_input: str, *, max_context_tokens
                             len(text.encode()), prompt_ids=passage + question, cue_ids=cue, text=text,
                             context_cut=len(passage) < len(full)))
     return out
+
+
+def parse_models(spec) -> list[str]:
+    """``"a,b"`` -> ``["a", "b"]``; empty or repeated names raise."""
+    names = [x.strip() for x in str(spec).split(",") if x.strip()]
+    if not names:
+        raise ValueError(f"models list is empty ({spec!r}); expected comma-separated model names")
+    if len(set(names)) != len(names):
+        raise ValueError(f"models {names!r} repeat a name; expected distinct models")
+    return names
+
+
+def source_index(name: str, names: list[str]) -> int:
+    """Index of the tokens encoder's source model (empty: the first)."""
+    if not name:
+        return 0
+    if name not in names:
+        raise ValueError(f"encoder model {name!r} is not in the models list {names!r}")
+    return names.index(name)
 
 
 def byte_inputs(items, byte_max: int, device="cpu"):
@@ -136,8 +157,8 @@ class Adapter(nn.Module):
     def __init__(self, cfg: WireConfig, d_model: int, target_rms: float):
         super().__init__()
         self.d_model, self.target_rms = d_model, float(target_rms)
-        self.net = nn.Sequential(nn.LayerNorm(cfg.d_z), nn.Linear(cfg.d_z, cfg.adapter_hidden), nn.GELU(),
-                                 nn.Linear(cfg.adapter_hidden, d_model))
+        hidden = cfg.adapter_mult * d_model if cfg.adapter_mult else cfg.adapter_hidden
+        self.net = nn.Sequential(nn.LayerNorm(cfg.d_z), nn.Linear(cfg.d_z, hidden), nn.GELU(), nn.Linear(hidden, d_model))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         y = self.net(z)
