@@ -165,6 +165,7 @@ CELLS = [
     md("## Verdicts\nThe seed's acceptance criteria per model (`wire_eval.CRITERIA`, with the log lines they come from)."),
     code("""
         verdicts = {n: WE.verdicts(summaries[n]) for n in names}
+        print("criteria:", WE.CRITERIA_SOURCE)
         for n in names:
             print("\\n".join(WE.verdict_lines(n, verdicts[n])))
         if SMOKE or DATASET == "synthetic":
@@ -197,7 +198,7 @@ CELLS = [
 
         out = write_results_json(
             ROOT / OUT_DIR, config=CONFIG,
-            summary={"by_model": summaries, "joint": joint, "verdicts": verdicts, "criteria": WE.CRITERIA,
+            summary={"by_model": summaries, "joint": joint, "verdicts": verdicts, "criteria": WE.CRITERIA, "criteria_source": WE.CRITERIA_SOURCE,
                      "replay_vs_text_max_nll_gap": gap, "pipeline_check_only": bool(SMOKE or DATASET == "synthetic")},
             provenance=provenance(seeds={"seed": SEED}),
             extra={"data": data_info, "truncations": cuts, "models": names, "arch": {n: lm.arch.to_dict() for n, lm in zip(names, lms)},
