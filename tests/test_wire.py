@@ -314,6 +314,14 @@ def test_bad_knobs_raise_naming_the_value(two):
         WE.prefixes("nope", two[0], [])
     with pytest.raises(ValueError, match="latent_input 'x' unknown"):
         make_wire_items(CharTok(), samples(), "x")
+    from lib.studies.latent.wire_model import parse_models, source_index
+    assert parse_models(" a, b ,") == ["a", "b"] and source_index("", ["a", "b"]) == 0 and source_index("b", ["a", "b"]) == 1
+    with pytest.raises(ValueError, match="models list is empty"):
+        parse_models(" , ")
+    with pytest.raises(ValueError, match="repeat"):
+        parse_models("a,a")
+    with pytest.raises(ValueError, match="encoder model 'c' is not in the models list"):
+        source_index("c", ["a", "b"])
 
 
 # ----------------------------------------------------------------------------- the bundled models
