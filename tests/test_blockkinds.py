@@ -45,6 +45,41 @@ def test_exp12_block_tests_own_latent_against_other_sample_latent(tmp_path):
     assert next(l for l in null.splitlines() if l.startswith("| latent vs latent_other |")).endswith("| null |")
 
 
+def test_exp12_wire_block_has_one_table_and_comparison_per_model_and_the_joint_line(tmp_path):
+    """A LatentWire run (several models in one per_item.csv, joint rows without NLL): per-model comparisons
+    see only that model's rows."""
+    run = tmp_path / "results" / "exp12_w"
+    run.mkdir(parents=True)
+    rows, shifts = [], {"a": 0.5, "b": -0.5}
+    for model, shift in shifts.items():
+        for i in range(20):
+            for cond, nll in (("latent", 3.0 + 0.01 * i), ("latent_other", 3.0 + 0.01 * i + shift),
+                              ("latent_zero", 3.0), ("budget", 3.0)):
+                rows.append({"model": model, "sample_id": f"s{i}", "condition": cond, "m": 4, "nll_sum": nll, "n_tokens": 1})
+    rows += [{"model": "joint", "sample_id": f"s{i}", "condition": "latent_joint", "m": 4, "nll_sum": "", "n_tokens": ""}
+             for i in range(20)]
+    with open(run / "per_item.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    by = [{"condition": "latent", "m": 4, "n": 20, "f1": 0.1}]
+    verdict = {"m": 4, "checks": {"first_tok_at1": True, "f1": False, "f1_ratio_to_text": False}}
+    (run / "results.json").write_text(json.dumps({
+        "config": {"MODELS": "a,b", "DTYPE": "float32", "M_LIST": "4", "ENCODER": "bytes"},
+        "provenance": {"commit": "abc", "dirty": False}, "data": {"eval": {"name": "synthetic", "n_samples": 20}},
+        "summary": {"by_model": {"a": by, "b": by}, "verdicts": {"a": [verdict], "b": [verdict]},
+                    "joint": [{"m": 4, "n": 20, "em": 0.0, "f1": 0.2, "oracle_f1": 0.3, "agreement": 0.5}]},
+        "per_item_csv": "per_item.csv"}))
+    text = logblocks.render("results/exp12_w", tmp_path)
+    assert "models a,b" in text and "ENCODER bytes" in text and "**a**" in text and "**b**" in text
+    assert text.count("| latent | 4 | 20 |") == 2
+    assert text.count("Seed acceptance criteria at M=4: first_tok_at1 met, f1 not met, f1_ratio_to_text not met.") == 2
+    assert "Joint rescoring, M=4 (n 20): EM 0.000, F1 0.200, oracle F1 0.300, agreement 0.500." in text
+    other = [line for line in text.splitlines() if line.startswith("| latent vs latent_other |")]
+    assert len(other) == 2 and other[0].startswith("| latent vs latent_other | +0.5000") and other[1].startswith(
+        "| latent vs latent_other | -0.5000")
+
+
 def test_exp12_missing_samples_are_an_error():
     by_m = {4: {"latent": {"a": 1.0, "b": 2.0}, "latent_other": {"a": 1.0}}}
     with pytest.raises(ValueError, match="latent_other.*'b'"):

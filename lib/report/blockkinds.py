@@ -23,7 +23,7 @@ def kind(r: dict) -> str | None:
     """"reachability", "latent", "bench" or None (an ordinary comparisons run)."""
     if "interpretation" in r and ("headline" in r or "headline" in r.get("summary", {})):
         return "reachability"
-    if "by_condition" in r.get("summary", {}):
+    if "by_condition" in r.get("summary", {}) or "verdicts" in r.get("summary", {}) and "by_model" in r["summary"]:
         return "latent"
     if r.get("design") == "exp07train":
         return "bench_train"
@@ -108,11 +108,14 @@ LATENT_COLUMNS = (("em", "EM", ".3f"), ("f1", "F1", ".3f"), ("nll_per_token", "N
                   ("compression_bytes", "compression (bytes)", ".3f"))
 
 
-def per_token_nll(per_item: Path) -> dict[int, dict[str, dict[str, float]]]:
-    """{M: {condition: {sample_id: nll_sum / n_tokens}}} from an exp12 per_item.csv (M 0 holds text and replay)."""
+def per_token_nll(per_item: Path, model: str | None = None) -> dict[int, dict[str, dict[str, float]]]:
+    """{M: {condition: {sample_id: nll_sum / n_tokens}}} from an exp12 per_item.csv (M 0 holds text and replay);
+    ``model``: only that model's rows (LatentWire runs hold several; joint rows carry no NLL and are skipped)."""
     out: dict = {}
     with open(per_item, newline="") as fh:
         for row in csv.DictReader(fh):
+            if (model is not None and row.get("model") != model) or row["condition"] == "latent_joint":
+                continue
             out.setdefault(int(row["m"]), {}).setdefault(row["condition"], {})[row["sample_id"]] = (
                 float(row["nll_sum"]) / int(row["n_tokens"]))
     return out
@@ -139,19 +142,36 @@ def latent_comparisons(by_m: dict, *, n_boot: int = 2000, atol: float | None = N
 
 
 def latent(run: str, folder: Path, r: dict) -> list[str]:
+    """exp12: one table (and comparisons) per model; a LatentWire run (``summary.by_model``) also its joint rescoring
+    and the seed's verdicts."""
     cfg, prov, data = r.get("config", {}), r.get("provenance", {}), r.get("data", {})
     ev, tr = data.get("eval", {}), data.get("train", {})
     name = ev.get("name", cfg.get("DATASET", "?"))
     kind_ = "pipeline check (synthetic data)" if name == "synthetic" else "real data"
-    out = [f"`{run}/results.json`; model {cfg.get('MODEL', '?')} ({cfg.get('DTYPE', '?')}); data {name}: train "
+    wire = "by_model" in r["summary"]
+    model = cfg.get("MODELS") or cfg.get("MODEL", "?")
+    enc = (f"ENCODER {cfg.get('ENCODER', '?')}; LATENT_INPUT {cfg.get('LATENT_INPUT', '?')}; K_TOKENS "
+           f"{cfg.get('K_TOKENS', '?')}" if wire else f"ENC_LAYER {cfg.get('ENC_LAYER', '?')}")
+    out = [f"`{run}/results.json`; model{'s' if wire else ''} {model} ({cfg.get('DTYPE', '?')}); data {name}: train "
            f"{tr.get('n_samples', '?')}, evaluation {ev.get('n_samples', '?')}; {kind_}; M {cfg.get('M_LIST', '?')}; "
-           f"ENC_LAYER {cfg.get('ENC_LAYER', '?')}; KD_WEIGHT {cfg.get('KD_WEIGHT', '?')}; {cfg.get('EPOCHS', '?')} epochs "
-           f"of batch {cfg.get('BATCH_SIZE', '?')}; commit {_commit(prov)}; {(prov.get('date') or '?')[:10]}.", ""]
-    out += ["| condition | M | n | " + " | ".join(c[1] for c in LATENT_COLUMNS) + " |",
-            "|---|---|---|" + "---|" * len(LATENT_COLUMNS)]
-    for row in sorted(r["summary"]["by_condition"], key=lambda x: (x["m"], x["condition"])):
-        out.append(f"| {row['condition']} | {row['m'] or '-'} | {row['n']} | " + " | ".join(
-            _f(row.get(k), fmt) for k, _, fmt in LATENT_COLUMNS) + " |")
+           f"{enc}; KD_WEIGHT {cfg.get('KD_WEIGHT', '?')}; {cfg.get('EPOCHS', '?')} epochs "
+           f"of batch {cfg.get('BATCH_SIZE', '?')}; commit {_commit(prov)}; {(prov.get('date') or '?')[:10]}."]
+    tables = r["summary"]["by_model"] if wire else {None: r["summary"]["by_condition"]}
+    csv_name = r.get("per_item_csv") or "per_item.csv"
+    path = folder / Path(csv_name).name
+    for mod, summary in tables.items():
+        out += [""] + ([f"**{mod}**", ""] if mod is not None else [])
+        out += ["| condition | M | n | " + " | ".join(c[1] for c in LATENT_COLUMNS) + " |",
+                "|---|---|---|" + "---|" * len(LATENT_COLUMNS)]
+        for row in sorted(summary, key=lambda x: (x["m"], x["condition"])):
+            out.append(f"| {row['condition']} | {row['m'] or '-'} | {row['n']} | " + " | ".join(
+                _f(row.get(k), fmt) for k, _, fmt in LATENT_COLUMNS) + " |")
+        for v in (r["summary"].get("verdicts") or {}).get(mod, []):
+            out += ["", f"Seed acceptance criteria at M={v['m']}: " + ", ".join(
+                f"{k} {'met' if ok else 'not met'}" for k, ok in v["checks"].items()) + "."]
+    for j in r["summary"].get("joint") or []:
+        out += ["", f"Joint rescoring, M={j['m']} (n {j['n']}): EM {_f(j['em'], '.3f')}, F1 {_f(j['f1'], '.3f')}, "
+                f"oracle F1 {_f(j['oracle_f1'], '.3f')}, agreement {_f(j['agreement'], '.3f')}."]
     gap = r["summary"].get("replay_vs_text_max_nll_gap")
     if gap is not None:
         out += ["", f"Replay (the prompt's own embeddings through the soft-prefix path) vs text: max |NLL gap| "
@@ -166,13 +186,10 @@ def latent(run: str, folder: Path, r: dict) -> list[str]:
                 last.append(f"M={m} {np.mean(tail):.3f} ({len(hist)} steps)")
     if last:
         out += ["", "Mean training loss over the last 10 optimizer steps: " + ", ".join(last) + "."]
-    csv_name = r.get("per_item_csv") or "per_item.csv"
-    path = folder / Path(csv_name).name
-    if path.is_file():
-        comps = latent_comparisons(per_token_nll(path))
-        for m, rows in comps.items():
-            out += blockfmt.comparisons(rows, f"M={m}, per-sample answer NLL per token, latent vs each reference "
-                                              f"(positive = the latent is better; Holm within M)",
+    for mod in tables if path.is_file() else ():
+        for m, rows in latent_comparisons(per_token_nll(path, mod)).items():
+            out += blockfmt.comparisons(rows, f"{mod + ', ' if mod else ''}M={m}, per-sample answer NLL per token, "
+                                              f"latent vs each reference (positive = the latent is better; Holm within M)",
                                         unit="nats/token", pct="% of ref")
     return out
 

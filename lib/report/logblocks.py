@@ -25,7 +25,7 @@ _f, _p = blockfmt.num, blockfmt.pval
 
 def _identity(run: str, r: dict) -> str:
     cfg, prov, data = r.get("config", {}), r.get("provenance", {}), r.get("data", {})
-    model = cfg.get("MODEL") or cfg.get("model", "?")
+    model = cfg.get("MODEL") or cfg.get("MODELS") or cfg.get("model", "?")
     name = data.get("name") or cfg.get("DATASET") or cfg.get("DATASETS") or "?"
     parts = [x.strip().split("@")[0] for x in str(name).split(",")]
     kind = ("pipeline check (synthetic data)" if all(p == "synthetic" for p in parts) else

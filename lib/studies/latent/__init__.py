@@ -4,7 +4,10 @@ reads as a prefix; the question stays as text.
 Modules: ``layout`` (the one layout: ``Item``, ``make_items``, ``assemble``, ``answer_logits``,
 ``greedy``; the frozen reader), ``compressor`` (``LatentConfig``, ``Compressor``, ``features``, ``encode``),
 this file (the loss, ``train`` with full-state checkpoints, ``load``; every name of the three is
-importable from here), ``evaluation`` (conditions, metrics, curves).
+importable from here), ``evaluation`` (conditions, metrics, curves). LatentWire, the generalisation to ONE
+shared latent read by several frozen LMs (a token or byte encoder, one adapter per LM; one LM and the token
+encoder over the passage is exactly this file's path): ``wire_model``, ``wire`` (loss, training), ``wire_eval``
+(per-model and joint evaluation, resumable).
 
 Loss (one student forward per batch): teacher-forced CE over all answer tokens, position 0 weighted
 ``first_weight`` (weighted token mean), plus ``kd_weight`` * T^2 * KL(teacher || student) at the

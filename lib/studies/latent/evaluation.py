@@ -56,7 +56,7 @@ def evaluate(lm, items, conditions, *, comp=None, m: int = 0, max_new_tokens: in
 
     if "latent_other" in conditions and len(items) < 2:
         raise ValueError("latent_other needs at least 2 items (it uses the next item's latent)")
-    model, bos, eos = lm.model, lm.arch.bos_id, lm.tokenizer.eos_token_id
+    model, bos = lm.model, lm.arch.bos_id
     rows = []
     bar = tqdm(total=len(conditions) * len(items), desc=f"generate M={m}", disable=not progress)
     for cond in conditions:
@@ -65,24 +65,34 @@ def evaluate(lm, items, conditions, *, comp=None, m: int = 0, max_new_tokens: in
         for s in range(0, len(items), batch_size):
             chunk = items[s:s + batch_size]
             pre = pre_all[s:s + batch_size] if pre_all is not None else prefixes(cond, model, bos, chunk, comp, m)
-            anchors, answers = [it.anchor_ids for it in chunk], [it.answer_ids for it in chunk]
-            b = lat.assemble(model, bos, pre, anchors, answers)
-            logits = lat.answer_logits(model, b)
-            nll = torch.nn.functional.cross_entropy(logits, b.targets, reduction="none")
-            first_logits = logits[b.first]
-            ranks = (first_logits > first_logits.gather(1, b.targets[b.first][:, None])).sum(1)
-            toks, _ = lat.greedy(model, bos, eos, pre, anchors, max_new_tokens)
-            for i, it in enumerate(chunk):
-                pred = clean_prediction(lm.tokenizer, toks[i], eos)
-                tok_nll = nll[b.rows == i]
-                rows.append({"sample_id": it.sample_id, "condition": cond, "m": m,
-                             "prefix_len": int(pre[i].shape[0] if isinstance(pre[i], torch.Tensor) else len(pre[i])),
-                             "context_tokens": len(it.context_ids), "context_bytes": it.context_bytes,
-                             "pred": pred, "em": squad.exact_match(pred, it.answers), "f1": squad.f1_score(pred, it.answers),
-                             "nll_sum": float(tok_nll.sum()), "n_tokens": len(it.answer_ids),
-                             "first_rank": int(ranks[i]), "pred_first": toks[i][0] if toks[i] else -1})
+            rows += chunk_rows(lm, chunk, pre, [it.anchor_ids for it in chunk], cond, m, max_new_tokens)
             bar.update(len(chunk))
     bar.close()
+    return rows
+
+
+@torch.no_grad()
+def chunk_rows(lm, chunk, pre, anchors, cond: str, m: int, max_new_tokens: int) -> list[dict]:
+    """One row per item of ``chunk`` read with prefixes ``pre`` and ``anchors`` (the one layout): greedy
+    prediction, EM/F1, answer NLL (answer tokens + EOS), rank of the first gold token, greedy first token."""
+    model, bos, eos = lm.model, lm.arch.bos_id, lm.tokenizer.eos_token_id
+    answers = [it.answer_ids for it in chunk]
+    b = lat.assemble(model, bos, pre, anchors, answers)
+    logits = lat.answer_logits(model, b)
+    nll = torch.nn.functional.cross_entropy(logits, b.targets, reduction="none")
+    first_logits = logits[b.first]
+    ranks = (first_logits > first_logits.gather(1, b.targets[b.first][:, None])).sum(1)
+    toks, _ = lat.greedy(model, bos, eos, pre, anchors, max_new_tokens)
+    rows = []
+    for i, it in enumerate(chunk):
+        pred = clean_prediction(lm.tokenizer, toks[i], eos)
+        tok_nll = nll[b.rows == i]
+        rows.append({"sample_id": it.sample_id, "condition": cond, "m": m,
+                     "prefix_len": int(pre[i].shape[0] if isinstance(pre[i], torch.Tensor) else len(pre[i])),
+                     "context_tokens": len(it.context_ids), "context_bytes": it.context_bytes,
+                     "pred": pred, "em": squad.exact_match(pred, it.answers), "f1": squad.f1_score(pred, it.answers),
+                     "nll_sum": float(tok_nll.sum()), "n_tokens": len(it.answer_ids),
+                     "first_rank": int(ranks[i]), "pred_first": toks[i][0] if toks[i] else -1})
     return rows
 
 
@@ -114,7 +124,7 @@ def summarize(rows: list[dict], *, d_model: int, bytes_per_value: int = 2) -> li
     return out
 
 
-def plot_curves(summary: list[dict], path, title: str = ""):
+def plot_curves(summary: list[dict], path, title: str = "", conditions=None):
     """F1, NLL/token and FirstTok@1 against M for each condition; text and replay as horizontal lines.
 
     One legend for the three panels, outside them on the right: inside, it covered the text/replay
@@ -122,18 +132,18 @@ def plot_curves(summary: list[dict], path, title: str = ""):
     from lib.report import plots
 
     out = plots.out_path(path)
-    fig = _curves_figure(summary, title)
+    fig = _curves_figure(summary, title, conditions)
     fig.savefig(out, dpi=120, bbox_inches="tight")
     return out
 
 
-def _curves_figure(summary: list[dict], title: str = ""):
+def _curves_figure(summary: list[dict], title: str = "", conditions=None):
     from lib.report import plots
 
     fig = plots.new_figure(15.5, 4)
     axes = fig.subplots(1, 3)
     for ax, key, lab in zip(axes, ("f1", "nll_per_token", "first_tok_at1"), ("F1", "answer NLL per token", "FirstTok@1")):
-        for i, cond in enumerate(lat.CONDITIONS):
+        for i, cond in enumerate(conditions or lat.CONDITIONS):
             pts = sorted((r["m"], r[key]) for r in summary if r["condition"] == cond)
             if not pts:
                 continue

@@ -73,7 +73,7 @@ def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
 
 def embed(model, ids) -> torch.Tensor:
     emb = model.get_input_embeddings()
-    return emb(torch.as_tensor(list(ids), device=emb.weight.device))
+    return emb(torch.as_tensor(list(ids), dtype=torch.long, device=emb.weight.device))  # [] stays long (no BOS)
 
 
 @dataclass

@@ -1,0 +1,208 @@
+"""exp12 LatentWire: one shared latent read by several frozen LMs with different tokenizers (the seed's
+design; the pieces are in ``wire_model``, evaluation in ``wire_eval``).
+
+Loss per model (one student forward each, on the same examples): CE over the first ``k_tokens`` answer
+positions (teacher forcing; 0 = every answer token) as a weighted token mean with position 0 weighted
+``first_weight`` -- the seed's "first-token CE folded into the K-step average" -- plus ``kd_weight`` * T^2 *
+KL(teacher || student) over the same positions, the teacher being THAT model reading the full text prompt
+(``[BOS][context ids][anchor]``). One optimizer step AVERAGES the per-model losses (one model: exactly the
+single-model exp12 loss, ``lat.losses``); each model's part is backpropagated in turn (its graph freed
+before the next model's forward), the encoder's graph kept until the last. Only encoder + adapters train.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lib.lab import ckpt as ckpt_io
+from lib.studies.latent.compressor import embedding_rms
+from lib.studies.latent.layout import answer_logits, assemble
+from lib.studies.latent.wire_model import Wire, WireConfig, WireItem  # noqa: F401 (re-exported names)
+
+
+def check_models(lms, items_by_model) -> None:
+    if not lms:
+        raise ValueError("models list is empty; expected at least one frozen LM")
+    if len(items_by_model) != len(lms):
+        raise ValueError(f"{len(items_by_model)} item lists for {len(lms)} models; expected one per model")
+    ids = [tuple(it.sample_id for it in its) for its in items_by_model]
+    if any(x != ids[0] for x in ids):
+        raise ValueError("the models' item lists hold different samples (or orders); expected the same examples")
+    if not ids[0]:
+        raise ValueError("no items")
+
+
+def model_loss(model, bos_id, prefix: torch.Tensor, items: list, cfg: WireConfig) -> dict:
+    """One model's loss from its calibrated prefixes (B, M, d_model)."""
+    anchors, answers = [it.anchor_ids for it in items], [it.answer_ids for it in items]
+    sb = assemble(model, bos_id, list(prefix), anchors, answers)
+    logits, targets, first = answer_logits(model, sb), sb.targets, sb.first
+    sel = None
+    if cfg.k_tokens:
+        t = sb.cols - torch.tensor(sb.prompt_lengths, device=sb.cols.device)[sb.rows] + 1
+        sel = t < cfg.k_tokens
+        logits, targets, first = logits[sel], targets[sel], first[sel]
+    nll = F.cross_entropy(logits, targets, reduction="none")
+    w = torch.where(first, torch.full_like(nll, cfg.first_weight), torch.ones_like(nll))
+    ce = (w * nll).sum() / w.sum()
+    out = {"ce": ce, "nll": nll.mean().detach(), "first_acc": (logits[first].argmax(-1) == targets[first]).float().mean()}
+    total = ce
+    if cfg.kd_weight > 0:
+        with torch.no_grad():
+            tb = assemble(model, bos_id, [it.context_ids for it in items], anchors, answers)
+            t_logits = answer_logits(model, tb)
+        if not torch.equal(tb.targets, sb.targets) or not torch.equal(tb.rows, sb.rows):
+            raise RuntimeError("teacher and student answer positions disagree")
+        if sel is not None:
+            t_logits = t_logits[sel]
+        T = cfg.kd_temp
+        kd = F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(t_logits / T, -1), log_target=True,
+                      reduction="none").sum(-1).mean() * T * T
+        out["kd"] = kd
+        total = total + cfg.kd_weight * kd
+    out["loss"] = total
+    return out
+
+
+def losses(lms, wire: Wire, batch_by_model: list[list], *, backward: bool = False) -> dict:
+    """The step's losses: per model (``"<i>/<name>"`` keys) and their means; ``backward`` accumulates the
+    gradient of the mean, one model at a time."""
+    z = wire.latent(lms[wire.cfg.encoder_source], batch_by_model)
+    n, per = len(lms), []
+    for j, (lm, items) in enumerate(zip(lms, batch_by_model, strict=True)):
+        out = model_loss(lm.model, lm.arch.bos_id, wire.adapters[j](z), items, wire.cfg)
+        if backward:
+            (out["loss"] / n).backward(retain_graph=j < n - 1)
+        per.append({k: v.detach() for k, v in out.items()})
+    mean = {k: sum(p[k] for p in per) / n for k in per[0]}
+    return {**mean, "per_model": per}
+
+
+# ----------------------------------------------------------------------------- training with full-state checkpoints
+def fingerprint(items_by_model) -> str:
+    h = hashlib.sha256()
+    for its in items_by_model:
+        for it in its:
+            h.update(repr((it.sample_id, it.context_ids, it.anchor_ids, it.answer_ids, it.prompt_ids, it.cue_ids,
+                           it.text)).encode())
+    return h.hexdigest()[:16]
+
+
+def _meta(lms, cfg: WireConfig, items_by_model) -> dict:
+    return {"config": asdict(cfg), "data": fingerprint(items_by_model), "models": [getattr(lm, "name", "") for lm in lms],
+            "bos_ids": [lm.arch.bos_id for lm in lms], "eos_ids": [lm.tokenizer.eos_token_id for lm in lms]}
+
+
+@dataclass
+class TrainedWire:
+    wire: Wire
+    history: list[dict] = field(default_factory=list)
+    resumed_from_step: int = 0
+    meta: dict = field(default_factory=dict)
+
+
+class Interrupted(RuntimeError):
+    """Raised by ``train(stop_after=...)`` to simulate a kill (tests)."""
+
+
+def build(lms, cfg: WireConfig) -> Wire:
+    """A fresh wire seeded with ``cfg.seed`` (encoder first, then the adapters in model order)."""
+    if not lms:
+        raise ValueError("models list is empty; expected at least one frozen LM")
+    if cfg.encoder_source >= len(lms):
+        raise ValueError(f"encoder_source {cfg.encoder_source} is not a model index (have {len(lms)} models)")
+    emb = [lm.model.get_input_embeddings().weight for lm in lms]
+    d_in = emb[cfg.encoder_source].shape[1] if cfg.encoder == "tokens" else None
+    torch.manual_seed(cfg.seed)
+    return Wire(cfg, d_in, [e.shape[1] for e in emb], [embedding_rms(lm.model) for lm in lms]).to(lms[0].device)
+
+
+def _row(step, epoch, lr, gn, out, names) -> dict:
+    row = {"opt_step": step, "epoch": epoch, "lr": lr, "grad_norm": gn,
+           **{k: float(v) for k, v in out.items() if k != "per_model"}}
+    if len(names) > 1:
+        for j, p in enumerate(out["per_model"]):
+            row.update({f"{j}/{names[j]}/{k}": float(v) for k, v in p.items()})
+    return row
+
+
+def train(lms, items_by_model, cfg: WireConfig, checkpoint=None, *, progress: bool = False,
+          stop_after: int | None = None) -> TrainedWire:
+    """AdamW + linear warm-up over a seeded permutation per epoch, every model on the same examples;
+    resumes from ``checkpoint`` (one file, written atomically every ``checkpoint_every`` steps and at the
+    end: wire (encoder + every adapter), optimizer, scheduler, RNG states, step, history, meta)."""
+    from tqdm.auto import tqdm
+
+    check_models(lms, items_by_model)
+    for lm in lms:
+        for p in lm.model.parameters():
+            p.requires_grad_(False)
+    meta = _meta(lms, cfg, items_by_model)
+    wire = build(lms, cfg)
+    opt = torch.optim.AdamW(wire.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, ckpt_io.warmup(cfg.warmup_steps))
+    step, history = 0, []
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt and ckpt.exists():
+        st = torch.load(ckpt, weights_only=False, map_location=lms[0].device)
+        if st["meta"] != meta:
+            diff = sorted(k for k in meta if st["meta"].get(k) != meta[k])
+            raise ValueError(f"checkpoint {ckpt} belongs to another run (differs in {diff}); use another path or FRESH")
+        wire.load_state_dict(st["wire"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        ckpt_io.restore_rng(st["rng"])
+        step, history = st["step"], st["history"]
+    resumed = step
+
+    def save():
+        if ckpt:
+            ckpt_io.save_atomic(ckpt, {"meta": meta, "d_in": wire.encoder.proj.in_features if cfg.encoder == "tokens" else None,
+                                       "d_models": [a.d_model for a in wire.adapters],
+                                       "target_rms": [a.target_rms for a in wire.adapters], "wire": wire.state_dict(),
+                                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+                                       "history": history, "rng": ckpt_io.rng_state()})
+
+    n = len(items_by_model[0])
+    per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.epochs * per_epoch
+    bar = tqdm(total=total, initial=step, disable=not progress, desc=f"train wire M={cfg.m}")
+    done_here = 0
+    wire.train()
+    while step < total:
+        epoch, pos = divmod(step, per_epoch)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(n).tolist()
+        idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+        out = losses(lms, wire, [[its[j] for j in idx] for its in items_by_model], backward=True)
+        gn = float(torch.nn.utils.clip_grad_norm_(wire.parameters(), cfg.clip))
+        lr = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        done_here += 1
+        history.append(_row(step, epoch, lr, gn, out, meta["models"]))
+        bar.update(1)
+        if step % cfg.checkpoint_every == 0 or step == total:
+            save()
+        if stop_after is not None and done_here >= stop_after and step < total:
+            bar.close()
+            raise Interrupted(f"stopped after {done_here} steps (step {step}/{total})")
+    bar.close()
+    wire.eval()
+    return TrainedWire(wire, history, resumed, meta)
+
+
+def load(path, device="cpu") -> TrainedWire:
+    """A trained wire (eval mode) and its meta from a checkpoint written by ``train``."""
+    st = torch.load(path, weights_only=False, map_location=device)
+    wire = Wire(WireConfig(**st["meta"]["config"]), st["d_in"], st["d_models"], st["target_rms"]).to(device)
+    wire.load_state_dict(st["wire"])
+    wire.eval()
+    return TrainedWire(wire, st["history"], st["step"], st["meta"])
