@@ -16,8 +16,9 @@ PARAMS = [
     Param("DTYPE", str, "bfloat16", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16"),
     Param("DATASET", str, "squad_v1.1", "squad_v1.1 (the seed's) or synthetic"),
     Param("DATA_SOURCE", str, "", "empty: the hub copy (rajpurkar/squad); or a local .jsonl/.json/.parquet in its schema"),
-    Param("TRAIN_SPLIT", str, "train", "split for training (synthetic: seed SEED)"),
-    Param("EVAL_SPLIT", str, "validation", "split for evaluation (synthetic: seed SEED+1)"),
+    Param("TRAIN_SPLIT", str, "train", "split for training (synthetic: seed SEED); articles (in both splits): disjoint "
+          "articles of the offline SQuAD v1.1 dev copy"),
+    Param("EVAL_SPLIT", str, "validation", "split for evaluation (synthetic: seed SEED+1); articles: see TRAIN_SPLIT"),
     Param("N_TRAIN", int, 87599, "training samples, first N eligible rows (seed: 87599, all of SQuAD train)"),
     Param("N_EVAL", int, 200, "evaluation samples, first N eligible rows (seed: 200)"),
     Param("MIN_PASSAGE_WORDS", int, 0, "skip passages shorter than this (0: no limit, as the seed)"),

@@ -247,3 +247,20 @@ def test_curves_legend_sits_outside_every_axes():
     lb = leg.get_window_extent(r)
     assert not any(lb.overlaps(ax.get_window_extent(r)) for ax in fig.axes)
     assert fig.bbox.x0 <= lb.x0 and lb.x1 <= fig.bbox.x1 and fig.bbox.y0 <= lb.y0 and lb.y1 <= fig.bbox.y1
+
+
+def test_exp12_article_splits_of_the_offline_squad_copy(tmp_path):
+    import json
+
+    from test_registry import _squad_doc
+
+    from lib.studies.latent import evaluation as ev
+
+    f = tmp_path / "squad.json"
+    f.write_text(json.dumps(_squad_doc(n_articles=5, n_pars=2, n_q=3)))
+    tr, te = ev.load_splits("squad_v1.1", 8, 4, train_split="articles", eval_split="articles", seed=1, source=str(f))
+    assert (len(tr.samples), len(te.samples)) == (8, 4)
+    assert not {s.meta["article"] for s in tr.samples} & {s.meta["article"] for s in te.samples}
+    with pytest.raises(ValueError, match="articles"):
+        ev.load_splits("synthetic", 8, 4, train_split="articles", eval_split="articles")
+

@@ -166,10 +166,18 @@ def _curves_figure(summary: list[dict], title: str = "", conditions=None):
 def load_splits(dataset: str, n_train: int, n_eval: int, *, train_split: str = "train", eval_split: str = "validation",
                 seed: int = 42, source: str | None = None, min_passage_words: int | None = None,
                 max_passage_words: int | None = None):
-    """(train, eval) ``LoadedData`` sharing no sample. squad_v1.1: the two splits; synthetic: seeds seed and seed+1."""
+    """(train, eval) ``LoadedData`` sharing no sample. squad_v1.1: the hub's two splits, or with both splits
+    ``"articles"`` disjoint articles of the offline registry copy of SQuAD v1.1 dev (``load_article_splits``;
+    ``source``: a local file in its schema); synthetic: seeds seed and seed+1."""
     from lib.data import load_samples
+    from lib.data.core import ARTICLE_SPLIT, load_article_splits
 
     lim = dict(min_passage_words=min_passage_words, max_passage_words=max_passage_words)
+    if ARTICLE_SPLIT in (train_split, eval_split):
+        if train_split != eval_split or dataset != "squad_v1.1":
+            raise ValueError(f"split {ARTICLE_SPLIT!r} needs both splits set to it and DATASET squad_v1.1; got "
+                             f"train_split={train_split!r}, eval_split={eval_split!r}, dataset={dataset!r}")
+        return load_article_splits(dataset, n_train, n_eval, seed=seed, source=source, **lim)
     if dataset == "squad_v1.1":
         tr = squad.load_squad_v1(n_train, split=train_split, source=source, **lim)
         te = squad.load_squad_v1(n_eval, split=eval_split, source=source, **lim)
