@@ -90,3 +90,15 @@ def test_exp07train_bench_agrees_and_reports(monkeypatch):
     res = bench_train.bench_train(lm, epochs=2, cutoff=3, repeats=1, exs=exs)
     assert res["agreement_ok"] and res["max_abs_prefix_diff"] < 1e-6 and res["micro_steps"] == 6 and res["cutoff"] == 3
     assert "ratio" in bench_train.report(res)
+
+
+@pytest.mark.slow
+def test_generation_bench_compares_both_paths_on_the_same_prompts(smollm2):
+    from lib.tools import bench_gen
+
+    res = bench_gen.bench_gen(smollm2, n=2, batch=2, max_new_tokens=6)
+    assert res["prompts"] == 2 * len(bench_gen.KINDS) and res["texts_identical"] is True
+    assert res["generated_tokens_incl_padding"]["fast"] <= res["generated_tokens_incl_padding"]["reference"]
+    assert set(res["prompts_per_s"]) == {"reference", "fast"} and res["ratio"] > 0
+    assert "generate" not in vars(smollm2.model)  # the spy is removed
+    assert "ratio" in bench_gen.report(res)

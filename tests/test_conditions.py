@@ -95,6 +95,30 @@ def test_generation_is_cached_and_reused(smollm2, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
+def test_stopping_at_the_first_line_keeps_the_same_texts_with_fewer_tokens(model, request, tmp_path, monkeypatch):
+    """Rows stop once their first line is complete: the kept texts equal the reference path's
+    (every row to max_new_tokens), and no more tokens are generated."""
+    lm = request.getfixturevalue(model)
+    samples = synthetic_qa(6, 11)
+    real, lengths = lm.model.generate, []
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        lengths.append(out.shape[1] - k["input_ids"].shape[1])
+        return out
+
+    monkeypatch.setattr(lm.model, "generate", spy)
+    kinds = ["llm_question", "llm_extract", "paraphrase"]
+    ref = surrogates.generate(lm, samples, kinds, surrogates.GeneratedCache(tmp_path / "a.json"), max_new_tokens=24,
+                              batch_size=3, stop_at_line=False)
+    n_ref, lengths[:] = list(lengths), []
+    fast = surrogates.generate(lm, samples, kinds, surrogates.GeneratedCache(tmp_path / "b.json"), max_new_tokens=24, batch_size=3)
+    assert fast == ref
+    assert all(f <= r for f, r in zip(lengths, n_ref)) and len(lengths) == len(n_ref) == 3 * 2
+
+
+@pytest.mark.slow
 def test_generation_keeps_finished_batches_when_interrupted(smollm2, tmp_path, monkeypatch):
     """A run killed in the middle of a kind keeps every finished batch: the rerun generates only the rest."""
     samples = synthetic_qa(5, 3)

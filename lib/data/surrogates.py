@@ -91,10 +91,26 @@ def _chat(tokenizer, instruction: str) -> str:
     return instruction + "\n\n"
 
 
+def _first_line_done(tok, prompt_len: int):
+    """A ``StoppingCriteria``: a row is done once its text (leading whitespace dropped) holds a newline,
+    i.e. its first line -- all that ``generate`` keeps -- is complete."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class FirstLineDone(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            texts = tok.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
+            return torch.tensor(["\n" in t.lstrip() for t in texts], dtype=torch.bool, device=input_ids.device)
+
+    return FirstLineDone()
+
+
 def generate(lm, samples, kinds, cache: GeneratedCache, *, max_new_tokens: int = 32, batch_size: int = 8,
-             progress: bool = False) -> dict:
+             progress: bool = False, stop_at_line: bool = True) -> dict:
     """{kind: {sample_id: text}} for every sample, generating only what ``cache`` lacks (greedy).
-    ``progress``: a bar over the prompts still to generate (``tqdm.auto``)."""
+    ``progress``: a bar over the prompts still to generate (``tqdm.auto``). ``stop_at_line``: a row
+    stops once its first line is complete (the text kept is the same: the rest was always cut;
+    ``False`` runs every row to ``max_new_tokens`` or EOS, the reference path)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -117,9 +133,10 @@ def generate(lm, samples, kinds, cache: GeneratedCache, *, max_new_tokens: int =
             finally:
                 tok.padding_side = side
             enc = {k: v.to(lm.device) for k, v in enc.items()}
+            stop = [_first_line_done(tok, enc["input_ids"].shape[1])] if stop_at_line else None
             with torch.no_grad():
                 gen = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                        pad_token_id=tok.pad_token_id)
+                                        pad_token_id=tok.pad_token_id, stopping_criteria=stop)
             new = {}
             for s, row in zip(part, gen[:, enc["input_ids"].shape[1]:]):
                 text = tok.decode(row, skip_special_tokens=True).strip().split("\n")[0].strip()
