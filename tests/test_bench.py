@@ -102,3 +102,13 @@ def test_generation_bench_compares_both_paths_on_the_same_prompts(smollm2):
     assert set(res["prompts_per_s"]) == {"reference", "fast"} and res["ratio"] > 0
     assert "generate" not in vars(smollm2.model)  # the spy is removed
     assert "ratio" in bench_gen.report(res)
+
+
+@pytest.mark.slow
+def test_exp08_bench_runs_both_chunkings_and_they_agree(smollm2):
+    from lib.tools import bench_reach
+
+    res = bench_reach.bench_reach(smollm2, n=2, restarts=2, steps=2, seq_len=4, repeats=1)
+    assert res["agreement_ok"] and res["max_rel_final_mse_diff"] <= 1e-4
+    assert set(res["prompt_steps_per_s"]) == {"per_target", "batched"} and res["useful_flops"] > 0
+    assert "ratio" in bench_reach.report(res)
