@@ -316,3 +316,15 @@ def test_squad_long_joins_an_articles_paragraphs_around_each_question(tmp_path):
     assert all(s.answer in s.passage and len(s.passage.split()) >= 600 for s in data.samples)  # no 300-word default limit
     assert by["q4"].meta["answer_paragraph"] == 1 and by["q4"].meta["article"] == "a1" and data.split == "dev"
     assert [s.id for s in load_samples("squad_v1.1", 6, source=str(path), allow_fewer=True).samples] == ["q4"]  # 300 words max
+
+
+def test_a_one_article_file_uses_paragraphs_as_articles(tmp_path):
+    """SQuAD-Shifts Reddit holds every comment under one title: drawing 'across articles' and the
+    other-article rules need the paragraph as the unit there; files with several articles keep titles."""
+    from lib.data import realdata
+
+    one = realdata.across_articles(list(realdata._squad(_squad_doc(n_articles=1, n_pars=4, n_q=2))), 0)
+    assert len({c["article"] for c in one}) == 4 and all(c["meta"]["article_unit"] == "paragraph" for c in one)
+    assert len({c["article"] for c in one[:4]}) == 4  # the first 4 span 4 paragraphs
+    many = list(realdata._squad(_squad_doc(n_articles=3, n_pars=2, n_q=2)))
+    assert len({c["article"] for c in many}) == 3 and all(c["meta"]["article_unit"] == "title" for c in many)

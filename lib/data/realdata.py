@@ -69,15 +69,19 @@ def source_file(name: str, source: str | None) -> tuple[Path, dict]:
 # A candidate: dict(id, query, passage, answers (list, first = reference), article, paragraph, meta)
 
 def _squad(doc: dict):
+    """A file holding ONE article (SQuAD-Shifts Reddit: 2,035 unrelated comments under one title) has
+    no article structure: each paragraph is then its own article (``meta['article_unit']``)."""
     row = 0
+    per_paragraph = len(doc["data"]) == 1
     for a_idx, art in enumerate(doc["data"]):
         for p_idx, par in enumerate(art["paragraphs"]):
             for qa in par["qas"]:
                 texts = [a["text"] for a in qa.get("answers", [])]
                 starts = [a.get("answer_start") for a in qa.get("answers", [])]
                 yield {"id": str(qa["id"]), "query": qa["question"], "passage": par["context"], "answers": texts,
-                       "article": f"a{a_idx}", "paragraph": p_idx, "row": row,
-                       "meta": {"title": art.get("title"), "answer_start": starts[0] if starts else None}}
+                       "article": f"a{a_idx}p{p_idx}" if per_paragraph else f"a{a_idx}", "paragraph": p_idx, "row": row,
+                       "meta": {"title": art.get("title"), "answer_start": starts[0] if starts else None,
+                                "article_unit": "paragraph" if per_paragraph else "title"}}
                 row += 1
 
 
