@@ -15,7 +15,8 @@ Training (``train``): AdamW, linear warm-up then constant learning rate, gradien
 gradient-norm clipping, epochs over a seeded permutation per epoch. A checkpoint (one file,
 written atomically every ``checkpoint_every`` optimizer steps) holds the prefix, optimizer and
 scheduler state, RNG states, the position in the data order and the history, so a run killed at
-any moment and resumed ends with the same prefix as an uninterrupted run.
+any moment and resumed ends with the same prefix as an uninterrupted run. ``examples_per_forward``
+runs several examples of one optimizer step in one forward (``lib.studies.soft.batch``).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from lib.kv import cache as kv
 from lib.lab import ckpt as ckpt_io
 from lib.kv import encode as enc_mod
 from lib.kv import scoring
+from lib.studies.soft.batch import hybrid_from_values, hybrid_nll_batch
 
 
 @dataclass(frozen=True)
@@ -113,17 +115,6 @@ def primed_values(lm, ex: Example, cutoff: int, *, prefix_embeds: torch.Tensor |
     return tuple(v.index_select(2, keep) for v in full.values)
 
 
-def hybrid_from_values(bare: kv.DocCache, values: tuple[torch.Tensor, ...]) -> kv.DocCache:
-    """Bare keys; ``values`` at layers < len(values); bare values above (``hybrid`` without the full primed cache)."""
-    cutoff = len(values)
-    if not 1 <= cutoff <= bare.n_layers:
-        raise ValueError(f"cutoff {cutoff} must be in [1, {bare.n_layers}] for a {bare.n_layers}-layer model")
-    if any(v.shape != b.shape for v, b in zip(values, bare.values)):
-        raise ValueError(f"primed values {tuple(values[0].shape)} do not match the bare cache's {tuple(bare.values[0].shape)}")
-    return kv.DocCache(bare.keys, tuple(values) + tuple(bare.values[cutoff:]), bare.positions,
-                       {**bare.meta, "spliced_layers": list(range(cutoff)), "spliced": "values"})
-
-
 def hybrid_nll(lm, ex: Example, cutoff: int, *, prefix_embeds: torch.Tensor | None = None, prefix_ids=None,
                bare: kv.DocCache | None = None, fast: bool = True) -> torch.Tensor:
     """Per-token answer NLL through the hybrid cache (differentiable in ``prefix_embeds``).
@@ -199,7 +190,7 @@ class Interrupted(RuntimeError):
 
 def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | None = None, *,
           progress: bool = False, stop_after: int | None = None, fast: bool = True,
-          bare_cache_gb: float = 2.0) -> TrainResult:
+          bare_cache_gb: float = 2.0, examples_per_forward: int = 1) -> TrainResult:
     """Train a soft prefix (see the module docstring); resumes from ``checkpoint`` when it exists.
 
     stop_after: raise ``Interrupted`` after this many micro-steps of THIS call (simulates a kill;
@@ -208,6 +199,10 @@ def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | Non
     bare_cache_gb: memory for bare caches reused across steps and epochs (``BareCaches``). Neither
     changes a number (the trajectory equals ``fast=False, bare_cache_gb=0``; tested), so neither is
     part of the run's identity and a checkpoint resumes under either setting.
+    examples_per_forward: up to this many examples of one optimizer step share a Phase A and a
+    Phase B forward (``batch.hybrid_nll_batch``, fast path; the same trajectory to float rounding,
+    tested; not part of the run's identity either); 1 runs them one at a time. ``stop_after`` then
+    counts whole forwards.
     """
     from tqdm.auto import tqdm
 
@@ -215,6 +210,10 @@ def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | Non
         raise ValueError("no training examples")
     if cfg.cutoff > lm.arch.n_layers:
         raise ValueError(f"cutoff {cfg.cutoff} exceeds the model's {lm.arch.n_layers} layers")
+    if isinstance(examples_per_forward, bool) or not isinstance(examples_per_forward, int) or examples_per_forward < 1:
+        raise ValueError(f"examples_per_forward must be an int >= 1, got {examples_per_forward!r}")
+    if examples_per_forward > 1 and not fast:
+        raise ValueError("examples_per_forward > 1 runs the fast path only; use fast=True or examples_per_forward=1")
     if cfg.cutoff < 2:
         raise ValueError(f"cutoff {cfg.cutoff}: layer-0 values are projections of each token's own embedding and do not "
                          f"depend on the prefix, so the gradient would be exactly 0; use cutoff >= 2")
@@ -252,14 +251,20 @@ def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | Non
     done_here, acc_loss, acc_n = 0, 0.0, 0
     # a checkpoint is only written at an optimizer-step boundary, so the accumulators start empty
     while step < total:
-        epoch, pos = divmod(step, n)
-        i = _order(n, cfg.seed, epoch)[pos]
-        loss = hybrid_nll(lm, exs[i], cfg.cutoff, prefix_embeds=prefix, bare=bares.get(i, exs[i]), fast=fast).mean()
-        (loss / cfg.grad_accum).backward()
-        acc_loss, acc_n = acc_loss + float(loss.detach()), acc_n + 1
-        step += 1
-        done_here += 1
-        bar.update(1)
+        k = min(examples_per_forward, cfg.grad_accum - acc_n, total - step)  # never across an optimizer step
+        idx = [_order(n, cfg.seed, s // n)[s % n] for s in range(step, step + k)]
+        if k == 1:
+            losses = [hybrid_nll(lm, exs[idx[0]], cfg.cutoff, prefix_embeds=prefix, bare=bares.get(idx[0], exs[idx[0]]),
+                                 fast=fast).mean()]
+        else:
+            losses = [t.mean() for t in hybrid_nll_batch(lm, [exs[i] for i in idx], cfg.cutoff,
+                                                          [bares.get(i, exs[i]) for i in idx], prefix_embeds=prefix)]
+        (sum(losses) / cfg.grad_accum).backward()
+        acc_loss, acc_n = acc_loss + sum(float(x.detach()) for x in losses), acc_n + k
+        step += k
+        done_here += k
+        bar.update(k)
+        epoch = (step - 1) // n
         if acc_n == cfg.grad_accum or step == total:
             if acc_n < cfg.grad_accum:  # a short last group: rescale so every step averages its losses
                 prefix.grad.mul_(cfg.grad_accum / acc_n)
