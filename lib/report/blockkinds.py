@@ -202,8 +202,11 @@ def _batched_line(r: dict) -> list[str]:
         return []
     return ["", f"Batched (`{b}`, examples per forward): {_f(r['steps_per_s'][b], '.2f')} steps/s, "
                 f"{_f(r['batched_speedup'], '.2f')}x the reference, {_f(r['batched_vs_fast'], '.2f')}x the fast path, "
-                f"{_f(100 * r['batched_useful_fraction_of_peak'], '.0f')}% of peak; max relative loss diff "
-                f"{_f(r['max_rel_loss_diff_by_path'][b], '.1e')}."]
+                f"{_f(100 * r['batched_useful_fraction_of_peak'], '.0f')}% of peak; at the same prefix: NLL "
+                f"{_f(r['same_prefix_check'][b]['nll_rel_diff'], '.1e')}, gradient "
+                f"{_f(r['same_prefix_check'][b]['grad_rel_diff'], '.1e')} relative; trajectory: max relative loss diff "
+                f"{_f(r['max_rel_loss_diff_by_path'][b], '.1e')} (control, initial prefix x (1 + 1e-6): "
+                f"{_f(r['max_rel_loss_diff_by_path']['control'], '.1e')})."]
 
 
 def _mem(v) -> float | None:
