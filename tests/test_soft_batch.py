@@ -121,9 +121,9 @@ def test_batched_training_follows_the_one_at_a_time_trajectory():
     lm = TinyLM(m)
     exs = _exs(7)  # 7 per epoch, 4 per optimizer step: a step spans the epoch boundary, the last one is short
     cfg = _cfg()
-    ref = soft.train(lm, exs, cfg)
+    ref = soft.train(lm, exs, cfg, examples_per_forward=1)
     assert len(ref.history) == 4 and ref.history[-1]["micro_step"] == 14
-    for e in (2, 3, 4, 8):  # 3: forwards of 3 + 1 per step; 8: capped at the optimizer step's 4
+    for e in (2, 3, 4, 8, None):  # 3: forwards of 3 + 1 per step; 8: capped at the optimizer step's 4; None: the default
         _same_run(soft.train(lm, exs, cfg, examples_per_forward=e), ref)
     _same_run(soft.train(lm, exs, cfg, fast=False, bare_cache_gb=0), ref)  # the reference path, same trajectory
     with pytest.raises(ValueError, match="examples_per_forward"):
@@ -156,7 +156,7 @@ def test_batched_training_on_gemma3_270m(gemma3):
     exs = soft.examples(lm, load_samples("synthetic", 8, seed=3).samples, 7)
     assert len({len(e.doc_ids) for e in exs}) > 1
     cfg = soft.TrainConfig(prefix_len=7, cutoff=8, lr=0.1, warmup_steps=1, grad_accum=4, epochs=1, checkpoint_every=10, seed=1)
-    ref = soft.train(lm, exs, cfg)
+    ref = soft.train(lm, exs, cfg, examples_per_forward=1)
     got = soft.train(lm, exs, cfg, examples_per_forward=4)
     rel = 1e-5 if EXACT else 5e-2
     assert len(ref.history) == 2

@@ -6,7 +6,7 @@ process on the same data.
 Reference: every micro-step runs the bare forward and the full soft-primed forward (all layers),
 then splices (``soft.train(fast=False, bare_cache_gb=0)``). Fast: the primed forward stops after
 layer ``cutoff - 1`` and bare caches are computed once and reused across epochs
-(``soft.train()`` defaults, one example per forward). Batched (``batched_<E>``): the fast path with
+(``soft.train(examples_per_forward=1)``). Batched (``batched_<E>``): the fast path with
 up to E examples of an optimizer step in one Phase A and one Phase B forward
 (``soft.train(examples_per_forward=E)``, ``--examples-per-forward``, default 2 and 4). All train the
 same prefix from the same seed on the same examples, paths interleaved in every repeat.
@@ -110,7 +110,7 @@ def bench_train(lm, n: int = 8, epochs: int = 2, cutoff: int | None = None, repe
         raise ValueError(f"examples_per_forward {examples_per_forward}: each must be >= 2 (1 is the fast path)")
     device = next(lm.model.parameters()).device
     peak = matmul_peak(device, next(lm.model.parameters()).dtype)
-    paths = {"reference": dict(fast=False, bare_cache_gb=0), "fast": dict(fast=True, bare_cache_gb=2.0),
+    paths = {"reference": dict(fast=False, bare_cache_gb=0), "fast": dict(fast=True, bare_cache_gb=2.0, examples_per_forward=1),
              **{f"batched_{e}": dict(fast=True, bare_cache_gb=2.0, examples_per_forward=e) for e in examples_per_forward}}
     times, mem, out = {k: [] for k in paths}, {k: 0 for k in paths}, {}
     for r in range(repeats):
@@ -122,7 +122,7 @@ def bench_train(lm, n: int = 8, epochs: int = 2, cutoff: int | None = None, repe
                 _sync(device)
                 times[which].append(time.perf_counter() - t)
             mem[which] = max(mem[which], pm.bytes)
-    out["control"] = soft.train(lm, exs, replace(cfg, init_std=cfg.init_std * (1 + CONTROL_EPS)))  # untimed
+    out["control"] = soft.train(lm, exs, replace(cfg, init_std=cfg.init_std * (1 + CONTROL_EPS)), examples_per_forward=1)
     checks = {f"batched_{e}": same_prefix_check(lm, exs, cfg, e) for e in examples_per_forward}
     ref = out["reference"]
     loss_rel = {k: max(abs(a["loss"] - b["loss"]) / max(abs(a["loss"]), 1e-12) for a, b in zip(ref.history, o.history))

@@ -183,6 +183,11 @@ class TrainResult:
     config: dict = field(default_factory=dict)
 
 
+# examples per forward in training: the best on CPU in ``python -m lib.tools.bench --design exp07train``
+# (Gemma 3 270M, optimizer steps of 4: 4 beat 2 and 1)
+EXAMPLES_PER_FORWARD = 4
+
+
 class Interrupted(RuntimeError):
     """Raised by ``train(stop_after=...)`` to simulate a kill (tests)."""
 
@@ -190,7 +195,7 @@ class Interrupted(RuntimeError):
 
 def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | None = None, *,
           progress: bool = False, stop_after: int | None = None, fast: bool = True,
-          bare_cache_gb: float = 2.0, examples_per_forward: int = 1) -> TrainResult:
+          bare_cache_gb: float = 2.0, examples_per_forward: int | None = None) -> TrainResult:
     """Train a soft prefix (see the module docstring); resumes from ``checkpoint`` when it exists.
 
     stop_after: raise ``Interrupted`` after this many micro-steps of THIS call (simulates a kill;
@@ -200,9 +205,9 @@ def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | Non
     changes a number (the trajectory equals ``fast=False, bare_cache_gb=0``; tested), so neither is
     part of the run's identity and a checkpoint resumes under either setting.
     examples_per_forward: up to this many examples of one optimizer step share a Phase A and a
-    Phase B forward (``batch.hybrid_nll_batch``, fast path; the same trajectory to float rounding,
-    tested; not part of the run's identity either); 1 runs them one at a time. ``stop_after`` then
-    counts whole forwards.
+    Phase B forward (``batch.hybrid_nll_batch``, fast path only; the same trajectory to float
+    rounding, tested; not part of the run's identity either); 1 runs them one at a time; None:
+    ``EXAMPLES_PER_FORWARD`` with ``fast``, else 1. ``stop_after`` then counts whole forwards.
     """
     from tqdm.auto import tqdm
 
@@ -210,6 +215,8 @@ def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | Non
         raise ValueError("no training examples")
     if cfg.cutoff > lm.arch.n_layers:
         raise ValueError(f"cutoff {cfg.cutoff} exceeds the model's {lm.arch.n_layers} layers")
+    if examples_per_forward is None:
+        examples_per_forward = EXAMPLES_PER_FORWARD if fast else 1
     if isinstance(examples_per_forward, bool) or not isinstance(examples_per_forward, int) or examples_per_forward < 1:
         raise ValueError(f"examples_per_forward must be an int >= 1, got {examples_per_forward!r}")
     if examples_per_forward > 1 and not fast:
