@@ -26,6 +26,7 @@ PARAMS = [
     Param("WEIGHT_DECAY", float, 0.01, "AdamW weight decay"),
     Param("WARMUP_STEPS", int, 50, "linear warm-up, in optimizer steps (constant afterwards)"),
     Param("GRAD_ACCUM", int, 4, "micro-steps (one example each) per optimizer step"),
+    Param("TRAIN_BATCH", int, 4, "training examples per forward, within one optimizer step (speed only; 1 runs one at a time)"),
     Param("CLIP", float, 1.0, "gradient-norm clip"),
     Param("EPOCHS", int, 3, "passes over the training samples (seeded order per epoch)"),
     Param("INIT_STD", float, 0.02, "std of the random initialization N(0, INIT_STD)"),
@@ -95,7 +96,7 @@ CELLS = [
             if FRESH:
                 move_aside(ckpt)
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            trained[name] = soft.train(lm, train_exs, cfg, ckpt, progress=PROGRESS)
+            trained[name] = soft.train(lm, train_exs, cfg, ckpt, progress=PROGRESS, examples_per_forward=TRAIN_BATCH)
             assert trained[name].prefix.shape[0] == prefix_len, (trained[name].prefix.shape, prefix_len)
             h = trained[name].history
             print(f"{name:7s} {len(h)} optimizer steps (resumed from micro-step {trained[name].resumed_from_step}); "

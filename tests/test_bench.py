@@ -87,9 +87,17 @@ def test_exp07train_bench_agrees_and_reports(monkeypatch):
     exs = [Example(f"s{i}", tuple(int(x) for x in rng.integers(3, 120, 12)), (4, 5, 6), (7, 8)) for i in range(3)]
     monkeypatch.setattr("lib.tools.flops.matmul_peak", lambda device, dtype: 1e9)
     monkeypatch.setattr(bench_train, "useful_flops", lambda lm, exs, cutoff, epochs: 1e6)  # needs a full ArchInfo
-    res = bench_train.bench_train(lm, epochs=2, cutoff=3, repeats=1, exs=exs)
-    assert res["agreement_ok"] and res["max_abs_prefix_diff"] < 1e-6 and res["micro_steps"] == 6 and res["cutoff"] == 3
-    assert "ratio" in bench_train.report(res)
+    res = bench_train.bench_train(lm, epochs=2, cutoff=3, repeats=1, exs=exs, examples_per_forward=(2, 4))
+    assert set(res["steps_per_s"]) == {"reference", "fast", "batched_2", "batched_4"}
+    assert res["agreement_ok"] and res["micro_steps"] == 6 and res["cutoff"] == 3
+    assert res["max_abs_prefix_diff"] == 0.0 and res["max_rel_loss_diff_by_path"]["batched_4"] < 1e-5
+    assert res["max_rel_loss_diff_by_path"]["control"] > 0  # the control starts from another prefix
+    assert all(0 <= v <= 1e-5 for c in res["same_prefix_check"].values() for v in c.values())
+    assert res["best_batched"] in ("batched_2", "batched_4") and set(res["peak_memory_bytes"]) == set(res["steps_per_s"])
+    text = bench_train.report(res)
+    assert "ratio" in text and "batched_4" in text
+    with pytest.raises(ValueError, match="examples_per_forward"):
+        bench_train.bench_train(lm, epochs=1, cutoff=3, repeats=1, exs=exs, examples_per_forward=(1,))
 
 
 @pytest.mark.slow

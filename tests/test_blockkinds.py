@@ -137,3 +137,14 @@ def test_training_bench_block(tmp_path):
         "reference_useful_fraction_of_peak": 0.33}))
     text = logblocks.render("results/bench/t.json", tmp_path)
     assert "| 0.80 | 1.20 | 1.50x | 0.0e+00 | 0.0e+00 | ok | 100.0 GFLOP/s | 50.0 GFLOP/s | 50% (33%) |" in text
+    assert "Batched" not in text  # a run without the batched path
+    r = json.loads(path.read_text())
+    r.update(best_batched="batched_4", steps_per_s={**r["steps_per_s"], "batched_4": 2.0}, batched_speedup=2.5,
+             batched_vs_fast=1.67, batched_useful_fraction_of_peak=0.6,
+             max_rel_loss_diff_by_path={"batched_4": 3e-4, "control": 4e-4},
+             same_prefix_check={"batched_4": {"nll_rel_diff": 1e-7, "grad_rel_diff": 2e-6}})
+    path.write_text(json.dumps(r))
+    text = logblocks.render("results/bench/t.json", tmp_path)
+    assert ("Batched (`batched_4`, examples per forward): 2.00 steps/s, 2.50x the reference, 1.67x the fast path, 60% of "
+            "peak; at the same prefix: NLL 1.0e-07, gradient 2.0e-06 relative; trajectory: max relative loss diff 3.0e-04 "
+            "(control, initial prefix x (1 + 1e-6): 4.0e-04).") in text

@@ -245,6 +245,7 @@ def test_exp07_smoke_run_trains_evaluates_and_resumes(tmp_path):
     assert [(c["cond"], c["threshold"]) for c in s["success_criteria"]] == [("vel_soft_fact", 0.25), ("vel_soft_random", 0.10)]
     assert all(c["verdict"] in ("met", "not met", "undecided") for c in s["success_criteria"])
     assert r["config"]["prompt_query"] == r["config"]["QUERY_PROMPT"] == "\nQuery: {query}\nAnswer:"
+    assert r["config"]["TRAIN_BATCH"] == 4  # the batched path: 2 examples per forward (an optimizer step's GRAD_ACCUM)
     for name in ("training_curves.png", "evaluation.png", "delta_hist.png", "soft_prefixes.pt", "train_random.ckpt.pt", "train_fact.ckpt.pt"):
         assert (tmp_path / name).is_file()
     assert len(_rows(tmp_path)) == 10 * 4

@@ -6,7 +6,7 @@ from transformers import DynamicCache
 
 from lib.studies import priming
 from lib.data import Sample, synthetic_qa
-from lib.kv.encode import encode, encode_full, fit_document, shape, tokenize
+from lib.kv.encode import encode, encode_full, encode_full_batch, fit_document, shape, tokenize
 from lib.kv.rope import rotate_keys
 from lib.kv.scoring import score, score_single_pass
 from real_env import TOL
@@ -130,6 +130,21 @@ def test_batched_equals_unbatched(lm):
     batched = score(lm.model, caches, prompts, answers, batch_size=3)
     for (c, p, a), got in zip(items, batched):
         assert (got - score(lm.model, [c], [p], [a])[0]).abs().max() <= TOL
+
+
+def test_right_padded_phase_a_batch_equals_each_document_alone(lm_window):
+    """``encode_full_batch`` (exp07's batched training): documents of 560 (past Gemma's window of 512), 90
+    and 25 tokens in one forward, a shared prefix; every layer's real entries equal the document's own run."""
+    lm = lm_window
+    pre = tokenize(lm.tokenizer, "Extract the facts.\n")
+    docs = [_text(n, lm.tokenizer, seed=20 + n) for n in (560, 90, 25)]
+    full, encs = encode_full_batch(lm.model, lm.arch, docs, pre)
+    for b, d in enumerate(docs):
+        one, enc = encode_full(lm.model, lm.arch, d, pre)
+        assert encs[b] == enc
+        n = len(enc.input_ids)
+        for got, ref in zip((*full.keys, *full.values), (*one.keys, *one.values)):
+            assert float((got[b : b + 1, :, :n] - ref).abs().max() / ref.abs().max()) <= TOL, b
 
 
 def test_exp01_conditions_share_tokens_and_cache_lengths(lm_window):

@@ -86,13 +86,14 @@ def test_kill_and_resume_gives_the_same_prefix(tmp_path):
     lm = TinyLM(m)
     exs = _exs(5)
     cfg = _cfg()
-    ref = soft.train(lm, exs, cfg, tmp_path / "ref.pt")
+    one = dict(examples_per_forward=1)  # one example per forward (batched: tests/test_soft_batch.py)
+    ref = soft.train(lm, exs, cfg, tmp_path / "ref.pt", **one)
     ck = tmp_path / "cut.pt"
     with pytest.raises(soft.Interrupted):
-        soft.train(lm, exs, cfg, ck, stop_after=3)  # killed mid-accumulation: micro-step 3 is lost
+        soft.train(lm, exs, cfg, ck, stop_after=3, **one)  # killed mid-accumulation: micro-step 3 is lost
     with pytest.raises(soft.Interrupted):
-        soft.train(lm, exs, cfg, ck, stop_after=4)  # resumed, killed again
-    out = soft.train(lm, exs, cfg, ck)
+        soft.train(lm, exs, cfg, ck, stop_after=4, **one)  # resumed, killed again
+    out = soft.train(lm, exs, cfg, ck, **one)
     assert out.resumed_from_step == 6
     assert torch.allclose(out.prefix, ref.prefix, atol=1e-6)
     assert [h["loss"] for h in out.history] == pytest.approx([h["loss"] for h in ref.history], abs=1e-6)
@@ -248,7 +249,7 @@ def test_fast_training_follows_the_reference_trajectory():
     exs = _exs(5)
     cfg = _cfg(cutoff=3, epochs=2)
     ref = soft.train(lm, exs, cfg, fast=False, bare_cache_gb=0)
-    got = soft.train(lm, exs, cfg)  # early-stopped primed forward, bare caches reused across epochs
+    got = soft.train(lm, exs, cfg, examples_per_forward=1)  # early-stopped primed forward, bare caches reused across epochs
     assert [h["loss"] for h in got.history] == pytest.approx([h["loss"] for h in ref.history], rel=1e-5)
     assert torch.allclose(got.prefix, ref.prefix, rtol=1e-5, atol=1e-7)
     cached = soft.BareCaches(lm, 1.0)

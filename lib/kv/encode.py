@@ -137,24 +137,7 @@ def encode_full(
     mask = torch.ones(1, n, dtype=torch.long, device=dev)
     past = DynamicCache()
     track = prefix_embeds is not None and prefix_embeds.requires_grad and torch.is_grad_enabled()
-    hook = None
-    if n_layers is not None:
-        layers = decoder_layers(model)
-        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= len(layers):
-            raise ValueError(f"n_layers must be an int in [1, {len(layers)}], got {n_layers!r}")
-        if n_layers < len(layers):
-            def stop(*_):
-                raise _StopForward
-            hook = layers[n_layers - 1].register_forward_hook(stop)
-    try:
-        _forward(model, enc, prefix_embeds, dev, mask, positions, past, track)
-    except _StopForward:
-        pass
-    finally:
-        if hook is not None:
-            hook.remove()
-    if n_layers is not None and len(past.layers) != n_layers:
-        raise RuntimeError(f"expected {n_layers} cached layers after the early stop, got {len(past.layers)}")
+    _run_layers(model, n_layers, past, lambda: _forward(model, [enc], prefix_embeds, dev, mask, positions, past, track, 0))
     meta = {
         "condition": condition,
         "n_anchor": enc.n_anchor,
@@ -165,18 +148,78 @@ def encode_full(
     return kv.from_model_cache(past, positions, meta), enc
 
 
-def _forward(model, enc: Encoded, prefix_embeds, dev, mask, positions, past, track: bool) -> None:
+def _run_layers(model, n_layers: int | None, past, forward) -> None:
+    """Run ``forward()``; with ``n_layers``, stop it once decoder layer ``n_layers - 1`` has written its cache."""
+    hook = None
+    if n_layers is not None:
+        layers = decoder_layers(model)
+        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= len(layers):
+            raise ValueError(f"n_layers must be an int in [1, {len(layers)}], got {n_layers!r}")
+        if n_layers < len(layers):
+            def stop(*_):
+                raise _StopForward
+            hook = layers[n_layers - 1].register_forward_hook(stop)
+    try:
+        forward()
+    except _StopForward:
+        pass
+    finally:
+        if hook is not None:
+            hook.remove()
+    if n_layers is not None and len(past.layers) != n_layers:
+        raise RuntimeError(f"expected {n_layers} cached layers after the early stop, got {len(past.layers)}")
+
+
+def _forward(model, encs: list[Encoded], prefix_embeds, dev, mask, positions, past, track: bool, pad_id: int) -> None:
+    """One forward of the rows ``encs`` (same anchor and prefix lengths), right-padded with ``pad_id``."""
+    width = mask.shape[1]
+    ids = torch.full((len(encs), width), pad_id, dtype=torch.long, device=dev)  # (B, N)
+    for b, e in enumerate(encs):
+        ids[b, : len(e.input_ids)] = torch.tensor(e.input_ids, device=dev)
     with torch.set_grad_enabled(track):
         if prefix_embeds is None:
-            ids = torch.tensor([enc.input_ids], device=dev)
             model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
         else:
-            a, d = enc.n_anchor, enc.doc_start
-            head = _embed(model, torch.tensor([enc.input_ids[:a]], device=dev, dtype=torch.long))
-            tail = _embed(model, torch.tensor([enc.input_ids[d:]], device=dev))
-            soft = prefix_embeds.to(dtype=tail.dtype, device=dev)[None]
-            embeds = torch.cat([head, soft, tail], dim=1)
+            a, d = encs[0].n_anchor, encs[0].doc_start  # the soft slots [a, d) hold -1: never embedded
+            head, tail = _embed(model, ids[:, :a]), _embed(model, ids[:, d:])
+            soft = prefix_embeds.to(dtype=tail.dtype, device=dev)[None].expand(len(encs), -1, -1)
+            embeds = torch.cat([head, soft, tail], dim=1)  # (B, N, hidden)
             model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
+
+
+def encode_full_batch(model, arch, docs: list[list[int]], prefix_ids: list[int] | None = None, *,
+                      prefix_embeds: torch.Tensor | None = None, n_layers: int | None = None,
+                      pad_id: int = 0) -> tuple[kv.DocCache, list[Encoded]]:
+    """``encode_full`` of several documents in ONE forward, every row with the same prefix (ids or soft).
+
+    Rows are RIGHT-padded with ``pad_id`` to the longest ``[anchor] + prefix + doc``: every real token
+    keeps its unbatched index and position (0..n_b-1), the causal mask puts every pad of a row after
+    all of its real tokens, and the 2D mask hides pad keys; so real entries equal the unbatched ones
+    whatever the pads hold (sliding windows count index distances, which padding at the end leaves
+    unchanged). Returns the (B, H, Nmax, D) cache (positions ``arange(Nmax)`` per row) and one
+    ``Encoded`` per row: row b's real entries are ``[0, len(encs[b].input_ids))``, the rest are pads
+    for the caller to drop (``Encoded.keep_index``). ``n_layers`` and gradient tracking as in ``encode_full``.
+    """
+    if not docs:
+        raise ValueError("no documents to encode")
+    if prefix_ids and prefix_embeds is not None:
+        raise ValueError("give prefix_ids or prefix_embeds, not both")
+    n_soft = 0 if prefix_embeds is None else int(prefix_embeds.shape[0])
+    encs = [build_inputs(arch, d, prefix_ids, n_soft=n_soft) for d in docs]
+    width = max(len(e.input_ids) for e in encs)
+    if width > arch.max_positions:
+        raise ValueError(f"input of {width} tokens exceeds the model's {arch.max_positions} positions; use fit_document first")
+    dev = model.get_input_embeddings().weight.device
+    positions = torch.arange(width, device=dev)[None].expand(len(encs), -1)  # (B, N)
+    mask = torch.zeros(len(encs), width, dtype=torch.long, device=dev)
+    for b, e in enumerate(encs):
+        mask[b, : len(e.input_ids)] = 1
+    past = DynamicCache()
+    track = prefix_embeds is not None and prefix_embeds.requires_grad and torch.is_grad_enabled()
+    _run_layers(model, n_layers, past, lambda: _forward(model, encs, prefix_embeds, dev, mask, positions, past, track, pad_id))
+    meta = {"n_anchor": encs[0].n_anchor, "n_prefix": encs[0].n_prefix, "n_doc": [e.n_doc for e in encs],
+            "soft_prefix": prefix_embeds is not None, "right_padded": True}
+    return kv.from_model_cache(past, positions, meta), encs
 
 
 def shape(full: kv.DocCache, enc: Encoded, arch, *, keep_prefix: bool = False, compact: bool = True) -> kv.DocCache:

@@ -153,12 +153,24 @@ def score_with_grad(model, cache: kv.DocCache, prompt_ids: list[int], answer_ids
     wrapped in a fresh ``DynamicCache`` and never modified in place. Model weights should be frozen
     (``requires_grad_(False)``) by the caller when only the cache's inputs are trained.
     """
-    _check_item(0, prompt_ids, answer_ids)
-    if cache.batch != 1:
-        raise ValueError(f"score_with_grad takes a batch-1 cache, got batch {cache.batch}")
-    if int(cache.next_position[0]) != cache.length:
-        raise ValueError(f"cache holds {cache.length} entries but its next position is {int(cache.next_position[0])}; compact it first")
-    return _score_batch(model, [cache], [list(prompt_ids)], [list(answer_ids)], 0)[0]
+    return score_with_grad_batch(model, [cache], [prompt_ids], [answer_ids])[0]
+
+
+def score_with_grad_batch(model, caches: list[kv.DocCache], prompt_ids: list[list[int]], answer_ids: list[list[int]],
+                          *, pad_id: int = 0) -> list[torch.Tensor]:
+    """``score_with_grad`` of several items in ONE forward (``score``'s batching: caches left-padded with
+    zeros, new tokens right-padded with ``pad_id``, both masked); per-token NLL per item, autograd on."""
+    if not (len(caches) == len(prompt_ids) == len(answer_ids)) or not caches:
+        raise ValueError(f"got {len(caches)} caches, {len(prompt_ids)} prompts, {len(answer_ids)} answers; "
+                         f"need the same number, at least one")
+    for i, (c, p, a) in enumerate(zip(caches, prompt_ids, answer_ids)):
+        _check_item(i, p, a)
+        if c.batch != 1:
+            raise ValueError(f"item {i}: score_with_grad takes batch-1 caches, got batch {c.batch}")
+        if int(c.next_position[0]) != c.length:
+            raise ValueError(f"item {i}: cache holds {c.length} entries but its next position is "
+                             f"{int(c.next_position[0])}; compact it first")
+    return _score_batch(model, caches, [list(p) for p in prompt_ids], [list(a) for a in answer_ids], pad_id)
 
 
 def _score_batch(model, caches, prompt_ids, answer_ids, pad_id) -> list[torch.Tensor]:

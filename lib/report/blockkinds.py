@@ -197,7 +197,7 @@ def latent(run: str, folder: Path, r: dict) -> list[str]:
 # engine benchmark ------------------------------------------------------------------------------------
 
 def bench_train(run: str, r: dict) -> list[str]:
-    """``python -m lib.tools.bench --design exp07train``: exp07 training, reference vs fast path."""
+    """``python -m lib.tools.bench --design exp07train``: exp07 training, reference vs fast (and batched) path."""
     prov = r.get("provenance", {})
     return [f"`{run}`; exp07 training; model {r['model']} ({r['dtype']}, {r['device']}, {r['threads']} threads); "
             f"{r['n_samples']} examples x {r['epochs']} epochs = {r['micro_steps']} micro-steps; cutoff {r['cutoff']} of "
@@ -209,7 +209,21 @@ def bench_train(run: str, r: dict) -> list[str]:
             f"{_f(r['max_rel_loss_diff'], '.1e')} | {_f(r['max_abs_prefix_diff'], '.1e')} | "
             f"{'ok' if r['agreement_ok'] else 'FAILED'} | {_gflops(r['matmul_peak_flops'])} | "
             f"{_gflops(r['fast_useful_flops_per_s'])} | {_f(100 * r['fast_useful_fraction_of_peak'], '.0f')}% "
-            f"({_f(100 * r['reference_useful_fraction_of_peak'], '.0f')}%) |"]
+            f"({_f(100 * r['reference_useful_fraction_of_peak'], '.0f')}%) |"] + _batched_line(r)
+
+
+def _batched_line(r: dict) -> list[str]:
+    """The batched path (several examples per forward), when the run timed one."""
+    b = r.get("best_batched")
+    if not b:
+        return []
+    return ["", f"Batched (`{b}`, examples per forward): {_f(r['steps_per_s'][b], '.2f')} steps/s, "
+                f"{_f(r['batched_speedup'], '.2f')}x the reference, {_f(r['batched_vs_fast'], '.2f')}x the fast path, "
+                f"{_f(100 * r['batched_useful_fraction_of_peak'], '.0f')}% of peak; at the same prefix: NLL "
+                f"{_f(r['same_prefix_check'][b]['nll_rel_diff'], '.1e')}, gradient "
+                f"{_f(r['same_prefix_check'][b]['grad_rel_diff'], '.1e')} relative; trajectory: max relative loss diff "
+                f"{_f(r['max_rel_loss_diff_by_path'][b], '.1e')} (control, initial prefix x (1 + 1e-6): "
+                f"{_f(r['max_rel_loss_diff_by_path']['control'], '.1e')})."]
 
 
 def _mem(v) -> float | None:

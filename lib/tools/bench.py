@@ -278,6 +278,8 @@ def main(argv=None) -> int:
                     help="many8: lib/tools/bench_memory.py; exp07train: lib/tools/bench_train.py; gen: lib/tools/bench_gen.py; "
                          "exp08: lib/tools/bench_reach.py")
     ap.add_argument("--cutoff", type=int, default=None, help="exp07train: value cutoff (default: the seed's 16/34 ratio)")
+    ap.add_argument("--examples-per-forward", type=int, nargs="+", default=[2, 4],
+                    help="exp07train: the batched path's examples per forward, one timed path each")
     ap.add_argument("--n", type=int, default=None, help="samples (default: 10 for exp01, 4 for matched13)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--mem-budget-gb", type=float, default=2.0)
@@ -310,7 +312,9 @@ def main(argv=None) -> int:
         elif design == "exp07train":
             from lib.tools import bench_train
 
-            res = bench_train.bench_train(lm, n, cutoff=args.cutoff, repeats=args.repeats)
+            bench_train.live_rss()
+            res = bench_train.bench_train(lm, n, cutoff=args.cutoff, repeats=args.repeats,
+                                          examples_per_forward=tuple(args.examples_per_forward))
             print(bench_train.report(res), flush=True)
             res["nll_agreement_ok"] = res["agreement_ok"]
         elif design == "many8":

@@ -15,7 +15,8 @@ Training (``train``): AdamW, linear warm-up then constant learning rate, gradien
 gradient-norm clipping, epochs over a seeded permutation per epoch. A checkpoint (one file,
 written atomically every ``checkpoint_every`` optimizer steps) holds the prefix, optimizer and
 scheduler state, RNG states, the position in the data order and the history, so a run killed at
-any moment and resumed ends with the same prefix as an uninterrupted run.
+any moment and resumed ends with the same prefix as an uninterrupted run. ``examples_per_forward``
+runs several examples of one optimizer step in one forward (``lib.studies.soft.batch``).
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ from lib.kv import cache as kv
 from lib.lab import ckpt as ckpt_io
 from lib.kv import encode as enc_mod
 from lib.kv import scoring
+from lib.studies.soft.batch import hybrid_from_values, hybrid_nll_batch
+from lib.studies.soft.support import (SEED_PROMPT, SEED_REFERENCE, SUCCESS_CRITERIA, load_splits,  # noqa: F401 (re-exported)
+                                      nearest_tokens, success_verdicts, tensor_hash)
 
 
 @dataclass(frozen=True)
@@ -122,17 +126,6 @@ def primed_values(lm, ex: Example, cutoff: int, *, prefix_embeds: torch.Tensor |
     return tuple(v.index_select(2, keep) for v in full.values)
 
 
-def hybrid_from_values(bare: kv.DocCache, values: tuple[torch.Tensor, ...]) -> kv.DocCache:
-    """Bare keys; ``values`` at layers < len(values); bare values above (``hybrid`` without the full primed cache)."""
-    cutoff = len(values)
-    if not 1 <= cutoff <= bare.n_layers:
-        raise ValueError(f"cutoff {cutoff} must be in [1, {bare.n_layers}] for a {bare.n_layers}-layer model")
-    if any(v.shape != b.shape for v, b in zip(values, bare.values)):
-        raise ValueError(f"primed values {tuple(values[0].shape)} do not match the bare cache's {tuple(bare.values[0].shape)}")
-    return kv.DocCache(bare.keys, tuple(values) + tuple(bare.values[cutoff:]), bare.positions,
-                       {**bare.meta, "spliced_layers": list(range(cutoff)), "spliced": "values"})
-
-
 def hybrid_nll(lm, ex: Example, cutoff: int, *, prefix_embeds: torch.Tensor | None = None, prefix_ids=None,
                bare: kv.DocCache | None = None, fast: bool = True) -> torch.Tensor:
     """Per-token answer NLL through the hybrid cache (differentiable in ``prefix_embeds``).
@@ -201,14 +194,18 @@ class TrainResult:
     config: dict = field(default_factory=dict)
 
 
+# examples per forward in training: the best on CPU in ``python -m lib.tools.bench --design exp07train``
+# (Gemma 3 270M, optimizer steps of 4: 4 beat 2 and 1)
+EXAMPLES_PER_FORWARD = 4
+
+
 class Interrupted(RuntimeError):
     """Raised by ``train(stop_after=...)`` to simulate a kill (tests)."""
 
 
-
 def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | None = None, *,
           progress: bool = False, stop_after: int | None = None, fast: bool = True,
-          bare_cache_gb: float = 2.0) -> TrainResult:
+          bare_cache_gb: float = 2.0, examples_per_forward: int | None = None) -> TrainResult:
     """Train a soft prefix (see the module docstring); resumes from ``checkpoint`` when it exists.
 
     stop_after: raise ``Interrupted`` after this many micro-steps of THIS call (simulates a kill;
@@ -217,6 +214,10 @@ def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | Non
     bare_cache_gb: memory for bare caches reused across steps and epochs (``BareCaches``). Neither
     changes a number (the trajectory equals ``fast=False, bare_cache_gb=0``; tested), so neither is
     part of the run's identity and a checkpoint resumes under either setting.
+    examples_per_forward: up to this many examples of one optimizer step share a Phase A and a
+    Phase B forward (``batch.hybrid_nll_batch``, fast path only; the same trajectory to float
+    rounding, tested; not part of the run's identity either); 1 runs them one at a time; None:
+    ``EXAMPLES_PER_FORWARD`` with ``fast``, else 1. ``stop_after`` then counts whole forwards.
     """
     from tqdm.auto import tqdm
 
@@ -224,6 +225,12 @@ def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | Non
         raise ValueError("no training examples")
     if cfg.cutoff > lm.arch.n_layers:
         raise ValueError(f"cutoff {cfg.cutoff} exceeds the model's {lm.arch.n_layers} layers")
+    if examples_per_forward is None:
+        examples_per_forward = EXAMPLES_PER_FORWARD if fast else 1
+    if isinstance(examples_per_forward, bool) or not isinstance(examples_per_forward, int) or examples_per_forward < 1:
+        raise ValueError(f"examples_per_forward must be an int >= 1, got {examples_per_forward!r}")
+    if examples_per_forward > 1 and not fast:
+        raise ValueError("examples_per_forward > 1 runs the fast path only; use fast=True or examples_per_forward=1")
     if cfg.cutoff < 2:
         raise ValueError(f"cutoff {cfg.cutoff}: layer-0 values are projections of each token's own embedding and do not "
                          f"depend on the prefix, so the gradient would be exactly 0; use cutoff >= 2")
@@ -261,14 +268,20 @@ def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | Non
     done_here, acc_loss, acc_n = 0, 0.0, 0
     # a checkpoint is only written at an optimizer-step boundary, so the accumulators start empty
     while step < total:
-        epoch, pos = divmod(step, n)
-        i = _order(n, cfg.seed, epoch)[pos]
-        loss = hybrid_nll(lm, exs[i], cfg.cutoff, prefix_embeds=prefix, bare=bares.get(i, exs[i]), fast=fast).mean()
-        (loss / cfg.grad_accum).backward()
-        acc_loss, acc_n = acc_loss + float(loss.detach()), acc_n + 1
-        step += 1
-        done_here += 1
-        bar.update(1)
+        k = min(examples_per_forward, cfg.grad_accum - acc_n, total - step)  # never across an optimizer step
+        idx = [_order(n, cfg.seed, s // n)[s % n] for s in range(step, step + k)]
+        if k == 1:
+            losses = [hybrid_nll(lm, exs[idx[0]], cfg.cutoff, prefix_embeds=prefix, bare=bares.get(idx[0], exs[idx[0]]),
+                                 fast=fast).mean()]
+        else:
+            losses = [t.mean() for t in hybrid_nll_batch(lm, [exs[i] for i in idx], cfg.cutoff,
+                                                          [bares.get(i, exs[i]) for i in idx], prefix_embeds=prefix)]
+        (sum(losses) / cfg.grad_accum).backward()
+        acc_loss, acc_n = acc_loss + sum(float(x.detach()) for x in losses), acc_n + k
+        step += k
+        done_here += k
+        bar.update(k)
+        epoch = (step - 1) // n
         if acc_n == cfg.grad_accum or step == total:
             if acc_n < cfg.grad_accum:  # a short last group: rescale so every step averages its losses
                 prefix.grad.mul_(cfg.grad_accum / acc_n)
@@ -318,42 +331,7 @@ def evaluate(lm, exs: list[Example], cutoff: int, *, static_ids, soft: dict[str,
     return rows
 
 
-def nearest_tokens(lm, prefix: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
-    """For each prefix vector, the ``k`` vocabulary tokens with the highest cosine to it."""
-    w = lm.model.get_input_embeddings().weight.detach().float()
-    p = prefix.detach().float().to(w.device)
-    cos = torch.nn.functional.normalize(p, dim=-1) @ torch.nn.functional.normalize(w, dim=-1).T  # (P, V)
-    top = cos.topk(k, dim=-1)
-    return [[(lm.tokenizer.decode([int(i)]), round(float(c), 4)) for c, i in zip(cs, ix)]
-            for cs, ix in zip(top.values, top.indices)]
-
-
 # ----------------------------------------------------------------------------- notebook helpers
-def load_splits(dataset: str, n_train: int, n_eval: int, *, train_split: str = "", eval_split: str = "", seed: int = 42,
-                source: str | None = None, **limits):
-    """Training and evaluation samples that share no sample (id or query+passage); synthetic uses seeds seed / seed+1;
-    both splits ``"articles"``: disjoint articles of a one-split registry set (``lib.data.core.load_article_splits``)."""
-    from lib.data import load_samples
-    from lib.data.core import ARTICLE_SPLIT, load_article_splits
-
-    if ARTICLE_SPLIT in (train_split, eval_split):
-        if train_split != eval_split:
-            raise ValueError(f"train_split={train_split!r}, eval_split={eval_split!r}: set both to {ARTICLE_SPLIT!r} for an article split")
-        return load_article_splits(dataset, n_train, n_eval, seed=seed, source=source, **limits)
-    synth = dataset == "synthetic"
-    tr = load_samples(dataset, n_train, split=None if synth else (train_split or None), source=source, seed=seed, **limits)
-    ev = load_samples(dataset, n_eval, split=None if synth else (eval_split or None), source=source, seed=seed + 1, **limits)
-    shared = {s.id for s in tr.samples} & {s.id for s in ev.samples}
-    shared |= {s.id for s in ev.samples if (s.query, s.passage) in {(t.query, t.passage) for t in tr.samples}}
-    if shared:
-        raise ValueError(f"{len(shared)} evaluation samples also occur in training (e.g. {sorted(shared)[:3]}); "
-                         f"use different splits (train_split={train_split!r}, eval_split={eval_split!r})")
-    return tr, ev
-
-
-
-def tensor_hash(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def run_eval(lm, exs: list[Example], store, cutoff: int, *, static_ids, soft: dict[str, torch.Tensor], wave: int = 8,
@@ -366,37 +344,3 @@ def run_eval(lm, exs: list[Example], store, cutoff: int, *, static_ids, soft: di
     return run_waves(store, list(by), names, lambda ids: evaluate(lm, [by[i] for i in ids], cutoff, static_ids=static_ids,
                                                                    soft=soft, batch_size=batch_size),
                      wave=wave, progress=progress, desc="eval")
-
-
-# The seed's (exp25, Gemma 3 4B-IT, MS MARCO) reference values and success criteria, for the verdict
-# printed by the notebook. References are other runs on another model: context, not a test.
-SEED_PROMPT = "\nQuery: {query}\nAnswer:"
-SEED_REFERENCE = (
-    {"source": "seed Exp 19", "condition": "values_only (all 34 layers)", "d": 0.056},
-    {"source": "seed Exp 19", "condition": "values_early_layers (0-16)", "d": 0.211},
-    {"source": "seed Exp 21", "condition": "values_early_layers (0-15)", "d": 0.227},
-    {"source": "seed Exp 24", "condition": "static_fact @ cutoff=16", "d": 0.21},
-)
-SUCCESS_CRITERIA = (
-    {"criterion": "primary", "cond": "vel_soft_fact", "threshold": 0.25,
-     "question": "does the fact-initialised soft prefix beat the discrete prefix's d = +0.227 (d > +0.25)?"},
-    {"criterion": "secondary", "cond": "vel_soft_random", "threshold": 0.10,
-     "question": "does the randomly initialised soft prefix learn anything useful (d > +0.10)?"},
-)
-
-
-def success_verdicts(comparisons: list[dict], criteria=SUCCESS_CRITERIA) -> list[dict]:
-    """One row per seed criterion "d(cond vs bare) > threshold", judged on the bootstrap CI of d:
-    "met" when the whole CI is above the threshold, "not met" when it is wholly below, "undecided"
-    when it spans it (the point estimate alone decides nothing). A criterion whose condition was not
-    evaluated raises."""
-    by = {c["cond"]: c for c in comparisons}
-    out = []
-    for crit in criteria:
-        if crit["cond"] not in by:
-            raise ValueError(f"criterion {crit['criterion']!r} needs condition {crit['cond']!r}; evaluated: {sorted(by)}")
-        c = by[crit["cond"]]
-        lo, hi, t = c["ci_low"], c["ci_high"], crit["threshold"]
-        verdict = "met" if lo > t else "not met" if hi < t else "undecided"
-        out.append({**crit, "d": c["d"], "ci_low": lo, "ci_high": hi, "verdict": verdict})
-    return out
