@@ -7,8 +7,8 @@ targets.
 Both paths call ``reachability.optimize`` with the same seeds, so each prompt's trajectory is the
 same up to float reassociation (Adam is elementwise and the batched loss is a sum of per-prompt
 MSEs); the agreement is the largest relative difference of the final MSEs. Useful FLOPs per prompt
-and step: the forward of ``seq_len`` tokens through every layer, counted 3x (forward, backward to
-activations and to the inputs), no LM head (the reader stops at the residual).
+and step: the forward of ``seq_len`` tokens through every layer, counted 2x (the forward, and the
+backward to activations and inputs; the model is frozen, so no weight gradients), no LM head (the reader stops at the residual).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def bench_reach(lm, n: int = 16, restarts: int = 5, steps: int = 20, seq_len: in
     a, b = fits["per_target"].final_mse, fits["batched"].final_mse
     rel = float(max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b)))
     prompt_steps = n * restarts * steps
-    useful = 3 * forward_flops(lm, seq_len, 0, 0) * prompt_steps
+    useful = 2 * forward_flops(lm, seq_len, 0, 0) * prompt_steps
     best = {k: min(v) for k, v in times.items()}
     return {"design": "exp08", "model": lm.name, "dtype": str(dtype), "device": str(device), "threads": torch.get_num_threads(),
             "n_targets": n, "restarts": restarts, "steps": steps, "seq_len": seq_len, "repeats": repeats, "times_s": times,

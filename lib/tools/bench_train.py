@@ -20,7 +20,8 @@ prefix scaled by 1 + 1e-6 (through ``init_std``), i.e. how far a rounding-sized 
 losses over the same steps.
 
 Useful FLOPs per micro-step: the primed forward through the cutoff layers and Phase B (each counted
-3x: forward + backward to activations and inputs) plus the bare forward once per example (forward
+2x: the forward, and the backward to activations and inputs; the weights are frozen, so no weight
+gradient is computed -- counting 3x, as before 2026-12-01, overstated the fraction of peak by 1.5x) plus the bare forward once per example (forward
 only, no gradient); padding is not useful work. Peak memory: RSS above the level at the start of
 each timed run, sampled in this process, max over the repeats (the CLI calls ``live_rss`` first so
 that freed blocks leave the RSS). The cutoff keeps the seed's ratio (16 of Gemma 3 4B's 34 layers)
@@ -58,7 +59,7 @@ def useful_flops(lm, exs, cutoff: int, epochs: int) -> float:
         n_doc = anchor + len(e.doc_ids)
         primed = forward_flops(lm, n_doc + PREFIX_LEN, 0, 0) * frac
         phase_b = forward_flops(lm, len(e.prompt_ids) + len(e.answer_ids), n_doc, len(e.answer_ids))
-        total += epochs * 3 * (primed + phase_b) + forward_flops(lm, n_doc, 0, 0)
+        total += epochs * 2 * (primed + phase_b) + forward_flops(lm, n_doc, 0, 0)
     return total
 
 
