@@ -73,3 +73,9 @@ def test_committed_findings_table_is_current():
     text = (ROOT / "EXPERIMENT_PLAN.md").read_text()
     body = text.split(findings.START, 1)[1].split(findings.END, 1)[0]
     assert body == "\n" + findings.render(findings.measure(index.collect())) + "\n", "the findings table is stale: run `make index`"
+
+
+def test_committed_findings_file_is_current():
+    """results/FINDINGS.md (shown by the overview notebook) carries the same table as the log."""
+    text = (ROOT / "results" / "FINDINGS.md").read_text()
+    assert text.endswith("\n" + findings.render(findings.measure(index.collect())) + "\n"), "results/FINDINGS.md is stale: run `make index`"

@@ -275,6 +275,9 @@ def main(argv=None) -> int:
         from lib.report import findings
 
         print(findings.update_plan(rows))  # the seed headlines beside the lab's real-data figures
+    from lib.report import findings
+
+    print(findings.write(rows, Path(a.results) / "FINDINGS.md"))
     for e in a.figure:
         print(cross_model_figure(rows, e, Path(a.results) / f"cross_model_{e}.png"))
     return 0
