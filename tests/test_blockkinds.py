@@ -148,3 +148,23 @@ def test_training_bench_block(tmp_path):
     assert ("Batched (`batched_4`, examples per forward): 2.00 steps/s, 2.50x the reference, 1.67x the fast path, 60% of "
             "peak; at the same prefix: NLL 1.0e-07, gradient 2.0e-06 relative; trajectory: max relative loss diff 3.0e-04 "
             "(control, initial prefix x (1 + 1e-6): 4.0e-04).") in text
+
+
+def test_generation_and_exp08_bench_blocks(tmp_path):
+    import json
+
+    from lib.report import logblocks
+
+    gen = {"design": "gen", "model": "m", "data": "squad_v1.1", "n_samples": 4, "kinds": ["a", "b"], "prompts": 8, "batch": 4,
+           "max_new_tokens": 32, "repeats": 1, "prompts_per_s": {"reference": 1.0, "fast": 2.5}, "ratio": 2.5,
+           "generated_tokens_incl_padding": {"reference": 256, "fast": 90}, "texts_identical": True, "provenance": {}}
+    reach = {"design": "exp08", "model": "m", "dtype": "torch.float32", "device": "cpu", "threads": 2, "n_targets": 8,
+             "restarts": 5, "steps": 5, "seq_len": 20, "repeats": 2, "prompt_steps_per_s": {"per_target": 10.0, "batched": 30.0},
+             "speedup": 3.0, "max_rel_final_mse_diff": 2e-7, "agreement_ok": True, "matmul_peak_flops": 1e11,
+             "batched_fraction_of_peak": 0.55, "per_target_fraction_of_peak": 0.2, "provenance": {}}
+    for name, r in (("gen_m.json", gen), ("exp08_m.json", reach)):
+        (tmp_path / name).write_text(json.dumps(r))
+    g = logblocks.render("gen_m.json", tmp_path)
+    assert "| 1.00 | 2.50 | 2.50x | 256 -> 90 | yes |" in g
+    e = logblocks.render("exp08_m.json", tmp_path)
+    assert "| 10.0 | 30.0 | 3.00x | 2.0e-07 | ok | 100.0 GFLOP/s | 55% (20%) |" in e

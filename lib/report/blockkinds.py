@@ -27,6 +27,8 @@ def kind(r: dict) -> str | None:
         return "latent"
     if r.get("design") == "exp07train":
         return "bench_train"
+    if r.get("design") in ("gen", "exp08"):
+        return "bench_" + r["design"]
     if "design" in r and "speedup" in r:
         return "bench"
     if "relative_mse_at_step" in r:
@@ -210,6 +212,33 @@ def bench_train(run: str, r: dict) -> list[str]:
             f"{'ok' if r['agreement_ok'] else 'FAILED'} | {_gflops(r['matmul_peak_flops'])} | "
             f"{_gflops(r['fast_useful_flops_per_s'])} | {_f(100 * r['fast_useful_fraction_of_peak'], '.0f')}% "
             f"({_f(100 * r['reference_useful_fraction_of_peak'], '.0f')}%) |"] + _batched_line(r)
+
+
+def bench_gen(run: str, r: dict) -> list[str]:
+    """``python -m lib.tools.bench --design gen``: model-written surrogates, every row to the token cap vs first-line stop."""
+    prov = r.get("provenance", {})
+    return [f"`{run}`; model-written surrogates; model {r['model']}; {r['n_samples']} {r['data']} samples x {len(r['kinds'])} "
+            f"kinds = {r['prompts']} prompts, batch {r['batch']}, at most {r['max_new_tokens']} new tokens; best of "
+            f"{r['repeats']}; commit {_commit(prov)}; {(prov.get('date') or '?')[:10]}.", "",
+            "| reference prompts/s | first-line stop prompts/s | ratio | tokens generated (with padding) | texts identical |",
+            "|---|---|---|---|---|",
+            f"| {_f(r['prompts_per_s']['reference'], '.2f')} | {_f(r['prompts_per_s']['fast'], '.2f')} | {_f(r['ratio'], '.2f')}x | "
+            f"{r['generated_tokens_incl_padding']['reference']} -> {r['generated_tokens_incl_padding']['fast']} | "
+            f"{'yes' if r['texts_identical'] else 'NO'} |"]
+
+
+def bench_exp08(run: str, r: dict) -> list[str]:
+    """``python -m lib.tools.bench --design exp08``: one target's restarts per forward vs the whole part in one batch."""
+    prov = r.get("provenance", {})
+    return [f"`{run}`; exp08 optimization; model {r['model']} ({r['dtype']}, {r['device']}, {r['threads']} threads); "
+            f"{r['n_targets']} targets x {r['restarts']} restarts x {r['steps']} steps, {r['seq_len']}-token prompts; best of "
+            f"{r['repeats']} interleaved repeats; commit {_commit(prov)}; {(prov.get('date') or '?')[:10]}.", "",
+            "| per-target prompt-steps/s | batched prompt-steps/s | ratio | max relative final-MSE diff | agreement | matmul peak | "
+            "batched of peak (per target) |", "|---|---|---|---|---|---|---|",
+            f"| {_f(r['prompt_steps_per_s']['per_target'], '.1f')} | {_f(r['prompt_steps_per_s']['batched'], '.1f')} | "
+            f"{_f(r['speedup'], '.2f')}x | {_f(r['max_rel_final_mse_diff'], '.1e')} | {'ok' if r['agreement_ok'] else 'FAILED'} | "
+            f"{_gflops(r['matmul_peak_flops'])} | {_f(100 * r['batched_fraction_of_peak'], '.0f')}% "
+            f"({_f(100 * r['per_target_fraction_of_peak'], '.0f')}%) |"]
 
 
 def _batched_line(r: dict) -> list[str]:
