@@ -110,3 +110,65 @@ def test_distractors_score_as_answers_on_the_same_cache(mode):
     assert row["distractor_nlls"] == pytest.approx(alone, abs=1e-5)
     assert row["margin"] == pytest.approx(sum(alone) / 2 - row["nll"], abs=1e-5)
     assert row["gold_rank"] == 1 + sum(a <= row["nll"] + 1e-5 for a in alone)
+
+
+def _rel(got, ref):
+    return float((got - ref).abs().max() / ref.abs().max())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_batched_phase_a_equals_each_item_alone(kind):
+    """Oracle: ``encode`` of each (doc, prefix) alone. Rows of different lengths (past the tiny
+    sliding window of 12), an empty prefix among them, both modes, prefix kept or dropped."""
+    m = build(kind)
+    arch = arch_of(m)
+    pairs = [(_ids(9, 1), _ids(3, 2)), (_ids(26, 3), []), (_ids(4, 5), _ids(5, 6)), (_ids(17, 7), _ids(1, 8))]
+    for mode in prefixlm.MODES:
+        for keep in (True, False):
+            got = prefixlm.encode_batch(m, arch, pairs, mode=mode, keep_prefix=keep, pad_id=7)
+            for (d, p), c in zip(pairs, got):
+                ref = prefixlm.encode(m, arch, d, p, mode=mode, keep_prefix=keep)
+                assert c.length == ref.length and torch.equal(c.positions, ref.positions) and c.meta == ref.meta
+                err = max(_rel(a, b) for a, b in zip((*c.keys, *c.values), (*ref.keys, *ref.values)))
+                assert err <= 1e-5, (kind, mode, keep, err)  # float rounding of another batch shape only
+                assert c.keys[0].untyped_storage().nbytes() == c.keys[0].numel() * c.keys[0].element_size()  # own storage
+    with pytest.raises(ValueError, match="no \\(doc, prefix\\) pairs"):
+        prefixlm.encode_batch(m, arch, [])
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_score_items_batched_phase_a_equals_one_at_a_time(kind):
+    from lib.kv.engine import WorkItem
+    from tiny import TinyLM
+
+    lm = TinyLM(build(kind))
+    items = [WorkItem(f"s{i}", c, tuple(_ids(6 + 5 * i, i)), tuple(_ids(k, 10 + i)), k > 0, tuple(_ids(3, 20 + i)),
+                      tuple(_ids(1 + i % 3, 30 + i)), distractor_ids=(tuple(_ids(2, 40 + i)),))
+             for i in range(4) for c, k in (("bare", 0), ("oracle", 3))]
+    ref = prefixlm.score_items(lm, items, phase_a_batch=1)
+    got = prefixlm.score_items(lm, items, phase_a_batch=3)
+    assert [(r["sample_id"], r["condition"]) for r in got] == [(r["sample_id"], r["condition"]) for r in ref]
+    for g, r in zip(got, ref):
+        assert g["token_nlls"] == pytest.approx(r["token_nlls"], abs=2e-6)
+        assert g["distractor_nlls"] == pytest.approx(r["distractor_nlls"], abs=2e-6)
+    with pytest.raises(ValueError, match="phase_a_batch must be"):
+        prefixlm.score_items(lm, items, phase_a_batch=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_batched_phase_a_real_models(request, name):
+    """The bundled models: batched prefix-LM Phase A equals each item alone (one row past Gemma's 512 window)."""
+    lm = request.getfixturevalue(name)
+    from lib.data import synthetic_qa
+    from lib.kv.encode import tokenize
+
+    ss = synthetic_qa(3, 3)
+    docs = [tokenize(lm.tokenizer, s.passage) * k for s, k in zip(ss, (5, 1, 2))]
+    pairs = [(d, tokenize(lm.tokenizer, s.query + "\n")) for d, s in zip(docs, ss)]
+    for mode in prefixlm.MODES:
+        got = prefixlm.encode_batch(lm.model, lm.arch, pairs, mode=mode)
+        for (d, p), c in zip(pairs, got):
+            ref = prefixlm.encode(lm.model, lm.arch, d, p, mode=mode)
+            err = max(_rel(a, b) for a, b in zip((*c.keys, *c.values), (*ref.keys, *ref.values)))
+            assert err < 1e-4, (name, mode, err)

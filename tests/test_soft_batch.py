@@ -167,3 +167,43 @@ def test_batched_training_on_gemma3_270m(gemma3):
         for e, b, t in zip(exs[:4], bares, nll):
             one = soft.hybrid_nll(lm, e, cfg.cutoff, prefix_embeds=got.prefix, bare=b)
             assert torch.allclose(t, one, rtol=rel, atol=1e-4 if EXACT else 0.25)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_batched_evaluation_equals_one_example_at_a_time(kind):
+    """exp07's evaluation with several examples per Phase A forward (primed forwards stopped at the
+    cutoff) against one example at a time with full forwards: same rows, NLLs and distractor NLLs."""
+    from dataclasses import replace
+
+    m = build(kind)
+    lm = TinyLM(m)
+    exs = [replace(e, distractor_ids=((11, 12), (13,)), distractor_samples=("x", "y")) for e in _exs(5)]
+    ids, cutoff = [5, 6, 7], 2
+    prefixes = {"a": _prefix(m, 4, seed=1), "b": _prefix(m, 2, seed=2)}
+    ref = soft.evaluate(lm, exs, cutoff, static_ids=ids, soft=prefixes, phase_a_batch=1)
+    got = soft.evaluate(lm, exs, cutoff, static_ids=ids, soft=prefixes, phase_a_batch=3)
+    assert [(r["sample_id"], r["condition"]) for r in got] == [(r["sample_id"], r["condition"]) for r in ref]
+    assert len(got) == 5 * 4
+    for g, r in zip(got, ref):
+        assert np.allclose(g["token_nlls"], r["token_nlls"], atol=2e-6), (g["condition"], g["token_nlls"], r["token_nlls"])
+        assert np.allclose(g["distractor_nlls"], r["distractor_nlls"], atol=2e-6)
+    with pytest.raises(ValueError, match="phase_a_batch must be"):
+        soft.evaluate(lm, exs, cutoff, static_ids=ids, soft=prefixes, phase_a_batch=0)
+
+
+@pytest.mark.slow
+def test_batched_evaluation_real_model(gemma3):
+    """Gemma 3 270M (sliding-window layers, the exp07 model): batched evaluation equals one at a time."""
+    from lib.data import synthetic_qa
+    from lib.kv.encode import tokenize
+
+    tok = lambda t: tuple(tokenize(gemma3.tokenizer, t))  # noqa: E731
+    exs = [soft.Example(s.id, tok(s.passage) * k, tok(f"\nQuestion: {s.query}\nAnswer:"), tok(" " + s.answer))
+           for s, k in zip(synthetic_qa(3, 5), (1, 6, 2))]  # one document past the 512 window
+    ids = list(tok("Extract the key facts:"))
+    prefixes = {"s": gemma3.model.get_input_embeddings()(torch.tensor(ids)).detach().float()}
+    ref = soft.evaluate(gemma3, exs, 8, static_ids=ids, soft=prefixes, phase_a_batch=1)
+    got = soft.evaluate(gemma3, exs, 8, static_ids=ids, soft=prefixes, phase_a_batch=3)
+    for g, r in zip(got, ref):
+        assert (g["sample_id"], g["condition"]) == (r["sample_id"], r["condition"])
+        assert abs(g["nll"] - r["nll"]) <= 1e-4 * max(1.0, abs(r["nll"])), (g["condition"], g["nll"], r["nll"])

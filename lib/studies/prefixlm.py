@@ -47,24 +47,53 @@ def allowed(n_anchor: int, n_block: int, mode: str, window: int | None = None) -
     return ok
 
 
-def masks(model, n_anchor: int, n_block: int, mode: str, dtype: torch.dtype, device=None):
-    """The attention mask(s) for ``model``: one (1, 1, T, T) additive tensor, or {layer_type: tensor}."""
+def _layer_kinds(model) -> tuple[list[str], int | None]:
+    """The distinct layer types (``full_attention`` / ``sliding_attention``) and the sliding window."""
     cfg = _text_config(model)
     window = getattr(cfg, "sliding_window", None)
     # no layer_types: every layer slides when the config has a window (Mistral), else none does
     default = "sliding_attention" if window is not None else "full_attention"
     types = list(getattr(cfg, "layer_types", None) or [default] * cfg.num_hidden_layers)
-
-    def one(kind):
-        w = window if kind == "sliding_attention" else None
-        ok = allowed(n_anchor, n_block, mode, w)
-        m = torch.zeros(ok.shape, dtype=dtype, device=device)
-        return m.masked_fill(~ok.to(device), torch.finfo(dtype).min)[None, None]
-
     kinds = sorted(set(types))
     unknown = [k for k in kinds if k not in ("full_attention", "sliding_attention")]
     if unknown:
         raise ValueError(f"layer types {unknown} are not supported by the prefix-LM masks")
+    return kinds, window
+
+
+def _additive(ok: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+    m = torch.zeros(ok.shape, dtype=dtype, device=device)
+    return m.masked_fill(~ok.to(device), torch.finfo(dtype).min)
+
+
+def masks(model, n_anchor: int, n_block: int, mode: str, dtype: torch.dtype, device=None):
+    """The attention mask(s) for ``model``: one (1, 1, T, T) additive tensor, or {layer_type: tensor}."""
+    kinds, window = _layer_kinds(model)
+
+    def one(kind):
+        w = window if kind == "sliding_attention" else None
+        return _additive(allowed(n_anchor, n_block, mode, w), dtype, device)[None, None]
+
+    if len(kinds) == 1:
+        return one(kinds[0])
+    return {k: one(k) for k in kinds}
+
+
+def batch_masks(model, n_anchor: int, n_blocks: list[int], width: int, mode: str, dtype: torch.dtype, device=None):
+    """``masks`` for a RIGHT-padded batch: (B, 1, width, width) per layer type. Row b's real tokens
+    ``[0, n_anchor + n_blocks[b])`` get exactly ``allowed`` (so they never see a pad); its pads attend
+    causally (within the window) and are dropped by the caller, so no query row is fully masked."""
+    kinds, window = _layer_kinds(model)
+
+    def one(kind):
+        w = window if kind == "sliding_attention" else None
+        ok = allowed(width, 0, "causal", w)[None].repeat(len(n_blocks), 1, 1)  # (B, W, W): causal everywhere
+        for b, nb in enumerate(n_blocks):
+            n = n_anchor + nb
+            ok[b, :n, :] = False
+            ok[b, :n, :n] = allowed(n_anchor, nb, mode, w)
+        return _additive(ok, dtype, device)[:, None]
+
     if len(kinds) == 1:
         return one(kinds[0])
     return {k: one(k) for k in kinds}
@@ -87,6 +116,43 @@ def encode(model, arch, doc_ids: list[int], prefix_ids: list[int] | None = None,
                          position_ids=pos, past_key_values=past, use_cache=True)
     full = kv.from_model_cache(past, pos, {"mode": mode, "n_anchor": enc.n_anchor, "n_prefix": enc.n_prefix, "n_doc": enc.n_doc})
     return enc_mod.shape(full, enc, arch, keep_prefix=keep_prefix)
+
+
+def encode_batch(model, arch, pairs: list[tuple[list[int], list[int]]], *, mode: str = "causal",
+                 keep_prefix: bool = True, pad_id: int = 0) -> list[kv.DocCache]:
+    """``encode`` of several ``(doc_ids, prefix_ids)`` pairs in ONE forward (exp11's batched Phase A).
+
+    Rows are RIGHT-padded to the longest ``[anchor] + prefix + doc``: every real token keeps its
+    unbatched index and position, and ``batch_masks`` gives the real tokens exactly the unbatched
+    mask (pads hidden), so each returned cache equals ``encode`` of its pair up to float rounding
+    (tested on tiny and bundled models). Each cache is copied out of the batch (its own storage)."""
+    if not pairs:
+        raise ValueError("no (doc, prefix) pairs to encode")
+    encs = [enc_mod.build_inputs(arch, list(d), list(p or [])) for d, p in pairs]
+    if len({e.n_anchor for e in encs}) != 1:
+        raise ValueError(f"rows disagree on the anchor length: {sorted({e.n_anchor for e in encs})}")
+    width = max(len(e.input_ids) for e in encs)
+    if width > arch.max_positions:
+        raise ValueError(f"input of {width} tokens exceeds the model's {arch.max_positions} positions")
+    dev = model.get_input_embeddings().weight.device
+    dtype = model.get_input_embeddings().weight.dtype
+    ids = torch.full((len(encs), width), pad_id, dtype=torch.long, device=dev)
+    for b, e in enumerate(encs):
+        ids[b, : len(e.input_ids)] = torch.tensor(e.input_ids, device=dev)
+    pos = torch.arange(width, device=dev)[None].expand(len(encs), -1)
+    n0 = encs[0].n_anchor
+    mask = batch_masks(model, n0, [len(e.input_ids) - n0 for e in encs], width, mode, dtype, dev)
+    past = DynamicCache()
+    with torch.no_grad():
+        model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
+    full = kv.from_model_cache(past, pos)
+    out = []
+    for b, e in enumerate(encs):
+        row = kv.select(full.item(b), list(range(len(e.input_ids))))  # index_select copies: no view into the batch
+        row = kv.DocCache(row.keys, row.values, row.positions,
+                          {"mode": mode, "n_anchor": e.n_anchor, "n_prefix": e.n_prefix, "n_doc": e.n_doc})
+        out.append(enc_mod.shape(row, e, arch, keep_prefix=keep_prefix))
+    return out
 
 
 def hidden_states(model, arch, doc_ids, prefix_ids=None, *, mode: str = "causal") -> torch.Tensor:
@@ -123,20 +189,35 @@ def build_items(lm, samples, conds=tuple(CONDITIONS), *, seed: int = 42, n_distr
     return [replace(it, condition=back[it.condition]) for it in items]
 
 
-def score_items(lm, items, modes=MODES, *, keep_prefix: bool = True, batch_size: int = 16) -> list[dict]:
-    """Rows ``<condition>__<mode>``: Phase A under each mode (one forward per item and mode), Phase B batched.
+def score_items(lm, items, modes=MODES, *, keep_prefix: bool = True, batch_size: int = 16,
+                phase_a_batch: int = 8) -> list[dict]:
+    """Rows ``<condition>__<mode>``: Phase A under each mode (``phase_a_batch`` items of similar length
+    per forward, ``encode_batch``; 1: one ``encode`` per item, the reference path), Phase B batched.
     An item's distractor answers are scored on the same cache after the same prompt: the row gets
     ``distractor_nlls``, ``margin``, ``gold_rank``, ``top1`` (``lib.kv.margin.row_fields``, as the engine's rows)."""
     from lib.kv import margin, scoring
     from lib.kv.noise import noise_atol
 
     atol = noise_atol(getattr(lm, "dtype", None) or next(lm.model.parameters()).dtype)
-    caches, meta, jobs = [], [], []  # jobs: (cache index, prompt ids, answer ids); the gold answer first per cache
-    for it in items:
-        for mode in modes:
-            caches.append(encode(lm.model, lm.arch, list(it.doc_ids), list(it.prefix_ids), mode=mode, keep_prefix=keep_prefix))
-            meta.append((it, mode))
-            jobs += [(len(caches) - 1, list(it.prompt_ids), list(a)) for a in (it.answer_ids, *it.distractor_ids)]
+    if not isinstance(phase_a_batch, int) or phase_a_batch < 1:
+        raise ValueError(f"phase_a_batch must be an int >= 1, got {phase_a_batch!r}")
+    meta = [(it, mode) for it in items for mode in modes]
+    caches: list = [None] * len(meta)
+    for mode in modes:
+        rows = sorted((i for i, (_, m) in enumerate(meta) if m == mode),
+                      key=lambda i: len(meta[i][0].prefix_ids) + len(meta[i][0].doc_ids))  # little padding per forward
+        for s in range(0, len(rows), phase_a_batch):
+            chunk = rows[s:s + phase_a_batch]
+            if phase_a_batch == 1:
+                it = meta[chunk[0]][0]
+                got = [encode(lm.model, lm.arch, list(it.doc_ids), list(it.prefix_ids), mode=mode, keep_prefix=keep_prefix)]
+            else:
+                got = encode_batch(lm.model, lm.arch, [(list(meta[i][0].doc_ids), list(meta[i][0].prefix_ids)) for i in chunk],
+                                   mode=mode, keep_prefix=keep_prefix)
+            for i, c in zip(chunk, got):
+                caches[i] = c
+    jobs = [(k, list(it.prompt_ids), list(a)) for k, (it, _) in enumerate(meta)  # the gold answer first per cache
+            for a in (it.answer_ids, *it.distractor_ids)]
     nlls = []
     for s in range(0, len(jobs), batch_size):
         chunk = jobs[s:s + batch_size]
@@ -155,7 +236,7 @@ def score_items(lm, items, modes=MODES, *, keep_prefix: bool = True, batch_size:
 
 
 def run(lm, items, store, modes=MODES, *, keep_prefix: bool = True, wave: int = 8, batch_size: int = 16,
-        progress: bool = True) -> list[dict]:
+        phase_a_batch: int = 8, progress: bool = True) -> list[dict]:
     """Resumable: score the samples not yet complete in ``store``, ``wave`` at a time."""
     from lib.lab.runs import run_waves
 
@@ -164,7 +245,8 @@ def run(lm, items, store, modes=MODES, *, keep_prefix: bool = True, wave: int = 
         by.setdefault(it.sample_id, []).append(it)
     names = sorted({f"{it.condition}__{m}" for it in items for m in modes})
     return run_waves(store, list(by), names, lambda ids: score_items(lm, [it for i in ids for it in by[i]], modes,
-                                                                      keep_prefix=keep_prefix, batch_size=batch_size),
+                                                                      keep_prefix=keep_prefix, batch_size=batch_size,
+                                                                      phase_a_batch=phase_a_batch),
                      wave=wave, progress=progress)
 
 

@@ -31,7 +31,7 @@ from lib.kv import cache as kv
 from lib.lab import ckpt as ckpt_io
 from lib.kv import encode as enc_mod
 from lib.kv import scoring
-from lib.studies.soft.batch import hybrid_from_values, hybrid_nll_batch
+from lib.studies.soft.batch import hybrid_from_values, hybrid_nll_batch, primed_values_batch
 from lib.studies.soft.support import (SEED_PROMPT, SEED_REFERENCE, SUCCESS_CRITERIA, load_splits,  # noqa: F401 (re-exported)
                                       nearest_tokens, success_verdicts, tensor_hash)
 
@@ -304,20 +304,50 @@ def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | Non
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(lm, exs: list[Example], cutoff: int, *, static_ids, soft: dict[str, torch.Tensor], batch_size: int = 16) -> list[dict]:
+def _eval_caches(lm, exs: list[Example], cutoff: int, static_ids, soft: dict[str, torch.Tensor],
+                 phase_a_batch: int) -> list[dict[str, kv.DocCache]]:
+    """Per example {condition: cache}. ``phase_a_batch`` > 1: every prefix's Phase A runs over that many
+    examples per forward (``encode.encode_full_batch``; the primed forwards stop at the cutoff,
+    ``batch.primed_values_batch``); 1: one example at a time with full primed forwards (the reference path)."""
+    if not isinstance(phase_a_batch, int) or phase_a_batch < 1:
+        raise ValueError(f"phase_a_batch must be an int >= 1, got {phase_a_batch!r}")
+    out = []
+    if phase_a_batch == 1:
+        for ex in exs:
+            bare = bare_cache(lm, ex)
+            caches = {"bare": bare, "vel_static": hybrid(bare, primed_cache(lm, ex, prefix_ids=static_ids), cutoff)}
+            for name, s in soft.items():
+                caches[f"vel_soft_{name}"] = hybrid(bare, primed_cache(lm, ex, prefix_embeds=s), cutoff)
+            out.append(caches)
+        return out
+    with torch.no_grad():
+        for i in range(0, len(exs), phase_a_batch):
+            chunk = exs[i:i + phase_a_batch]
+            full, encs = enc_mod.encode_full_batch(lm.model, lm.arch, [list(e.doc_ids) for e in chunk])
+            bares = [enc_mod.shape(kv.select(full.item(b), list(range(len(enc.input_ids)))), enc, lm.arch)
+                     for b, enc in enumerate(encs)]  # no prefix: each row's real entries, copied out of the batch
+            static = primed_values_batch(lm, chunk, cutoff, prefix_ids=static_ids)
+            softs = {k: primed_values_batch(lm, chunk, cutoff, prefix_embeds=s) for k, s in soft.items()}
+            for b, bare in enumerate(bares):
+                caches = {"bare": bare, "vel_static": hybrid_from_values(bare, static[b])}
+                for name in soft:
+                    caches[f"vel_soft_{name}"] = hybrid_from_values(bare, softs[name][b])
+                out.append(caches)
+    return out
+
+
+def evaluate(lm, exs: list[Example], cutoff: int, *, static_ids, soft: dict[str, torch.Tensor], batch_size: int = 16,
+             phase_a_batch: int = 8) -> list[dict]:
     """Rows: bare, vel_static (token prefix) and one ``vel_soft_<name>`` per learned prefix, per example.
     An example's distractor answers are scored on each of its caches after the same prompt: the row
-    gets ``distractor_nlls``, ``margin``, ``gold_rank``, ``top1`` (``margin.row_fields``, as the engine's rows)."""
+    gets ``distractor_nlls``, ``margin``, ``gold_rank``, ``top1`` (``margin.row_fields``, as the engine's rows).
+    ``phase_a_batch``: examples per Phase A forward (``_eval_caches``; 1 is the one-at-a-time reference)."""
     from lib.kv import margin
     from lib.kv.noise import noise_atol
 
     atol = noise_atol(next(lm.model.parameters()).dtype)
     rows = []
-    for ex in exs:
-        bare = bare_cache(lm, ex)
-        caches = {"bare": bare, "vel_static": hybrid(bare, primed_cache(lm, ex, prefix_ids=static_ids), cutoff)}
-        for name, s in soft.items():
-            caches[f"vel_soft_{name}"] = hybrid(bare, primed_cache(lm, ex, prefix_embeds=s), cutoff)
+    for ex, caches in zip(exs, _eval_caches(lm, exs, cutoff, static_ids, soft, phase_a_batch)):
         names = list(caches)
         answers = [list(ex.answer_ids), *map(list, ex.distractor_ids)]  # the gold answer first per cache
         nlls = scoring.score(lm.model, [caches[k] for k in names for _ in answers], [list(ex.prompt_ids)] * (len(names) * len(answers)),
@@ -335,12 +365,12 @@ def evaluate(lm, exs: list[Example], cutoff: int, *, static_ids, soft: dict[str,
 
 
 def run_eval(lm, exs: list[Example], store, cutoff: int, *, static_ids, soft: dict[str, torch.Tensor], wave: int = 8,
-             batch_size: int = 16, progress: bool = True) -> list[dict]:
+             batch_size: int = 16, phase_a_batch: int = 8, progress: bool = True) -> list[dict]:
     """``evaluate`` every example not yet complete in ``store``, ``wave`` at a time (resumable)."""
     from lib.lab.runs import run_waves
 
     names = ["bare", "vel_static", *[f"vel_soft_{k}" for k in soft]]
     by = {e.sample_id: e for e in exs}
     return run_waves(store, list(by), names, lambda ids: evaluate(lm, [by[i] for i in ids], cutoff, static_ids=static_ids,
-                                                                   soft=soft, batch_size=batch_size),
+                                                                   soft=soft, batch_size=batch_size, phase_a_batch=phase_a_batch),
                      wave=wave, progress=progress, desc="eval")
