@@ -168,3 +168,19 @@ def test_generation_and_exp08_bench_blocks(tmp_path):
     assert "| 1.00 | 2.50 | 2.50x | 256 -> 90 | yes |" in g
     e = logblocks.render("exp08_m.json", tmp_path)
     assert "| 10.0 | 30.0 | 3.00x | 2.0e-07 | ok | 100.0 GFLOP/s | 55% (20%) |" in e
+
+
+def test_phase_a_bench_block(tmp_path):
+    import json
+
+    from lib.report import logblocks
+
+    r = {"design": "exp11", "model": "m", "dtype": "torch.float32", "device": "cpu", "threads": 2, "data": "squad_v1.1",
+         "n_samples": 4, "rows": 32, "n_distractors": 4, "phase_a_batch": 8, "repeats": 2,
+         "rows_per_s": {"reference": 4.0, "batched": 6.5}, "speedup": 1.625, "max_abs_nll_diff": 3e-7, "nll_agreement_ok": True,
+         "matmul_peak_flops": 1e11, "batched_fraction_of_peak": 0.41, "reference_fraction_of_peak": 0.25, "provenance": {}}
+    (tmp_path / "exp11_m.json").write_text(json.dumps(r))
+    text = logblocks.render("exp11_m.json", tmp_path)
+    assert "exp11 prefix-LM scoring" in text and "| 4.00 | 6.50 | 1.62x | 3.0e-07 | ok | 100.0 GFLOP/s | 41% (25%) |" in text
+    (tmp_path / "e7.json").write_text(json.dumps({**r, "design": "exp07eval", "nll_agreement_ok": False}))
+    assert "exp07 evaluation" in logblocks.render("e7.json", tmp_path) and "| FAILED |" in logblocks.render("e7.json", tmp_path)

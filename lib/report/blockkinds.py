@@ -29,6 +29,8 @@ def kind(r: dict) -> str | None:
         return "bench_train"
     if r.get("design") in ("gen", "exp08"):
         return "bench_" + r["design"]
+    if r.get("design") in ("exp11", "exp07eval"):
+        return "bench_phase_a"
     if "design" in r and "speedup" in r:
         return "bench"
     if "relative_mse_at_step" in r:
@@ -239,6 +241,20 @@ def bench_exp08(run: str, r: dict) -> list[str]:
             f"{_f(r['speedup'], '.2f')}x | {_f(r['max_rel_final_mse_diff'], '.1e')} | {'ok' if r['agreement_ok'] else 'FAILED'} | "
             f"{_gflops(r['matmul_peak_flops'])} | {_f(100 * r['batched_fraction_of_peak'], '.0f')}% "
             f"({_f(100 * r['per_target_fraction_of_peak'], '.0f')}%) |"]
+
+
+def bench_phase_a(run: str, r: dict) -> list[str]:
+    """``python -m lib.tools.bench --design exp11|exp07eval``: one item per Phase A forward vs several."""
+    prov = r.get("provenance", {})
+    what = {"exp11": "exp11 prefix-LM scoring", "exp07eval": "exp07 evaluation"}[r["design"]]
+    return [f"`{run}`; {what}; model {r['model']} ({r['dtype']}, {r['device']}, {r['threads']} threads); {r['rows']} rows "
+            f"({r['n_samples']} {r['data']} samples, {r['n_distractors']} distractors each); best of {r['repeats']} interleaved "
+            f"repeats; commit {_commit(prov)}; {(prov.get('date') or '?')[:10]}.", "",
+            f"| one per forward rows/s | {r['phase_a_batch']} per forward rows/s | ratio | max abs NLL diff (nats) | agreement | "
+            "matmul peak | batched of peak (one per forward) |", "|---|---|---|---|---|---|---|",
+            f"| {_f(r['rows_per_s']['reference'], '.2f')} | {_f(r['rows_per_s']['batched'], '.2f')} | {_f(r['speedup'], '.2f')}x | "
+            f"{_f(r['max_abs_nll_diff'], '.1e')} | {'ok' if r['nll_agreement_ok'] else 'FAILED'} | {_gflops(r['matmul_peak_flops'])} | "
+            f"{_f(100 * r['batched_fraction_of_peak'], '.0f')}% ({_f(100 * r['reference_fraction_of_peak'], '.0f')}%) |"]
 
 
 def _batched_line(r: dict) -> list[str]:

@@ -6,6 +6,8 @@
     python -m lib.tools.bench --design exp07train --model gemma-3-270m --n 8             # lib/tools/bench_train.py
     python -m lib.tools.bench --design gen --model gemma-3-270m --n 16                   # lib/tools/bench_gen.py
     python -m lib.tools.bench --design exp08 --n 16                                       # lib/tools/bench_reach.py
+    python -m lib.tools.bench --design exp11 --n 16                                       # lib/tools/bench_phase_a.py
+    python -m lib.tools.bench --design exp07eval --model gemma-3-270m --n 16             # lib/tools/bench_phase_a.py
     python -m lib.tools.bench --design exp01 --load-in-4bit --no-memory       # CUDA: bitsandbytes nf4
 
 The reference loop does what the seed notebooks did, with this repo's correct kernels (so its
@@ -274,9 +276,9 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m lib.tools.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--design", default="both", choices=DESIGNS + ("both", "many8", "exp07train", "gen", "exp08"),
+    ap.add_argument("--design", default="both", choices=DESIGNS + ("both", "many8", "exp07train", "gen", "exp08", "exp11", "exp07eval"),
                     help="many8: lib/tools/bench_memory.py; exp07train: lib/tools/bench_train.py; gen: lib/tools/bench_gen.py; "
-                         "exp08: lib/tools/bench_reach.py")
+                         "exp08: lib/tools/bench_reach.py; exp11, exp07eval: lib/tools/bench_phase_a.py")
     ap.add_argument("--cutoff", type=int, default=None, help="exp07train: value cutoff (default: the seed's 16/34 ratio)")
     ap.add_argument("--examples-per-forward", type=int, nargs="+", default=[2, 4],
                     help="exp07train: the batched path's examples per forward, one timed path each")
@@ -298,8 +300,13 @@ def main(argv=None) -> int:
     out = Path(args.out)
     ok = True
     for design in (DESIGNS if args.design == "both" else (args.design,)):
-        n = args.n or {"exp01": 10, "matched13": 4, "many8": 12, "exp07train": 8, "gen": 16, "exp08": 16}[design]
-        if design == "exp08":
+        n = args.n or {"exp01": 10, "matched13": 4, "many8": 12, "exp07train": 8, "gen": 16, "exp08": 16, "exp11": 16, "exp07eval": 16}[design]
+        if design in ("exp11", "exp07eval"):
+            from lib.tools import bench_phase_a
+
+            res = bench_phase_a.bench_phase_a(lm, design, n, repeats=args.repeats)
+            print(bench_phase_a.report(res), flush=True)
+        elif design == "exp08":
             from lib.tools import bench_reach
 
             res = bench_reach.bench_reach(lm, n, repeats=args.repeats)
