@@ -1,4 +1,4 @@
-"""Show the figures of runs executed before notebooks displayed them (issue 19).
+"""Show the figures and tables of runs executed before notebooks displayed them (issue 19).
 
 Notebooks executed before 2026-12-01 printed their figure paths (``['.../effects.png', ...]``)
 instead of displaying the figures. This tool attaches, to each cell whose output names PNG files of
@@ -6,6 +6,11 @@ the run's own folder, one ``display_data`` output per figure (the PNG the run sa
 preceded by a line saying that the figures were attached after the run and by what. Nothing the
 run computed changes; the cell's original output stays. Idempotent (a cell that already shows
 images is left alone); a named figure missing from the folder is reported, never skipped silently.
+
+Tables: a notebook that rendered no table (no HTML output: its tables were fixed-width prints)
+gets one markdown cell at the end, marked as added after the run, holding the run's tables as the
+log renders them from the folder's results.json (``lib.report.logblocks.render``: absolute effect,
+% of the reference NLL, d, CIs and both tests). Idempotent too.
 
     python -m lib.tools.attach_figures results/exp02_gemma3_270m/exp02_surrogate_priming.executed.ipynb ...
     python -m lib.tools.attach_figures --all        # every executed notebook under results/
@@ -65,6 +70,36 @@ def attach(nb_path) -> dict:
     return {"attached": attached, "missing": missing}
 
 
+TABLES_MARK = "directed_kv_attached_tables"
+
+
+def attach_tables(nb_path) -> bool:
+    """Append the run's tables (from its results.json) as one marked markdown cell when the notebook
+    rendered none; True when the notebook was rewritten."""
+    from lib.report import logblocks
+
+    nb_path = Path(nb_path)
+    folder = nb_path.parent
+    nb = json.loads(nb_path.read_text())
+    cells = nb.get("cells", [])
+    html = any("text/html" in o.get("data", {}) for c in cells for o in c.get("outputs", []))
+    if html or any(c.get("metadata", {}).get(TABLES_MARK) for c in cells) or not (folder / "results.json").is_file():
+        return False
+    try:
+        run, root = str(folder.resolve().relative_to(ROOT)), None
+    except ValueError:
+        run, root = folder.name, folder.parent
+    body = logblocks.render(run, root)
+    text = (f"**Tables attached after the run** by `lib.tools.attach_figures` from `{folder.name}/results.json` "
+            f"(the run printed fixed-width tables above; these are the same numbers as the log renders them).\n\n{body}")
+    cell = {"cell_type": "markdown", "metadata": {TABLES_MARK: True}, "source": text}
+    if (nb.get("nbformat"), nb.get("nbformat_minor", 0)) >= (4, 5):
+        cell["id"] = "attached-tables"  # cell ids exist from nbformat 4.5 on
+    cells.append(cell)
+    nb_path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return True
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("notebooks", nargs="*")
@@ -80,6 +115,8 @@ def main(argv=None) -> int:
         r = attach(p)
         if r["attached"] or r["missing"]:
             print(f"{p}: attached {r['attached']}" + (f"; MISSING from the folder: {r['missing']}" if r["missing"] else ""))
+        if attach_tables(p):
+            print(f"{p}: attached the tables of results.json")
         bad += bool(r["missing"])
     return 1 if bad else 0
 
