@@ -91,7 +91,9 @@ def test_exp07train_bench_agrees_and_reports(monkeypatch):
     assert set(res["steps_per_s"]) == {"reference", "fast", "batched_2", "batched_4"}
     assert res["agreement_ok"] and res["micro_steps"] == 6 and res["cutoff"] == 3
     assert res["max_abs_prefix_diff"] == 0.0 and res["max_rel_loss_diff_by_path"]["batched_4"] < 1e-5
-    assert res["max_rel_loss_diff_by_path"]["control"] > 0  # the control starts from another prefix
+    # the control starts from another prefix: its final prefix differs (its losses may round to the same
+    # values on a tiny model: measured 0.0 on one CPU, > 0 on another)
+    assert res["max_abs_prefix_diff_by_path"]["control"] > 0
     assert all(0 <= v <= 1e-5 for c in res["same_prefix_check"].values() for v in c.values())
     assert res["best_batched"] in ("batched_2", "batched_4") and set(res["peak_memory_bytes"]) == set(res["steps_per_s"])
     text = bench_train.report(res)
