@@ -222,6 +222,12 @@ def encode_full_batch(model, arch, docs: list[list[int]], prefix_ids: list[int] 
     return kv.from_model_cache(past, positions, meta), encs
 
 
+def padded_row(full: kv.DocCache, b: int, enc: Encoded) -> kv.DocCache:
+    """Row ``b`` of a RIGHT-padded batch cache (``encode_full_batch`` or alike) with its real entries only,
+    ``[0, len(enc.input_ids))``, copied out of the batch (``index_select``: the row does not keep the batch alive)."""
+    return kv.select(full.item(b), list(range(len(enc.input_ids))))
+
+
 def shape(full: kv.DocCache, enc: Encoded, arch, *, keep_prefix: bool = False, compact: bool = True) -> kv.DocCache:
     """Derive a condition's cache from a full Phase A cache.
 

@@ -148,7 +148,7 @@ def encode_batch(model, arch, pairs: list[tuple[list[int], list[int]]], *, mode:
     full = kv.from_model_cache(past, pos)
     out = []
     for b, e in enumerate(encs):
-        row = kv.select(full.item(b), list(range(len(e.input_ids))))  # index_select copies: no view into the batch
+        row = enc_mod.padded_row(full, b, e)
         row = kv.DocCache(row.keys, row.values, row.positions,
                           {"mode": mode, "n_anchor": e.n_anchor, "n_prefix": e.n_prefix, "n_doc": e.n_doc})
         out.append(enc_mod.shape(row, e, arch, keep_prefix=keep_prefix))

@@ -16,21 +16,9 @@ positions; the bidirectional mode's extra attention is not counted (the causal c
 """
 from __future__ import annotations
 
-import gc
-import time
-
 import torch
 
 STATIC = "Extract the key facts from the following text."
-
-
-def _samples(n: int, seed: int):
-    from lib.data import load_samples
-
-    try:
-        return load_samples("squad_v1.1", n, seed=seed).samples, "squad_v1.1"
-    except (FileNotFoundError, ValueError):
-        return load_samples("synthetic", n, seed=seed).samples, "synthetic"
 
 
 def _exp11(lm, samples, seed):
@@ -57,7 +45,9 @@ def _exp07eval(lm, samples, seed):
     from lib.tools.flops import forward_flops
 
     static = tokenize(lm.tokenizer, STATIC)
-    cutoff = max(1, round(lm.arch.n_layers * 16 / 34))
+    from lib.tools.bench_train import SEED_CUTOFF_RATIO
+
+    cutoff = max(1, round(lm.arch.n_layers * SEED_CUTOFF_RATIO))
     exs = soft.examples(lm, samples, len(static), n_distractors=4, seed=seed)
     emb = lm.model.get_input_embeddings()
     with torch.no_grad():
@@ -81,7 +71,8 @@ DESIGNS = {"exp11": _exp11, "exp07eval": _exp07eval}
 
 
 def bench_phase_a(lm, design: str, n: int = 16, phase_a_batch: int = 8, repeats: int = 2, seed: int = 42) -> dict:
-    from lib.tools.flops import matmul_peak
+    from lib.tools.bench_gen import _samples
+    from lib.tools.flops import matmul_peak, time_interleaved
 
     if design not in DESIGNS:
         raise ValueError(f"unknown design {design!r}; choices: {sorted(DESIGNS)}")
@@ -91,16 +82,8 @@ def bench_phase_a(lm, design: str, n: int = 16, phase_a_batch: int = 8, repeats:
     dtype = lm.model.get_input_embeddings().weight.dtype
     peak = matmul_peak(device, dtype)
     paths = {"reference": 1, "batched": phase_a_batch}
-    times, rows = {k: [] for k in paths}, {}
     work(phase_a_batch)  # warm-up (allocator, kernels): not timed
-    for r in range(repeats):
-        for which in (tuple(paths) if r % 2 == 0 else tuple(reversed(paths))):
-            gc.collect()
-            t = time.perf_counter()
-            rows[which] = work(paths[which])
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[which].append(time.perf_counter() - t)
+    times, rows = time_interleaved(paths, work, repeats, device)
     diff = 0.0
     for a, b in zip(rows["reference"], rows["batched"]):
         if (a["sample_id"], a["condition"]) != (b["sample_id"], b["condition"]):

@@ -12,15 +12,12 @@ backward to activations and inputs; the model is frozen, so no weight gradients)
 """
 from __future__ import annotations
 
-import gc
-import time
-
 import torch
 
 
 def bench_reach(lm, n: int = 16, restarts: int = 5, steps: int = 20, seq_len: int = 20, repeats: int = 2, seed: int = 0) -> dict:
     from lib.studies import reachability as R
-    from lib.tools.flops import forward_flops, matmul_peak
+    from lib.tools.flops import forward_flops, matmul_peak, time_interleaved
 
     reader = R.ResidualReader(lm.model)
     g = torch.Generator().manual_seed(seed)
@@ -29,15 +26,8 @@ def bench_reach(lm, n: int = 16, restarts: int = 5, steps: int = 20, seq_len: in
     device, dtype = reader.device, reader.dtype
     peak = matmul_peak(device, dtype)
     paths = {"per_target": restarts, "batched": n * restarts}  # chunk: prompts per forward
-    times, fits = {k: [] for k in paths}, {}
-    for r in range(repeats):
-        for which in (tuple(paths) if r % 2 == 0 else tuple(reversed(paths))):
-            gc.collect()
-            t = time.perf_counter()
-            fits[which] = R.optimize(reader, targets, restarts=restarts, steps=steps, lr=0.01, seed=seed, chunk=paths[which])
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[which].append(time.perf_counter() - t)
+    times, fits = time_interleaved(paths, lambda chunk: R.optimize(reader, targets, restarts=restarts, steps=steps, lr=0.01,
+                                                                   seed=seed, chunk=chunk), repeats, device)
     a, b = fits["per_target"].final_mse, fits["batched"].final_mse
     rel = float(max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b)))
     prompt_steps = n * restarts * steps

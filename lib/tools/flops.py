@@ -1,7 +1,8 @@
-"""FLOP counts and the machine's matmul peak, shared by the benchmarks (``lib.tools.bench``,
+"""FLOP counts, the machine's matmul peak and interleaved timing (``time_interleaved``), shared by the benchmarks (``lib.tools.bench``,
 ``lib.tools.bench_train``)."""
 from __future__ import annotations
 
+import gc
 import time
 
 import torch
@@ -51,3 +52,18 @@ def matmul_peak(device, dtype, sizes=(1024, 2048, 3072), reps: int = 5) -> float
         _sync(device)
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - t))
     return best
+
+
+def time_interleaved(paths: dict, run, repeats: int, device) -> tuple[dict, dict]:
+    """Time ``run(arg)`` for every ``name: arg`` of ``paths``, ``repeats`` rounds, the order reversed on odd
+    rounds (so neither path always runs warm or first); ``gc.collect()`` before each. Returns the
+    per-path wall times (s) and each path's last result."""
+    times, out = {k: [] for k in paths}, {}
+    for r in range(repeats):
+        for which in (tuple(paths) if r % 2 == 0 else tuple(reversed(paths))):
+            gc.collect()
+            t = time.perf_counter()
+            out[which] = run(paths[which])
+            _sync(device)
+            times[which].append(time.perf_counter() - t)
+    return times, out

@@ -303,7 +303,6 @@ def train(lm, exs: list[Example], cfg: TrainConfig, checkpoint: str | Path | Non
 
 
 # ----------------------------------------------------------------------------- evaluation
-@torch.no_grad()
 def _eval_caches(lm, exs: list[Example], cutoff: int, static_ids, soft: dict[str, torch.Tensor],
                  phase_a_batch: int) -> list[dict[str, kv.DocCache]]:
     """Per example {condition: cache}. ``phase_a_batch`` > 1: every prefix's Phase A runs over that many
@@ -320,22 +319,21 @@ def _eval_caches(lm, exs: list[Example], cutoff: int, static_ids, soft: dict[str
                 caches[f"vel_soft_{name}"] = hybrid(bare, primed_cache(lm, ex, prefix_embeds=s), cutoff)
             out.append(caches)
         return out
-    with torch.no_grad():
-        for i in range(0, len(exs), phase_a_batch):
-            chunk = exs[i:i + phase_a_batch]
-            full, encs = enc_mod.encode_full_batch(lm.model, lm.arch, [list(e.doc_ids) for e in chunk])
-            bares = [enc_mod.shape(kv.select(full.item(b), list(range(len(enc.input_ids)))), enc, lm.arch)
-                     for b, enc in enumerate(encs)]  # no prefix: each row's real entries, copied out of the batch
-            static = primed_values_batch(lm, chunk, cutoff, prefix_ids=static_ids)
-            softs = {k: primed_values_batch(lm, chunk, cutoff, prefix_embeds=s) for k, s in soft.items()}
-            for b, bare in enumerate(bares):
-                caches = {"bare": bare, "vel_static": hybrid_from_values(bare, static[b])}
-                for name in soft:
-                    caches[f"vel_soft_{name}"] = hybrid_from_values(bare, softs[name][b])
-                out.append(caches)
+    for i in range(0, len(exs), phase_a_batch):  # no_grad: evaluate's
+        chunk = exs[i:i + phase_a_batch]
+        full, encs = enc_mod.encode_full_batch(lm.model, lm.arch, [list(e.doc_ids) for e in chunk])
+        bares = [enc_mod.shape(enc_mod.padded_row(full, b, enc), enc, lm.arch) for b, enc in enumerate(encs)]
+        static = primed_values_batch(lm, chunk, cutoff, prefix_ids=static_ids)
+        softs = {k: primed_values_batch(lm, chunk, cutoff, prefix_embeds=s) for k, s in soft.items()}
+        for b, bare in enumerate(bares):
+            caches = {"bare": bare, "vel_static": hybrid_from_values(bare, static[b])}
+            for name in soft:
+                caches[f"vel_soft_{name}"] = hybrid_from_values(bare, softs[name][b])
+            out.append(caches)
     return out
 
 
+@torch.no_grad()
 def evaluate(lm, exs: list[Example], cutoff: int, *, static_ids, soft: dict[str, torch.Tensor], batch_size: int = 16,
              phase_a_batch: int = 8) -> list[dict]:
     """Rows: bare, vel_static (token prefix) and one ``vel_soft_<name>`` per learned prefix, per example.
