@@ -79,3 +79,28 @@ def test_committed_findings_file_is_current():
     """results/FINDINGS.md (shown by the overview notebook) carries the same table as the log."""
     text = (ROOT / "results" / "FINDINGS.md").read_text()
     assert text.endswith("\n" + findings.render(findings.measure(index.collect())) + "\n"), "results/FINDINGS.md is stale: run `make index`"
+
+
+def test_margin_sources_are_judged_on_the_margin_with_their_own_expected_direction(tmp_path):
+    """The corrections about discrimination are judged on d(margin), not d(nll): keyword gains are
+    entropy (nll better, margin null expected), the extractor's margin is positive on every model."""
+    kw = ("bare", "kw10_L32")
+    _run(tmp_path, "exp05_real", "smollm2-135m-instruct", "squad_v1.1", [_cmp(*kw, 0.3, 1e-6, 1e-6, 0.6)],
+         margins=[{**_cmp(*kw, 0.01, 0.6, 0.7, 0.02), "metric": "margin", "d_nll": 0.6}])
+    ex = ("bare", "extractor")
+    _run(tmp_path, "exp02_real_a", "smollm2-135m-instruct", "squad_v1.1", [_cmp(*ex, 0.3, 1e-6, 1e-6, 0.5)],
+         margins=[{**_cmp(*ex, 0.2, 1e-4, 1e-4, 0.4), "metric": "margin", "d_nll": 0.5}])
+    _run(tmp_path, "exp02_real_b", "gemma-3-270m", "squad_v1.1", [_cmp(*ex, 0.3, 1e-6, 1e-6, 0.5)],
+         margins=[{**_cmp(*ex, -0.2, 1e-4, 1e-4, -0.4), "metric": "margin", "d_nll": 0.5}])
+    _run(tmp_path, "exp02_real_c", "qwen2.5-coder-0.5b-instruct", "squad_v1.1", [_cmp(*ex, 0.3, 1e-6, 1e-6, 0.5)])  # no margins
+    found = {f["headline"].key: f for f in findings.measure(index.collect(tmp_path))}
+
+    entropy = found["correction_keywords_entropy"]["lab"]
+    assert [(m["what"], m["verdict"], m["agrees"]) for m in entropy] == [
+        ("exp05: kw10_L32 vs bare", "better", "yes"), ("exp05: kw10_L32 vs bare (margin)", "null", "yes")]
+    margin = found["correction_extractor_margin"]["lab"]
+    assert [(m["run"], m["verdict"], m["agrees"]) for m in margin] == [("exp02_real_a", "better", "yes"),
+                                                                       ("exp02_real_b", "worse", "no")]
+    table = findings.render(list(found.values()))
+    row = next(line for line in table.splitlines() if "exp02_real_b" in line and "extractor vs bare (margin)" in line)
+    assert "margin -0.200 nats" in row and "d(margin) -0.40 [-0.50, -0.30]" in row and "d(nll) +0.50" in row

@@ -30,12 +30,16 @@ class Headline:
     claim: str           # the seed's statement, in our words
     seed_figure: str     # model, data, figure as the seed reports it
     seed_verdict: str    # "better" / "worse" / "null": the condition vs its reference in the seed
-    sources: tuple       # ((experiment, where), ...): where = ("cmp", ref, cond) | ("hard_semantic", cond) | ("none",)
+    sources: tuple       # ((experiment, where[, expected verdict]), ...): where = ("cmp", ref, cond) |
+    #                      ("cmp_margin", ref, cond) (judged on d(margin)) | ("hard_semantic", cond) | ("none",);
+    #                      an expected verdict given with a source overrides seed_verdict / by_model for it
     offline: str = ""    # why it cannot be measured offline ("" when it can)
     run_to_do: str = ""  # the run that would measure it, when none exists yet
     by_model: tuple = ()  # ((model-name substring, verdict), ...): the seed's direction where it depends on the model
 
-    def expected(self, model: str) -> str:
+    def expected(self, model: str, source: tuple = ()) -> str:
+        if len(source) > 2:
+            return source[2]
         return next((v for sub, v in self.by_model if sub in model.lower()), self.seed_verdict)
 
 
@@ -66,8 +70,13 @@ HEADLINES = (
              "Gemma 3 4B-IT, MS MARCO: criterion d > +0.25", "better", (("exp07", ("cmp", "bare", "vel_soft_fact")),),
              run_to_do="exp07 on gemma-3-270m, SQuAD v1.1 with article-disjoint train/eval splits"),
     Headline("correction_keywords_entropy", "seed project's later correction", "keyword-prefix gains are entropy: d(nll) > 0 while "
-             "d(margin) is about 0", "stated, no figure", "better", (("exp05", ("cmp", "bare", "kw10_L32")),),
+             "d(margin) is about 0", "stated, no figure (nll: better; margin: null)", "better",
+             (("exp05", ("cmp", "bare", "kw10_L32"), "better"), ("exp05", ("cmp_margin", "bare", "kw10_L32"), "null")),
              run_to_do="exp05 on squad_v1.1 with N_DISTRACTORS > 0 (the d(margin) column decides)"),
+    Headline("correction_extractor_margin", "seed project's later correction", "a generic \"extract the key facts\" instruction "
+             "is the one prefix with a positive margin on every model (judged on d(margin); every prefix's d(margin) is in "
+             "exp02's RUN-BLOCKs)", "stated, no figure", "better", (("exp02", ("cmp_margin", "bare", "extractor")),),
+             run_to_do="exp02 on squad_v1.1 with N_DISTRACTORS > 0 per model"),
     Headline("correction_content_banked", "seed project's later correction", "base models bank the prefix's content in a stripped "
              "cache (truncated oracle beats truncated random); the Qwen family banks little",
              "stated, no figure (Qwen: null; base models: better)", "better", (("exp01", ("cmp", "E_trunc_random", "D_trunc_oracle")),),
@@ -102,6 +111,11 @@ def _locate(summary: dict, where: tuple) -> dict | None:
         m = next((r for r in (summary.get("discrimination") or {}).get("comparisons", [])
                   if r.get("ref") == ref and r.get("cond") == cond), None)
         return {**row, **({"d_margin": m["d"], "d_margin_ci": (m["ci_low"], m["ci_high"])} if m else {})}
+    if where[0] == "cmp_margin":
+        _, ref, cond = where
+        m = next((r for r in (summary.get("discrimination") or {}).get("comparisons", [])
+                  if r.get("ref") == ref and r.get("cond") == cond), None)
+        return None if m is None else {**m, "metric": "margin"}
     if where[0] == "hard_semantic":
         pooled = (summary.get("crossdata") or {}).get("pooled", {}).get("hard_heldout", {}).get("semantic", [])
         return next((r for r in pooled if r.get("cond") == where[1]), None)
@@ -114,7 +128,8 @@ def measure(index_rows: list[dict]) -> list[dict]:
     out = []
     for h in HEADLINES:
         lab = []
-        for exp, where in h.sources:
+        for source in h.sources:
+            exp, where = source[:2]
             for r in index_rows:
                 if r["experiment"] != exp or not _real(r):
                     continue
@@ -125,7 +140,7 @@ def measure(index_rows: list[dict]) -> list[dict]:
                 v = verdicts.verdict({"primary_test": summary.get("primary_test") or "t", **row})
                 lab.append({"what": _what(exp, where), "run": r["run"], "model": r["model"], "dataset": r["dataset"],
                             "n": row.get("n", r["n"]), "row": row, "verdict": v,
-                            "agrees": "undecided" if v == "test-dependent" else ("yes" if v == h.expected(str(r["model"])) else "no")})
+                            "agrees": "undecided" if v == "test-dependent" else ("yes" if v == h.expected(str(r["model"]), source) else "no")})
         out.append({"headline": h, "lab": lab})
     return out
 
@@ -133,12 +148,18 @@ def measure(index_rows: list[dict]) -> list[dict]:
 def _what(exp: str, where: tuple) -> str:
     if where[0] == "cmp":
         return f"{exp}: {where[2]} vs {where[1]}"
+    if where[0] == "cmp_margin":
+        return f"{exp}: {where[2]} vs {where[1]} (margin)"
     if where[0] == "hard_semantic":
         return f"{exp}: {where[1]} vs random_tokens (held-out hard, pooled)"
     return exp
 
 
 def _effect(row: dict) -> str:
+    if row.get("metric") == "margin":  # a change in margin has no % of a reference NLL
+        return (f"margin {num(row.get('mean_delta'), '+.3f')} nats [{num(row.get('mean_delta_ci_low'), '+.3f')}, "
+                f"{num(row.get('mean_delta_ci_high'), '+.3f')}], d(margin) {num(row.get('d'), '+.2f')} "
+                f"[{num(row.get('ci_low'), '+.2f')}, {num(row.get('ci_high'), '+.2f')}]; d(nll) {num(row.get('d_nll'), '+.2f')}")
     size = f"{num(row.get('mean_delta'), '+.3f')} nats"
     if "pct_of_ref" in row:
         size += f" ({num(row['pct_of_ref'], '+.1f')}% [{num(row.get('pct_ci_low'), '+.1f')}, {num(row.get('pct_ci_high'), '+.1f')}])"
@@ -155,7 +176,7 @@ def render(found: list[dict]) -> str:
         h = f["headline"]
         head = f"{h.claim} ({h.seed})"
         if not f["lab"]:
-            what = "; ".join(_what(e, w) for e, w in h.sources)
+            what = "; ".join(_what(*s[:2]) for s in h.sources)
             status = (f"cannot be measured offline: {h.offline}" if h.offline else
                       f"no real-data run yet; would be measured by {h.run_to_do or 'a real-data run of ' + what}")
             lines.append(f"| {head} | {h.seed_figure} | {what} | {status} | n/a | n/a |")
