@@ -79,3 +79,33 @@ def test_identity_calls_multi_set_synthetic_runs_pipeline_checks(tmp_path):
                                                   "summary": {"comparisons": []}}))
     text = logblocks.render("results/exp04_x", tmp_path)
     assert "pipeline check (synthetic data)" in text and "real data" not in text
+
+
+def test_exp11_block_shows_each_attention_mode(tmp_path):
+    """exp11's summary keeps its comparisons per Phase A attention (vs_bare, bidirectional_vs_causal, a
+    structural fraction per mode): the block shows every one of them."""
+    run = tmp_path / "results" / "exp11_x"
+    run.mkdir(parents=True)
+
+    def row(ref, cond, md):
+        return {"label": f"{cond} vs {ref}", "ref": ref, "cond": cond, "mean_delta": md, "mean_delta_ci_low": md - 0.01,
+                "mean_delta_ci_high": md + 0.01, "pct_of_ref": 10 * md, "pct_ci_low": 0.0, "pct_ci_high": 1.0, "d": 0.4,
+                "ci_low": 0.3, "ci_high": 0.5, "win_rate": 0.6, "p_holm": 1e-4, "p_holm_wilcoxon": 1e-4,
+                "rank_biserial": 0.3, "primary_test": "t"}
+
+    sf = {m: {"structural": f"random__{m}", "full": f"oracle__{m}", "mean_benefit_structural": 0.1, "mean_benefit_full": 0.2,
+              "fraction_of_mean_benefit": 0.5, "d_structural": 0.2, "d_full": 0.4, "fraction_of_d": 0.5}
+          for m in ("causal", "bidirectional")}
+    (run / "results.json").write_text(json.dumps({
+        "config": {"MODEL": "m"}, "provenance": {"commit": "abcdef123456", "date": "2026-12-02T00:00"},
+        "data": {"name": "squad_v1.1", "n_samples": 10, "provenance": {"sha256": "f" * 64}},
+        "summary": {"primary_test": "t", "mean_nll": {"bare__causal": 3.0},
+                    "vs_bare": {"causal": [row("bare__causal", "oracle__causal", 0.2)],
+                                "bidirectional": [row("bare__bidirectional", "oracle__bidirectional", 0.3)]},
+                    "bidirectional_vs_causal": [row("bare__causal", "bare__bidirectional", -0.1)],
+                    "structural_fraction": sf}}))
+    out = logblocks.render("results/exp11_x", tmp_path)
+    assert "| oracle__causal vs bare__causal | +0.2000" in out and "| oracle__bidirectional vs bare__bidirectional | +0.3000" in out
+    assert "| bare__bidirectional vs bare__causal | -0.1000" in out
+    assert "Structural fraction (random__causal vs oracle__causal)" in out
+    assert "Structural fraction (random__bidirectional vs oracle__bidirectional)" in out

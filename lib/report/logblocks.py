@@ -90,8 +90,14 @@ def _extras(s: dict) -> list[str]:
                 f"{_p(g.get('pooled_p_samples'))}; per-sample mean rho {_f(g.get('per_sample_mean_rho'), '+.3f')}, "
                 f"{_f(100 * g['per_sample_share_positive'] if 'per_sample_share_positive' in g else None, '.0f')}% of "
                 f"samples positive, Wilcoxon p {_p(g.get('per_sample_wilcoxon_p'))}."]
+    vs_bare = s.get("vs_bare")
+    if isinstance(vs_bare, dict):  # exp11: one table per Phase A attention mode
+        for mode, rows in vs_bare.items():
+            out += _comparisons(rows, f"{mode} Phase A, vs bare")
+    if s.get("bidirectional_vs_causal"):
+        out += _comparisons(s["bidirectional_vs_causal"], "Bidirectional vs causal Phase A, same prefix")
     f = s.get("structural_fraction")
-    if f:
+    for f in ([f] if f and "structural" in f else (f or {}).values()):  # one, or one per exp11 attention mode
         out += ["", f"Structural fraction ({f['structural']} vs {f['full']}): {_f(f['fraction_of_mean_benefit'], '.2f')} of "
                 f"the mean benefit ({_f(f['mean_benefit_structural'], '+.4f')} vs {_f(f['mean_benefit_full'], '+.4f')} "
                 f"nats), {_f(f['fraction_of_d'], '.2f')} of d; opposite signs make the ratio meaningless."]
@@ -177,7 +183,8 @@ def render(run: str, results_root: Path | None = None) -> str:
     if "mean_nll" in s:
         lines.append("Mean answer NLL: " + ", ".join(f"{k} {_f(v, '.4f')}" for k, v in s["mean_nll"].items()) + ".")
         lines.append("")
-    lines += _comparisons(s.get("comparisons", []))
+    if s.get("comparisons"):  # exp11 keeps its comparisons per attention mode (_extras)
+        lines += _comparisons(s["comparisons"])
     lines += _extras(s)
     return "\n".join(lines) + "\n"
 
