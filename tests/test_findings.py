@@ -104,3 +104,18 @@ def test_margin_sources_are_judged_on_the_margin_with_their_own_expected_directi
     table = findings.render(list(found.values()))
     row = next(line for line in table.splitlines() if "exp02_real_b" in line and "extractor vs bare (margin)" in line)
     assert "margin -0.200 nats" in row and "d(margin) -0.40 [-0.50, -0.30]" in row and "d(nll) +0.50" in row
+
+
+def test_exp11_rows_are_found_in_its_per_mode_tables(tmp_path):
+    f = tmp_path / "exp11_real"
+    f.mkdir()
+    summary = {"primary_test": "t", "vs_bare": {"causal": [_cmp("bare__causal", "random__causal", 0.1, 1e-3, 1e-3, 0.2)],
+                                                "bidirectional": [_cmp("bare__bidirectional", "oracle__bidirectional", 0.2, 1e-4, 1e-4, 0.4)]},
+               "bidirectional_vs_causal": [_cmp("bare__causal", "bare__bidirectional", -0.1, 1e-3, 1e-3, -0.2)]}
+    (f / "results.json").write_text(json.dumps({"config": {"MODEL": "smollm2-135m-instruct", "DATASET": "squad_v1.1"},
+                                                "summary": summary, "provenance": {"run_kind": {"smoke": False}}}))
+    found = {h["headline"].key: h for h in findings.measure(index.collect(tmp_path))}
+    assert [(m["what"], m["verdict"], m["agrees"]) for m in found["v4_prefixlm_bidirectional_hurts"]["lab"]] == [
+        ("exp11: bare__bidirectional vs bare__causal", "worse", "yes")]
+    assert [(m["verdict"], m["agrees"]) for m in found["v4_prefixlm_causal_random"]["lab"]] == [("better", "yes")]
+    assert [(m["verdict"], m["agrees"]) for m in found["v4_prefixlm_bidir_oracle_null"]["lab"]] == [("better", "no")]

@@ -65,6 +65,19 @@ HEADLINES = (
              (("exp04", ("hard_semantic", "llm_question")),)),
     Headline("v4_hard_repeat", "directed_kvcache_v4_guide.md, decoder-only Exp 02", "structure alone (one token repeated) helps "
              "on hard examples", "Gemma 3 12B-IT, 4 QA sets, hard 40%: repeat_token d=+0.124 (**)", "better", (("exp04", ("hard_semantic", "repeat_token")),)),
+    Headline("v4_prefixlm_bidirectional_hurts", "directed_kvcache_v4_guide.md, prefix LM Exp 01", "bidirectional attention over "
+             "[prefix + document] in Phase A hurts a causal-trained decoder (the seed does not say which prefix its d is for: "
+             "bare and oracle shown)", "Gemma 3 12B-IT, MS MARCO: d=-0.727 (***)", "worse",
+             (("exp11", ("cmp", "bare__causal", "bare__bidirectional")), ("exp11", ("cmp", "oracle__causal", "oracle__bidirectional"))),
+             run_to_do="exp11 on squad_v1.1 per model"),
+    Headline("v4_prefixlm_causal_random", "directed_kvcache_v4_guide.md, prefix LM Exp 01", "under causal Phase A every prefix "
+             "kept in the cache helps, random tokens as much as the oracle (structural fraction 140%)",
+             "Gemma 3 12B-IT, MS MARCO: random d=+0.475, oracle d=+0.452 (***)", "better",
+             (("exp11", ("cmp", "bare__causal", "random__causal")), ("exp11", ("cmp", "bare__causal", "oracle__causal"))),
+             run_to_do="exp11 on squad_v1.1 per model"),
+    Headline("v4_prefixlm_bidir_oracle_null", "directed_kvcache_v4_guide.md, prefix LM Exp 01", "under bidirectional Phase A "
+             "the oracle prefix no longer helps", "Gemma 3 12B-IT, MS MARCO: d=+0.059 (ns)", "null",
+             (("exp11", ("cmp", "bare__bidirectional", "oracle__bidirectional")),), run_to_do="exp11 on squad_v1.1 per model"),
     Headline("exp25_soft_fact", "exp25_soft_surrogates_gemma3.md", "a soft prefix initialised from static_fact and trained through "
              "the hybrid cache beats bare by d > +0.25 (the discrete prefix reached +0.227)",
              "Gemma 3 4B-IT, MS MARCO: criterion d > +0.25", "better", (("exp07", ("cmp", "bare", "vel_soft_fact")),),
@@ -105,7 +118,9 @@ def _real(row: dict) -> bool:
 def _locate(summary: dict, where: tuple) -> dict | None:
     if where[0] == "cmp":
         _, ref, cond = where
-        row = next((r for r in summary.get("comparisons", []) if r.get("ref") == ref and r.get("cond") == cond), None)
+        rows = [*summary.get("comparisons", []), *summary.get("bidirectional_vs_causal", []),
+                *(r for mode in (summary.get("vs_bare") if isinstance(summary.get("vs_bare"), dict) else {}).values() for r in mode)]
+        row = next((r for r in rows if r.get("ref") == ref and r.get("cond") == cond), None)  # exp11: per-mode tables
         if row is None:
             return None
         m = next((r for r in (summary.get("discrimination") or {}).get("comparisons", [])
