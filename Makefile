@@ -61,10 +61,10 @@ GRID ?= sweeps/smoke.toml
 EXECUTOR ?=
 sweep: models
 	$(PYTHON) -m lib.lab.sweep $(GRID) $(if $(EXECUTOR),--executor $(EXECUTOR),) $(if $(ONLY),--only '$(ONLY)',)
-	$(PYTHON) -m lib.report.index
+	$(PYTHON) -m lib.report.index --real-figures
 
 index:
-	$(PYTHON) -m lib.report.index
+	$(PYTHON) -m lib.report.index --real-figures
 
 
 # On a CUDA machine after `make models`: the bundled models in bfloat16 and 4-bit nf4 (real-model

@@ -58,3 +58,16 @@ def test_exp11_cross_model_figure_includes_bidirectional_vs_causal(tmp_path):
     other = [{**r, "model": "another-model"} for r in bare_rows if r["run"] == "exp11"]
     with pytest.raises(ValueError, match="another-model"):
         index._cross_model_grid(other, "exp11", tmp_path / "figs" / "x.png")
+
+
+def test_real_data_figures_leave_out_synthetic_and_smoke_runs(tmp_path):
+    _exp11(tmp_path, "sweeps/smoke/exp11__gemma-3-270m__synthetic", "gemma-3-270m", -2.14)
+    _exp11(tmp_path, "exp11_real", "smollm2-135m-instruct", -0.22)
+    f = tmp_path / "exp11_real" / "results.json"
+    r = json.loads(f.read_text())
+    f.write_text(json.dumps({**r, "config": {**r["config"], "DATASET": "squad_v1.1"}}))
+    rows = index.collect(tmp_path)
+    grids = {}
+    paths = index.real_figures(rows, tmp_path / "figs", draw=lambda grid, path: grids.setdefault(path.name, grid))
+    assert [p.name for p in paths] == ["cross_model_real_exp11.png"]
+    assert list(grids["cross_model_real_exp11.png"]) == ["smollm2-135m-instruct | squad_v1.1 | exp11_real | N=16"]

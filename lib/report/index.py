@@ -210,6 +210,26 @@ def cross_model_figure(rows: list[dict], experiment: str, path, results_root=Non
                              ylabel="model | data set | run folder | N")
 
 
+def real_figures(rows: list[dict], out_dir, draw=None) -> list[Path]:
+    """One cross-model figure per experiment family with real-data runs (no SMOKE, no synthetic data, no
+    random-init model: ``findings._real``), ``<out_dir>/cross_model_real_<exp>.png``, real rows only.
+    ``draw(grid, path)`` replaces the plotting (tests)."""
+    from lib.report import findings, plots
+
+    real = [r for r in rows if findings._real(r)]
+    out = []
+    for e in sorted({r["experiment"] for r in real}):
+        path = Path(out_dir) / f"cross_model_real_{e}.png"
+        grid = _cross_model_grid(real, e, path)
+        if draw is None:
+            plots.plot_d_grid(grid, path, title=f"{e}, real data only: d [95% bootstrap CI] across models and data sets",
+                              ylabel="model | data set | run folder | N")
+        else:
+            draw(grid, path)
+        out.append(path)
+    return out
+
+
 def _cross_model_grid(rows: list[dict], experiment: str, path=None, results_root=None) -> dict:
     """{row label: {comparison: {d, ci_low, ci_high}}} for ``plots.plot_d_grid``."""
     grid = {}
@@ -264,6 +284,8 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(ROOT / "results"))
     ap.add_argument("--figure", action="append", default=[], help="experiment id for a cross-model figure (repeatable)")
     ap.add_argument("--no-plan", action="store_true", help="do not touch EXPERIMENT_PLAN.md")
+    ap.add_argument("--real-figures", action="store_true",
+                    help="draw results/cross_model_real_<exp>.png for every family with real-data runs (make index does)")
     a = ap.parse_args(argv)
     rows = collect(a.results)
     print(write_index(rows, Path(a.results) / "INDEX.md"))
@@ -278,6 +300,9 @@ def main(argv=None) -> int:
     from lib.report import findings
 
     print(findings.write(rows, Path(a.results) / "FINDINGS.md"))
+    if a.real_figures:
+        for path in real_figures(rows, Path(a.results)):
+            print(path)
     for e in a.figure:
         print(cross_model_figure(rows, e, Path(a.results) / f"cross_model_{e}.png"))
     return 0
