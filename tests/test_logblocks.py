@@ -109,3 +109,19 @@ def test_exp11_block_shows_each_attention_mode(tmp_path):
     assert "| bare__bidirectional vs bare__causal | -0.1000" in out
     assert "Structural fraction (random__causal vs oracle__causal)" in out
     assert "Structural fraction (random__bidirectional vs oracle__bidirectional)" in out
+
+
+def test_identity_of_a_train_eval_run_names_both_splits_and_the_file_sha(tmp_path):
+    run = tmp_path / "results" / "exp07_x"
+    run.mkdir(parents=True)
+    side = lambda n, split, c: {"name": "squad_v1.1", "split": split, "n_samples": n, "content_sha256": c * 64,
+                                "provenance": {"sha256": "4" * 64}}
+    (run / "results.json").write_text(json.dumps({
+        "config": {"MODEL": "m", "DATASET": "squad_v1.1"}, "provenance": {"commit": "abcdef123456", "date": "2026-12-02"},
+        "data": {"train": side(400, "dev (articles: train side, 35 articles)", "a"),
+                 "eval": side(150, "dev (articles: eval side, 13 articles)", "b")},
+        "summary": {"primary_test": "t"}}))
+    out = logblocks.render("results/exp07_x", tmp_path)
+    assert "data squad_v1.1 N=150" in out and "real data" in out
+    assert "train N=400 (dev (articles: train side, 35 articles)), eval N=150 (dev (articles: eval side, 13 articles))" in out
+    assert "file sha256 444444444444" in out and "samples sha256 train aaaaaaaaaaaa, eval bbbbbbbbbbbb" in out

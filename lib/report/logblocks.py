@@ -25,6 +25,9 @@ _f, _p = blockfmt.num, blockfmt.pval
 
 def _identity(run: str, r: dict) -> str:
     cfg, prov, data = r.get("config", {}), r.get("provenance", {}), r.get("data", {})
+    sides = {k: data[k] for k in ("train", "eval") if isinstance(data.get(k), dict)}
+    if sides and "eval" in sides:  # exp07: a training and an evaluation side of the same file
+        data = {**sides["eval"], "sides": sides}
     model = cfg.get("MODEL") or cfg.get("MODELS") or cfg.get("model", "?")
     name = data.get("name") or cfg.get("DATASET") or cfg.get("DATASETS") or "?"
     parts = [x.strip().split("@")[0] for x in str(name).split(",")]
@@ -34,9 +37,13 @@ def _identity(run: str, r: dict) -> str:
     commit = blockfmt.commit(prov)
     bits = [f"`{run}/results.json`", f"model {model} ({cfg.get('dtype', '?')})",
             f"data {name} N={data.get('n_samples') or r.get('summary', {}).get('n_samples', '?')}", kind]
+    if "sides" in data:
+        bits.append(", ".join(f"{k} N={v.get('n_samples', '?')} ({v.get('split', '?')})" for k, v in data["sides"].items()))
     if sha:
         bits.append(f"file sha256 {sha[:12]}")
-    if data.get("content_sha256"):
+    if "sides" in data:
+        bits.append("samples sha256 " + ", ".join(f"{k} {(v.get('content_sha256') or '?')[:12]}" for k, v in data["sides"].items()))
+    elif data.get("content_sha256"):
         bits.append(f"samples sha256 {data['content_sha256'][:12]}")
     bits += [f"primary test {r.get('summary', {}).get('primary_test') or 't (undeclared)'}",
              f"commit {commit}", (prov.get("date") or "?")[:10]]
