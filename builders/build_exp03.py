@@ -58,7 +58,7 @@ CELLS = [
     common.SHOW_PREFIXES,
     *common.RUN,
     *common.SUMMARY,
-    md("## Semantic gradient, structural fraction, model-written vs generic"),
+    md("## Semantic gradient, structural fraction, model-written vs generic, word order"),
     code("""
         from lib.report import stats
 
@@ -67,13 +67,16 @@ CELLS = [
         llm_vs_generic = stats.compare_conditions(
             nll, None, pairs=conditions.llm_vs_generic_pairs(nll),
             n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST)
-        summary.update(semantic_gradient=gradient, structural_fraction=structural, llm_vs_generic=llm_vs_generic)
+        order = analysis.word_order(nll, rows, ids, n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST)
+        summary.update(semantic_gradient=gradient, structural_fraction=structural, llm_vs_generic=llm_vs_generic, **order)
         print(f"pooled rho {gradient['pooled_rho']:+.3f} {[round(x, 3) for x in gradient['pooled_rho_ci']]} (sample-level p="
               f"{gradient['pooled_p_samples']:.3g}); per-sample mean rho "
               f"{gradient['per_sample_mean_rho']:+.3f}, {gradient['per_sample_share_positive']:.0%} positive, Wilcoxon p={gradient['per_sample_wilcoxon_p']:.3g}")
         print("mean benefit by relevance:", {k: round(v, 4) for k, v in gradient["mean_benefit"].items()})
         print(f"structural fraction: {structural['fraction_of_mean_benefit']:.2f} of the mean benefit, {structural['fraction_of_d']:.2f} of d")
         show.table(llm_vs_generic, title="model-written surrogates vs extractor_matched")
+        if order:
+            show.table(order["word_order"] + order.get("word_order_margin", []), title="word order: scrambled vs ordered oracle (same tokens)")
     """),
     md("## Figures"),
     code("""

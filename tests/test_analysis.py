@@ -58,3 +58,25 @@ def test_pooled_gradient_p_treats_samples_not_points_as_units():
     real = analysis.semantic_gradient(_slopes(25, 0.15, 0.2, seed=99), n_perm=400)
     assert real["pooled_p_samples"] < 0.01 and real["pooled_rho_ci"][0] > 0
     assert "pooled_p" not in real  # the point-level p is gone, not relabelled
+
+
+def test_word_order_compares_the_ordered_oracle_with_its_scramble_on_nll_and_margin():
+    """Simulated: the scrambled oracle costs exactly 0.2 nats on every sample and its margin is
+    unchanged -> NLL: delta -0.2 (worse), margin: delta 0 (null); absent conditions give {}."""
+    rng = np.random.default_rng(0)
+    ids = [f"s{i}" for i in range(40)]
+    base = rng.normal(3.0, 0.5, len(ids))
+    rows = []
+    for cond, shift in (("bare", 0.3), ("oracle_matched", 0.0), ("scrambled_oracle", 0.2)):
+        for i, sid in enumerate(ids):
+            d = [base[i] + 2.0 + shift, base[i] + 3.0 + shift]  # every candidate moves with the gold: margin unchanged
+            rows.append({"sample_id": sid, "condition": cond, "nll": base[i] + shift, "distractor_nlls": d,
+                         "margin": float(np.mean(d) - (base[i] + shift)), "gold_rank": 1, "top1": 1})
+    nll = {c: np.array([r["nll"] for r in rows if r["condition"] == c]) for c in ("bare", "oracle_matched", "scrambled_oracle")}
+    out = analysis.word_order(nll, rows, ids, n_boot=200, seed=0, atol=1e-9)
+    (row,) = out["word_order"]
+    assert (row["ref"], row["cond"]) == ("oracle_matched", "scrambled_oracle")
+    assert row["mean_delta"] == pytest.approx(-0.2) and row["p_holm"] < 1e-6
+    (m,) = out["word_order_margin"]
+    assert m["mean_delta"] == pytest.approx(0.0, abs=1e-9) and m["d"] == 0.0 and m["label"].endswith("(margin)")
+    assert analysis.word_order({"bare": nll["bare"], "oracle_matched": nll["oracle_matched"]}, rows, ids) == {}

@@ -62,3 +62,15 @@ def test_unsupported_experiment_raises(tmp_path):
     (tmp_path / "exp12_x").mkdir()
     with pytest.raises(ValueError, match="rerun its notebook"):
         reanalyse.reanalyse(tmp_path / "exp12_x")
+
+
+def test_reanalysis_of_exp03_adds_the_word_order_comparison(tmp_path):
+    dst = tmp_path / "exp03"
+    dst.mkdir()
+    for f in ("results.json", "per_item.csv"):
+        shutil.copy(REPO / "results" / "exp03" / f, dst / f)
+    s = reanalyse.reanalyse(dst)["summary"]
+    (row,) = s["word_order"]
+    assert (row["ref"], row["cond"]) == ("oracle_matched", "scrambled_oracle")
+    assert row["mean_delta"] == pytest.approx(s["mean_nll"]["oracle_matched"] - s["mean_nll"]["scrambled_oracle"], abs=1e-9)
+    assert "word_order" in reanalyse.reanalyse(dst)["reanalysis"]["recomputed"]

@@ -133,3 +133,26 @@ def structural_fraction(nll: dict[str, np.ndarray], ref: str = "bare", structura
         "d_structural": d_s, "d_full": d_f,
         "fraction_of_d": float(d_s / d_f) if d_f not in (0, 0.0) else float("nan"),
     }
+
+
+WORD_ORDER_PAIR = ("oracle_matched", "scrambled_oracle")  # (ordered, scrambled): the same tokens, the same count
+
+
+def word_order(nll: dict[str, np.ndarray], rows: list[dict], sample_ids: list[str], *, n_boot: int = 2000, seed: int = 0,
+               atol: float | None = None, primary_test: str = "t") -> dict:
+    """exp03: the oracle's tokens in their order vs the same tokens scrambled (ref ``oracle_matched``, cond
+    ``scrambled_oracle``: a negative delta means word order carries part of the benefit; a null means token
+    presence does). ``word_order``: the NLL comparison; ``word_order_margin``: the same pair on the margin
+    (``lib.report.discrimination``) when the rows carry distractors. ``{}`` when either condition is absent."""
+    from lib.report import discrimination
+
+    if not all(c in nll for c in WORD_ORDER_PAIR):
+        return {}
+    kw = {"n_boot": n_boot, "seed": seed, "atol": atol, "primary_test": primary_test}
+    comps = stats.compare_conditions(nll, None, pairs=[WORD_ORDER_PAIR], **kw)
+    out = {"word_order": comps}
+    names = list(WORD_ORDER_PAIR)
+    if discrimination.has_margins([r for r in rows if r["condition"] in names]):
+        out["word_order_margin"] = discrimination.discrimination(rows, sample_ids, names, pairs=[WORD_ORDER_PAIR],
+                                                                 nll_comparisons=comps, **kw)["comparisons"]
+    return out

@@ -118,12 +118,12 @@ def _real(row: dict) -> bool:
 def _locate(summary: dict, where: tuple) -> dict | None:
     if where[0] == "cmp":
         _, ref, cond = where
-        rows = [*summary.get("comparisons", []), *summary.get("bidirectional_vs_causal", []),
+        rows = [*summary.get("comparisons", []), *summary.get("bidirectional_vs_causal", []), *summary.get("word_order", []),
                 *(r for mode in (summary.get("vs_bare") if isinstance(summary.get("vs_bare"), dict) else {}).values() for r in mode)]
         row = next((r for r in rows if r.get("ref") == ref and r.get("cond") == cond), None)  # exp11: per-mode tables
         if row is None:
             return None
-        m = next((r for r in (summary.get("discrimination") or {}).get("comparisons", [])
+        m = next((r for r in [*(summary.get("discrimination") or {}).get("comparisons", []), *summary.get("word_order_margin", [])]
                   if r.get("ref") == ref and r.get("cond") == cond), None)
         return {**row, **({"d_margin": m["d"], "d_margin_ci": (m["ci_low"], m["ci_high"])} if m else {})}
     if where[0] == "cmp_margin":

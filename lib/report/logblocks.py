@@ -86,9 +86,13 @@ def _extras(s: dict) -> list[str]:
                 "spans the threshold):", "", "| criterion | condition | d > | d [95% CI] | verdict |", "|---|---|---|---|---|"]
         out += [f"| {c['criterion']} | {c['cond']} | {_f(c['threshold'], '+.2f')} | {_f(c['d'], '+.3f')} "
                 f"[{_f(c['ci_low'], '+.3f')}, {_f(c['ci_high'], '+.3f')}] | {c['verdict']} |" for c in crit]
-    for key, title in (("pairwise", "Pairwise"), ("llm_vs_generic", "Model-written surrogates vs extractor_matched")):
+    for key, title in (("pairwise", "Pairwise"), ("llm_vs_generic", "Model-written surrogates vs extractor_matched"),
+                       ("word_order", "Word order: the oracle's tokens scrambled vs in order (same tokens, same count)")):
         if s.get(key):
             out += _comparisons(s[key], title)
+    if s.get("word_order_margin"):
+        out += _comparisons(s["word_order_margin"], "Word order on the margin (positive: scrambled separates the gold "
+                                                    "answer better)")
     g = s.get("semantic_gradient")
     if g:
         lo, hi = g.get("pooled_rho_ci") or [None, None]
