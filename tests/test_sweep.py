@@ -167,3 +167,14 @@ def test_index_shows_absolute_size_beside_d_when_present():
     line = index.table([row]).splitlines()[-1]
     assert "| N_SAMPLES | d | 30 (shares 30/30 with other_run) |" in line and "(code changed during run)" in line
     assert "d(margin) +0.05 [-0.10, +0.20]" in line
+
+
+def test_summary_keeps_the_rows_of_earlier_invocations(tmp_path):
+    """`--only` runs a subset: SUMMARY.md keeps the other jobs' rows and replaces a rerun job's row."""
+    g = {"name": "t", "out_root": str(tmp_path)}
+    a, b = (sweep.Job(i, "nb.ipynb", str(tmp_path / i)) for i in ("exp02__a", "exp11__b"))
+    sweep.write_summary(g, [a], [{"status": "done", "seconds": 1.0, "resumed": False}])
+    sweep.write_summary(g, [b], [{"status": "failed", "seconds": 2.0, "resumed": False, "error": "x|y"}])
+    sweep.write_summary(g, [a], [{"status": "done", "seconds": 3.0, "resumed": True}])
+    lines = [l for l in (tmp_path / "SUMMARY.md").read_text().splitlines() if l.startswith("| exp")]
+    assert lines == ["| exp02__a | done | 3.0 | True |  |", "| exp11__b | failed | 2.0 | False | x/y |"]

@@ -244,11 +244,20 @@ def run_sweep(grid: dict, *, executor: str | None = None, force: bool = False, l
 
 
 def write_summary(grid: dict, jobs: list[Job], rows: list[dict]) -> Path:
-    lines = [f"# Sweep {grid.get('name', '')}", "", "| job | status | seconds | resumed | error |", "|---|---|---|---|---|"]
-    for j, r in zip(jobs, rows):
-        lines.append(f"| {j.job_id} | {r['status']} | {r.get('seconds', '')} | {r.get('resumed', '')} | "
-                     f"{str(r.get('error', '')).replace('|', '/')} |")
+    """``<out_root>/SUMMARY.md``: one row per job. Rows of jobs this invocation did not run (``--only``) are kept
+    from the file as it was; a job run again gets its new row in its old place."""
     out = ROOT / grid["out_root"] / "SUMMARY.md"
+    table = {}  # job id -> row line, in first-seen order
+    if out.is_file():
+        for line in out.read_text().splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if line.startswith("| ") and cells[0] not in ("job", "---") and not cells[0].startswith("---"):
+                table[cells[0]] = line
+    for j, r in zip(jobs, rows):
+        table[j.job_id] = (f"| {j.job_id} | {r['status']} | {r.get('seconds', '')} | {r.get('resumed', '')} | "
+                           f"{str(r.get('error', '')).replace('|', '/')} |")
+    lines = [f"# Sweep {grid.get('name', '')}", "", "| job | status | seconds | resumed | error |", "|---|---|---|---|---|",
+             *table.values()]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
