@@ -71,7 +71,8 @@ HEADLINES = (
              (("exp11", ("cmp", "bare__causal", "bare__bidirectional")), ("exp11", ("cmp", "oracle__causal", "oracle__bidirectional"))),
              run_to_do="exp11 on squad_v1.1 per model"),
     Headline("v4_prefixlm_causal_random", "directed_kvcache_v4_guide.md, prefix LM Exp 01", "under causal Phase A every prefix "
-             "kept in the cache helps, random tokens as much as the oracle (structural fraction 140%)",
+             "kept in the cache helps, random tokens as much as the oracle (the seed also reports a structural fraction of 140%, "
+             "without saying for which mode)",
              "Gemma 3 12B-IT, MS MARCO: random d=+0.475, oracle d=+0.452 (***)", "better",
              (("exp11", ("cmp", "bare__causal", "random__causal")), ("exp11", ("cmp", "bare__causal", "oracle__causal"))),
              run_to_do="exp11 on squad_v1.1 per model"),
