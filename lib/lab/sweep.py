@@ -250,9 +250,9 @@ def write_summary(grid: dict, jobs: list[Job], rows: list[dict]) -> Path:
     table = {}  # job id -> row line, in first-seen order
     if out.is_file():
         for line in out.read_text().splitlines():
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if line.startswith("| ") and cells[0] not in ("job", "---") and not cells[0].startswith("---"):
-                table[cells[0]] = line
+            job = line.strip("| ").split(" |", 1)[0]
+            if line.startswith("| ") and job != "job":  # the header; the separator row starts "|---"
+                table[job] = line
     for j, r in zip(jobs, rows):
         table[j.job_id] = (f"| {j.job_id} | {r['status']} | {r.get('seconds', '')} | {r.get('resumed', '')} | "
                            f"{str(r.get('error', '')).replace('|', '/')} |")

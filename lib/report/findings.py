@@ -116,21 +116,31 @@ def _real(row: dict) -> bool:
     return bool(data) and "synthetic" not in data and not row.get("random_init") and row.get("smoke") is not True
 
 
+def _nll_rows(summary: dict) -> list[dict]:
+    """Every NLL comparison row of a summary: the main table, exp11's per-mode tables, exp03's word order."""
+    per_mode = summary.get("vs_bare") if isinstance(summary.get("vs_bare"), dict) else {}
+    return [*summary.get("comparisons", []), *summary.get("bidirectional_vs_causal", []), *summary.get("word_order", []),
+            *(r for rows in per_mode.values() for r in rows)]
+
+
+def _margin_rows(summary: dict) -> list[dict]:
+    """Every margin comparison row of a summary: the discrimination table and exp03's word order."""
+    return [*(summary.get("discrimination") or {}).get("comparisons", []), *summary.get("word_order_margin", [])]
+
+
+def _find(rows: list[dict], ref: str, cond: str) -> dict | None:
+    return next((r for r in rows if r.get("ref") == ref and r.get("cond") == cond), None)
+
+
 def _locate(summary: dict, where: tuple) -> dict | None:
     if where[0] == "cmp":
-        _, ref, cond = where
-        rows = [*summary.get("comparisons", []), *summary.get("bidirectional_vs_causal", []), *summary.get("word_order", []),
-                *(r for mode in (summary.get("vs_bare") if isinstance(summary.get("vs_bare"), dict) else {}).values() for r in mode)]
-        row = next((r for r in rows if r.get("ref") == ref and r.get("cond") == cond), None)  # exp11: per-mode tables
+        row = _find(_nll_rows(summary), *where[1:])
         if row is None:
             return None
-        m = next((r for r in [*(summary.get("discrimination") or {}).get("comparisons", []), *summary.get("word_order_margin", [])]
-                  if r.get("ref") == ref and r.get("cond") == cond), None)
+        m = _find(_margin_rows(summary), *where[1:])
         return {**row, **({"d_margin": m["d"], "d_margin_ci": (m["ci_low"], m["ci_high"])} if m else {})}
     if where[0] == "cmp_margin":
-        _, ref, cond = where
-        m = next((r for r in (summary.get("discrimination") or {}).get("comparisons", [])
-                  if r.get("ref") == ref and r.get("cond") == cond), None)
+        m = _find(_margin_rows(summary), *where[1:])
         return None if m is None else {**m, "metric": "margin"}
     if where[0] == "hard_semantic":
         pooled = (summary.get("crossdata") or {}).get("pooled", {}).get("hard_heldout", {}).get("semantic", [])

@@ -203,10 +203,13 @@ def cross_model_figure(rows: list[dict], experiment: str, path, results_root=Non
     full), one column per comparison. exp11 adds its bidirectional-vs-causal comparisons (``_figure_extras``).
     ``results_root``: where the rows' runs live when the figure needs more than the rows carry (default: the
     rows' own ``summary``/``folder`` when present, else the figure's folder, else ``results/``; ``_run_summary``)."""
+    return _plot_grid(_cross_model_grid(rows, experiment, path, results_root), path, experiment)
+
+
+def _plot_grid(grid: dict, path, what: str) -> Path:
     from lib.report import plots
 
-    grid = _cross_model_grid(rows, experiment, path, results_root)
-    return plots.plot_d_grid(grid, path, title=f"{experiment}: d [95% bootstrap CI] across models and data sets",
+    return plots.plot_d_grid(grid, path, title=f"{what}: d [95% bootstrap CI] across models and data sets",
                              ylabel="model | data set | run folder | N")
 
 
@@ -214,18 +217,14 @@ def real_figures(rows: list[dict], out_dir, draw=None) -> list[Path]:
     """One cross-model figure per experiment family with real-data runs (no SMOKE, no synthetic data, no
     random-init model: ``findings._real``), ``<out_dir>/cross_model_real_<exp>.png``, real rows only.
     ``draw(grid, path)`` replaces the plotting (tests)."""
-    from lib.report import findings, plots
+    from lib.report import findings
 
+    draw = draw or (lambda grid, path: _plot_grid(grid, path, f"{path.stem.removeprefix('cross_model_real_')}, real data only"))
     real = [r for r in rows if findings._real(r)]
     out = []
     for e in sorted({r["experiment"] for r in real}):
         path = Path(out_dir) / f"cross_model_real_{e}.png"
-        grid = _cross_model_grid(real, e, path)
-        if draw is None:
-            plots.plot_d_grid(grid, path, title=f"{e}, real data only: d [95% bootstrap CI] across models and data sets",
-                              ylabel="model | data set | run folder | N")
-        else:
-            draw(grid, path)
+        draw(_cross_model_grid(real, e, path), path)
         out.append(path)
     return out
 

@@ -26,7 +26,7 @@ _f, _p = blockfmt.num, blockfmt.pval
 def _identity(run: str, r: dict) -> str:
     cfg, prov, data = r.get("config", {}), r.get("provenance", {}), r.get("data", {})
     sides = {k: data[k] for k in ("train", "eval") if isinstance(data.get(k), dict)}
-    if sides and "eval" in sides:  # exp07: a training and an evaluation side of the same file
+    if "eval" in sides:  # exp07: a training and an evaluation side of the same file
         data = {**sides["eval"], "sides": sides}
     model = cfg.get("MODEL") or cfg.get("MODELS") or cfg.get("model", "?")
     name = data.get("name") or cfg.get("DATASET") or cfg.get("DATASETS") or "?"

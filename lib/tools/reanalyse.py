@@ -98,7 +98,7 @@ def reanalyse(folder) -> dict:
     return res
 
 
-def _derived(exp: str, old: dict, nll: dict, names: list[str], cfg: dict, kw: dict, comps: list[dict], rows=(), ids=()) -> dict:
+def _derived(exp: str, old: dict, nll: dict, names: list[str], cfg: dict, kw: dict, comps: list[dict], rows: list[dict], ids: list[str]) -> dict:
     """The experiment-specific tables its notebook derives from the NLLs and from ``comps`` (the
     comparisons vs the reference that ``analysis.summarize`` just computed, reused, not recomputed)."""
     atol, n_boot, seed, primary = kw["atol"], kw["n_boot"], kw["seed"], kw["primary_test"]
@@ -111,7 +111,7 @@ def _derived(exp: str, old: dict, nll: dict, names: list[str], cfg: dict, kw: di
         if pairs and conditions.GENERIC_SURROGATE in nll:
             out["llm_vs_generic"] = stats.compare_conditions(nll, None, pairs=pairs, n_boot=n_boot, seed=seed, atol=atol,
                                                              primary_test=primary)
-        out.update(analysis.word_order(nll, list(rows), list(ids), n_boot=n_boot, seed=seed, atol=atol, primary_test=primary))
+        out.update(analysis.word_order(nll, rows, ids, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary))
     elif exp == "exp05":
         from lib.studies import prefixlen
 
