@@ -17,7 +17,9 @@ PARAMS = [
     Param("ENCDEC_MODEL", str, "google/t5gemma-2-4b-4b", "encoder-decoder model: hub id or folder (the seed's T5Gemma 2 4B-4B; google/flan-t5-xl, ...), or random-t5-tiny / random-bart-tiny"),
     *[p for p in common.model_params("", "auto", "ms_marco", 200) if p.name not in ("MODEL", "LOAD_IN_4BIT", "DTYPE")],
     common.DISTRACTORS,
-    Param("LENGTHS", str, "0,256,512,1024,2048,4096", "document lengths in tokens (0: the natural passage); padded with unrelated passages"),
+    Param("LENGTHS", str, "0,256,512,1024,2048,4096", "document lengths in tokens (0: the natural passage); padded per FILLER"),
+    Param("FILLER", str, "unrelated", "what pads a document: unrelated (the seed's: other samples' passages) or article (the "
+          "sample's own article read on from its paragraph, unrelated passages only when it runs out; SQuAD-layout sets)"),
     Param("LONG_DATASET", str, "neural_bridge", "naturally long documents on the encoder-decoder path (seed Exp 03): neural_bridge (hub), squad_v1.1_long (offline stand-in), or empty to skip"),
     Param("LONG_SOURCE", str, "", "empty: the hub / registry copy; or a local file in the set's schema"),
     Param("LONG_N", int, 500, "samples with naturally long documents"),
@@ -55,7 +57,12 @@ CELLS = [
         paths = [p.strip() for p in PATHS.split(",") if p.strip()]
         assert paths and all(p in ("decoder", "encdec") for p in paths), f"PATHS={PATHS!r}: choose from decoder, encdec"
         ids = [s.id for s in samples]
-        summary = {"n_samples": len(ids), "lengths": lengths, "paths": {}, "primary_test": PRIMARY_TEST}
+        assert FILLER in doclen.FILLERS, f"FILLER={FILLER!r}: choose from {', '.join(doclen.FILLERS)}"
+        own = None
+        if FILLER == "article":
+            from lib.data.realdata import article_paragraphs
+            own = doclen.article_fillers(samples, article_paragraphs(DATASET, DATA_SOURCE or None))
+        summary = {"n_samples": len(ids), "lengths": lengths, "filler": FILLER, "paths": {}, "primary_test": PRIMARY_TEST}
         all_rows, figs = [], []
     """),
     md("## Decoder-only path"),
@@ -72,7 +79,7 @@ CELLS = [
         if "decoder" in paths:
             lm = load_model(DEC_MODEL, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT)
             print(lm.source, lm.arch.sliding_window, lm.arch.max_positions)
-            items = doclen.decoder_items(lm, samples, lengths, seed=SEED, n_distractors=N_DISTRACTORS)
+            items = doclen.decoder_items(lm, samples, lengths, seed=SEED, n_distractors=N_DISTRACTORS, article_fillers=own)
             names = [doclen.name(c, L) for L in lengths for c in doclen.CONDS]
             store = RunStore(ROOT / OUT_DIR / "_store_decoder", {**store_config(CONFIG, lm, conditions=()), "path": "decoder"}, fresh=FRESH)
             engine = Engine(lm, mem_budget_gb=MEM_BUDGET_GB, phase_b_batch=BATCH_SIZE)
@@ -80,7 +87,8 @@ CELLS = [
             nll = nll_table(rows, names, ids)
             actual = {L: float(sum(r["n_doc_tokens"] for r in rows if r["condition"] == doclen.name("bare", L)) / len(ids)) for L in lengths}
             cv = doclen.curves(nll, lengths, n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST)
-            summary["paths"]["decoder"] = {"noise_atol": noise_atol(lm.dtype), "model": lm.source, "mean_doc_tokens": actual, "curves": cv,
+            summary["paths"]["decoder"] = {"noise_atol": noise_atol(lm.dtype), "model": lm.source, "mean_doc_tokens": actual,
+                                           "mean_article_fillers": doclen.mean_fill(rows, lengths, "article_fillers"), "curves": cv,
                                            "mean_nll": {n: float(v.mean()) for n, v in nll.items()},
                                            **discrimination_summary(rows, ids, names, pairs=doclen.curve_pairs(lengths),
                                                                     nll_comparisons=[r for L in lengths for r in cv[L]], n_boot=N_BOOT,
@@ -100,7 +108,7 @@ CELLS = [
         if "encdec" in paths:
             em = encdec.load(ENCDEC_MODEL, dtype=DTYPE)
             print(em.name, em.family, "RANDOM-INIT (plumbing only)" if em.random_init else "pretrained")
-            items = doclen.encdec_items(em, samples, lengths, seed=SEED)
+            items = doclen.encdec_items(em, samples, lengths, seed=SEED, article_fillers=own)
             names = [doclen.name(c, L) for L in lengths for c in doclen.CONDS]
             store = RunStore(ROOT / OUT_DIR / "_store_encdec", {**encdec.store_config(CONFIG, em), "path": "encdec"}, fresh=FRESH)
             rows = [r for r in encdec.run(em, items, store, wave=CHUNK, batch_size=BATCH_SIZE, attn_probe=False, progress=PROGRESS)
@@ -108,7 +116,8 @@ CELLS = [
             nll = nll_table(rows, names, ids)
             actual = {L: float(sum(r["n_doc_tokens"] for r in rows if r["condition"] == doclen.name("bare", L)) / len(ids)) for L in lengths}
             cv = doclen.curves(nll, lengths, n_boot=N_BOOT, seed=SEED, atol=noise_atol(em.model.dtype), primary_test=PRIMARY_TEST)
-            summary["paths"]["encdec"] = {"model": em.name, "random_init": em.random_init, "mean_doc_tokens": actual, "curves": cv,
+            summary["paths"]["encdec"] = {"model": em.name, "random_init": em.random_init, "mean_doc_tokens": actual,
+                                          "mean_article_fillers": doclen.mean_fill(rows, lengths, "article_fillers"), "curves": cv,
                                           "mean_nll": {n: float(v.mean()) for n, v in nll.items()}}
             figs.append(plots.plot_length_curves(doclen.curve_points(cv, lengths, actual), ROOT / OUT_DIR / "encdec_length_curves.png",
                                                  title=f"encoder-decoder {ENCDEC_MODEL}", xlabel="document tokens"))

@@ -310,9 +310,16 @@ def test_exp10_smoke_run_both_paths(tmp_path):
         for par in art["paragraphs"]:
             par["context"] += " filler words" * 110
     (tmp_path / "squad_long.json").write_text(json.dumps(doc))
+    short = _squad_doc(n_articles=3, n_pars=3, n_q=2)  # the length curves on SQuAD, padded with the sample's own article
+    for art in short["data"]:
+        for par in art["paragraphs"]:
+            par["context"] += " more words" * 40
+    (tmp_path / "squad.json").write_text(json.dumps(short))
     r = _smoke("experiments/exp10/exp10_document_length.ipynb", tmp_path, N_SAMPLES=6, LENGTHS="0,300",
+               DATASET="squad_v1.1", DATA_SOURCE=str(tmp_path / "squad.json"), FILLER="article",
                LONG_SOURCE=str(tmp_path / "squad_long.json"))
     s = r["summary"]
+    assert s["filler"] == "article"
     assert set(s["paths"]) == {"decoder", "encdec"} and s["paths"]["encdec"]["random_init"] is True
     for p in s["paths"].values():
         assert p["mean_doc_tokens"]["300"] == 300.0 and p["mean_doc_tokens"]["0"] < 300
@@ -327,6 +334,10 @@ def test_exp10_smoke_run_both_paths(tmp_path):
     assert r["provenance"]["run_kind"]["random_init"] is True
     rows = _rows(tmp_path)
     assert len(rows) == 2 * 6 * 3 * 2 + 6 * 4
+    padded = [x for x in rows if x.get("path") in ("decoder", "encdec") and x["condition"].endswith("_len300")]
+    assert padded and all(int(x["article_fillers"]) >= 1 for x in padded)  # the own article's next paragraph comes first
+    for p in s["paths"].values():
+        assert p["mean_article_fillers"]["0"] == 0 and p["mean_article_fillers"]["300"] >= 1
     for name in ("decoder_length_curves.png", "encdec_length_curves.png"):
         assert (tmp_path / name).is_file()
 

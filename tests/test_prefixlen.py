@@ -1,4 +1,6 @@
-"""exp05 helpers: length/content grid, decomposition identities, density, parsing."""
+"""exp05 helpers: length/content grid, decomposition identities, density, parsing; exp10 document padding."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -86,3 +88,45 @@ def test_pad_document_keeps_the_passage_first_and_hits_the_target():
     assert doclen.parse_lengths("256,0") == [0, 256]
     with pytest.raises(ValueError):
         doclen.parse_lengths("256,x")
+
+
+def test_article_filler_reads_the_samples_own_article_on_from_its_paragraph(tmp_path):
+    """FILLER='article' (exp10 on SQuAD): a document is the question's paragraph, then the article's
+    later paragraphs, then its earlier ones, then unrelated passages; indices come from the loader's meta."""
+    import json
+
+    from lib.data import load_samples
+    from lib.data.realdata import article_paragraphs
+    from lib.studies.encdec import doclen
+
+    par = lambda k: {"context": f"p{k} " + f"w{k} " * 20, "qas": [  # noqa: E731
+        {"id": f"q{k}", "question": f"What is in paragraph {k}?", "answers": [{"text": f"p{k}", "answer_start": 0}]}]}
+    doc = {"data": [{"title": "A", "paragraphs": [par(0), par(1), par(2)]}, {"title": "B", "paragraphs": [par(3), par(4)]}]}
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(doc))
+    samples = load_samples("squad_v1.1", 5, source=str(path), seed=0).samples
+    pars = article_paragraphs("squad_v1.1", str(path))
+    text = lambda k: par(k)["context"].strip()  # noqa: E731  (as the loader strips passages)
+    assert pars == {"a0": [text(k) for k in range(3)], "a1": [text(k) for k in (3, 4)]}
+    own = doclen.article_fillers(samples, pars)
+    assert own["q1"] == [text(2), text(0)] and own["q0"] == [text(1), text(2)] and own["q4"] == [text(3)]
+    vocab: dict[str, int] = {}
+    tok = lambda t: [vocab.setdefault(w, len(vocab)) for w in t.split()]  # noqa: E731  (one id per word)
+    padded = doclen._padded(samples, [0, 63, 100], tok, 0, None, "test", own)
+    q1 = {s.id: s for s in samples}["q1"]
+    # 21 words per paragraph + SEP ("\n\n" -> no words): own passage, then p2, then p0, then unrelated
+    assert padded[("q1", 63)] == (tok(text(1)) + tok(text(2)) + tok(text(0)), 2, 2)
+    doc100, used, from_article = padded[("q1", 100)]
+    assert doc100[:63] == tok(q1.passage) + tok(text(2)) + tok(text(0)) and len(doc100) == 100 and (used, from_article) == (4, 2)
+    assert padded[("q1", 0)] == (tok(q1.passage), 0, 0)
+    # without own fillers the same call pads with unrelated passages only
+    assert doclen._padded(samples, [63], tok, 0, None, "test")[("q1", 63)][2] == 0
+    rows = [{"condition": "bare_len63", "article_fillers": 2}, {"condition": "bare_len63", "article_fillers": 1},
+            {"condition": "oracle_len63", "article_fillers": 9}]
+    assert doclen.mean_fill(rows, [63], "article_fillers") == {63: 1.5}
+    with pytest.raises(ValueError, match="not the sample's passage"):
+        doclen.article_fillers(samples, {"a0": [text(1), text(0), text(2)], "a1": [text(3), text(4)]})
+    with pytest.raises(ValueError, match="article 'a9'"):
+        doclen.article_fillers([replace(q1, meta={**q1.meta, "article": "a9"})], pars)
+    with pytest.raises(ValueError, match="SQuAD-layout"):
+        article_paragraphs("coqa")

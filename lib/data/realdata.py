@@ -85,6 +85,21 @@ def _squad(doc: dict):
                 row += 1
 
 
+def article_paragraphs(name: str, source: str | None = None) -> dict[str, list[str]]:
+    """{article: its paragraphs in file order, stripped as sample passages are} of a SQuAD-layout set: a
+    sample's ``meta['article']`` and ``meta['paragraph']`` index into it (a one-article file: every
+    paragraph its own article)."""
+    if name not in _SQUAD_FILES:
+        raise ValueError(f"article paragraphs need a SQuAD-layout registry set ({', '.join(_SQUAD_FILES)}), got {name!r}")
+    path, _ = source_file(name, source)
+    doc = json.loads(Path(path).read_text())
+    if "data" not in doc or not isinstance(doc["data"], list):
+        raise ValueError(f"{path}: not in the SQuAD layout (a 'data' list of articles with 'paragraphs')")
+    if len(doc["data"]) == 1:
+        return {f"a0p{p}": [par["context"].strip()] for p, par in enumerate(doc["data"][0]["paragraphs"])}
+    return {f"a{a}": [par["context"].strip() for par in art["paragraphs"]] for a, art in enumerate(doc["data"])}
+
+
 def blocks(paragraphs: list[str], target: int) -> list[list[int]]:
     """Consecutive paragraph indices grouped greedily into blocks of >= ``target`` words; a short
     remainder joins the block before it."""

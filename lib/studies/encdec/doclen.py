@@ -3,7 +3,10 @@
 ``pad_document`` keeps the sample's own passage first and appends other samples' passages (each
 tokenized on its own, joined by the ids of ``SEP``) until exactly ``target`` tokens; target 0 (or a
 target below the passage length) keeps the natural passage. The same padded document is used by
-every condition of a (sample, length), so conditions differ only in their prefix.
+every condition of a (sample, length), so conditions differ only in their prefix. Fillers
+(``FILLERS``): ``unrelated`` (the seed's: other samples' passages) or ``article`` (the sample's own
+article read on from its paragraph, ``article_fillers``; unrelated passages only when it runs out): a
+natural long document on SQuAD. Each item's row counts its ``fillers`` and ``article_fillers``.
 
 Paths: ``decoder`` (the two-phase engine: prefix dropped, document re-positioned; sliding-window
 layers keep every entry and the mask applies the window, so long documents are exact) and
@@ -56,6 +59,30 @@ def pad_document(doc_ids: list[int], fillers: list[list[int]], sep_ids: list[int
     return out[:target], used
 
 
+FILLERS = ("unrelated", "article")
+
+
+def article_fillers(samples, paragraphs: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Per sample id, the other paragraphs of its own article in reading order: the ones after its
+    paragraph, then the article's start up to it (``paragraphs``: ``realdata.article_paragraphs``).
+    Padded with these first, a document is the article read on from the question's paragraph. Where
+    the paragraph is the article unit (a one-article file, ``meta['article_unit']``) there is none."""
+    out = {}
+    for s in samples:
+        art, k = s.meta.get("article"), s.meta.get("paragraph")
+        if art not in paragraphs or not isinstance(k, int):
+            raise ValueError(f"sample {s.id!r}: article {art!r} / paragraph {k!r} not in the article paragraphs "
+                             f"(FILLER='article' needs a SQuAD-layout registry set loaded with its articles)")
+        pars = paragraphs[art]
+        if s.meta.get("article_unit") == "paragraph":  # a one-article file (SQuAD-Shifts Reddit): nothing to read on
+            k = 0
+        if not 0 <= k < len(pars) or pars[k] != s.passage:
+            raise ValueError(f"sample {s.id!r}: paragraph {k} of article {art!r} is not the sample's passage "
+                             f"(the paragraphs come from another copy of the data set?)")
+        out[s.id] = pars[k + 1:] + pars[:k]
+    return out
+
+
 def filler_order(ids: list[str], sample_id: str, seed: int) -> list[str]:
     """Other samples' ids in a seeded order (never the sample itself)."""
     others = [i for i in ids if i != sample_id]
@@ -88,26 +115,45 @@ def curve_points(cv: dict, lengths: list[int], actual: dict[int, float]) -> dict
             for i, lab in labels.items()}
 
 
-def _padded(samples, lengths, tokenize, seed: int, max_len: int | None, what: str):
-    """{(sample id, L): (doc ids, fillers used)}; raises when a length exceeds the model's limit."""
+def _padded(samples, lengths, tokenize, seed: int, max_len: int | None, what: str, own: dict[str, list[str]] | None = None):
+    """{(sample id, L): (doc ids, fillers used, of which from the sample's own article)}; ``own``
+    (``article_fillers``) pads with the article's paragraphs before unrelated passages. Raises when a
+    length exceeds the model's limit."""
     toks = {s.id: tokenize(s.passage) for s in samples}
     sep = tokenize(SEP)
     ids = [s.id for s in samples]
+    cache: dict[str, list[int]] = {}
     out = {}
     for s in samples:
+        mine = [cache.setdefault(t, tokenize(t)) for t in (own or {}).get(s.id, [])]
         order = filler_order(ids, s.id, seed)
         for L in lengths:
-            doc, used = pad_document(toks[s.id], [toks[i] for i in order], sep, L)
+            doc, used = pad_document(toks[s.id], mine + [toks[i] for i in order], sep, L)
             if max_len is not None and len(doc) > max_len:
                 raise ValueError(f"{what}: a {len(doc)}-token document exceeds the model's limit of {max_len} tokens "
                                  f"(LENGTHS entry {L}); drop that length for this model")
-            out[(s.id, L)] = (doc, used)
+            out[(s.id, L)] = (doc, used, min(used, len(mine)))
     return out
 
 
-def decoder_items(lm, samples, lengths: list[int], *, seed: int = 42, n_distractors: int = 0):
+def mean_fill(rows: list[dict], lengths: list[int], key: str = "fillers") -> dict[int, float]:
+    """Per length, the mean of a row count (``fillers``, ``article_fillers``) over the ``bare`` items."""
+    out = {}
+    for L in lengths:
+        vals = [float(r[key]) for r in rows if r["condition"] == name("bare", L)]
+        out[L] = sum(vals) / len(vals) if vals else float("nan")
+    return out
+
+
+def _fill_row(row: dict, L: int, padded: tuple) -> dict:
+    return {**row, "target_len": L, "fillers": padded[1], "article_fillers": padded[2]}
+
+
+def decoder_items(lm, samples, lengths: list[int], *, seed: int = 42, n_distractors: int = 0,
+                  article_fillers: dict[str, list[str]] | None = None):
     """Engine WorkItems ``<cond>_len<L>`` for the decoder-only path; ``n_distractors`` other samples'
-    answers ride along on each item (``lib.kv.margin``: d(margin) beside d(nll) at every length)."""
+    answers ride along on each item (``lib.kv.margin``: d(margin) beside d(nll) at every length);
+    ``article_fillers`` (see ``article_fillers``) pads with the sample's own article first."""
     from dataclasses import replace
 
     from lib.studies import conditions
@@ -118,14 +164,15 @@ def decoder_items(lm, samples, lengths: list[int], *, seed: int = 42, n_distract
     back = {"bare": "bare", "oracle": "oracle", "random_tokens": "random"}
     room = lm.arch.max_positions - 1 - max(len(it.prefix_ids) + len(it.prompt_ids) + max(map(len, [it.answer_ids, *it.distractor_ids]))
                                            for it in base)
-    docs = _padded(samples, lengths, lambda t: enc_mod.tokenize(lm.tokenizer, t), seed, room, "decoder path")
+    docs = _padded(samples, lengths, lambda t: enc_mod.tokenize(lm.tokenizer, t), seed, room, "decoder path", article_fillers)
     return [replace(it, condition=name(back[it.condition], L), doc_ids=tuple(docs[(it.sample_id, L)][0]),
-                    row={**it.row, "target_len": L, "fillers": docs[(it.sample_id, L)][1]})
+                    row=_fill_row(it.row, L, docs[(it.sample_id, L)]))
             for L in lengths for it in base]
 
 
-def encdec_items(em, samples, lengths: list[int], *, seed: int = 42):
-    """Encoder-decoder Items ``<cond>_len<L>`` (query in the decoder, prefix hidden)."""
+def encdec_items(em, samples, lengths: list[int], *, seed: int = 42, article_fillers: dict[str, list[str]] | None = None):
+    """Encoder-decoder Items ``<cond>_len<L>`` (query in the decoder, prefix hidden); ``article_fillers``
+    as in ``decoder_items``."""
     from dataclasses import replace
 
     from lib.studies import encdec
@@ -135,9 +182,9 @@ def encdec_items(em, samples, lengths: list[int], *, seed: int = 42):
     cfg = em.model.config
     limit = getattr(cfg, "max_position_embeddings", None) if em.family == "bart" else None
     room = None if limit is None else limit - 2 - max(len(it.prefix_ids) for it in base)
-    docs = _padded(samples, lengths, lambda t: encdec.tokenize(em, t), seed, room, "encoder-decoder path")
+    docs = _padded(samples, lengths, lambda t: encdec.tokenize(em, t), seed, room, "encoder-decoder path", article_fillers)
     return [replace(it, condition=name(it.condition.split("__")[0], L), doc_ids=tuple(docs[(it.sample_id, L)][0]),
-                    row={**it.row, "target_len": L, "fillers": docs[(it.sample_id, L)][1]})
+                    row=_fill_row(it.row, L, docs[(it.sample_id, L)]))
             for L in lengths for it in base]
 
 
