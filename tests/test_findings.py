@@ -119,3 +119,56 @@ def test_exp11_rows_are_found_in_its_per_mode_tables(tmp_path):
         ("exp11: bare__bidirectional vs bare__causal", "worse", "yes")]
     assert [(m["verdict"], m["agrees"]) for m in found["v4_prefixlm_causal_random"]["lab"]] == [("better", "yes")]
     assert [(m["verdict"], m["agrees"]) for m in found["v4_prefixlm_bidir_oracle_null"]["lab"]] == [("better", "no")]
+
+
+def _write(root, name, results):
+    (root / name).mkdir(parents=True)
+    (root / name / "results.json").write_text(json.dumps(results))
+
+
+def _exp08(share1, medians):
+    """An exp08 results.json: part 1's share reached and part 4's median relative MSE per fraction."""
+    by4 = {str(f): {"n": 1, "median_relative_mse": v, "median_final_mse": v, "share_reached": 0.0} for f, v in medians.items()}
+    return {"config": {"MODEL": "smollm2-135m-instruct", "TEXT": "wiki"}, "steps_run": 2000,
+            "provenance": {"run_kind": {"smoke": False, "random_init": False}},
+            "summary": {"n_samples": 9, "n_targets": {"1": 4, "4": 5}, "by_label": {"4": by4},
+                        "headline": {"1": {"share_reached": share1, "median_final_mse": 0.001, "median_relative_mse": 0.002}}}}
+
+
+def test_reachability_headline_reads_part4_only_when_part1_converged(tmp_path):
+    """exp08's row: a sharp rise between f=0.2 and 0.3 (one step carries it all) agrees with the design's
+    ~30% once part 1 reached every real target; with part 1 unconverged the same curve is undecided;
+    a synthetic-text run never counts."""
+    sharp = {0: 1e-3, 0.1: 1e-3, 0.2: 1e-3, 0.3: 1e-1, 0.5: 1e-1, 1: 1e-1}   # +2 decades, all between 0.2 and 0.3
+    _write(tmp_path, "exp08_conv", _exp08(1.0, sharp))
+    _write(tmp_path, "exp08_unconv", _exp08(0.5, sharp))
+    gradual = {0: 1e-3, 0.25: 10 ** -2.5, 0.5: 1e-2, 0.75: 10 ** -1.5, 1: 1e-1}  # +0.5 decades a step
+    _write(tmp_path, "exp08_grad", _exp08(1.0, gradual))
+    synth = _exp08(1.0, sharp)
+    synth["config"]["TEXT"] = "synthetic"
+    _write(tmp_path, "exp08_synth", synth)
+    found = {f["headline"].key: f for f in findings.measure(index.collect(tmp_path))}
+    lab = {m["run"]: m for m in found["reachability_fraction"]["lab"]}
+    assert set(lab) == {"exp08_conv", "exp08_unconv", "exp08_grad"}
+    assert (lab["exp08_conv"]["verdict"], lab["exp08_conv"]["agrees"]) == ("sharp at f~0.25", "yes")
+    assert (lab["exp08_unconv"]["verdict"], lab["exp08_unconv"]["agrees"]) == ("sharp at f~0.25", "undecided")
+    assert (lab["exp08_grad"]["verdict"], lab["exp08_grad"]["agrees"]) == ("gradual", "no")
+    table = findings.render([found["reachability_fraction"]])
+    assert "part 1 reached 50% of 4 real targets" in table and "not read: part 1 did not converge" in table
+    assert "rise +2.00 decades from f=0 to 1, largest step 0.2->0.3 carries 100%" in table
+
+
+def test_latentwire_headline_has_one_row_per_model_and_m(tmp_path):
+    """exp12's row per reader: reached only when the latent's F1 is >= 25% of text F1 AND above the
+    token budget at the same M (the seed's log did not reach it)."""
+    def rows(text_f1, lat_f1, budget_f1):
+        base = {"n": 100, "first_tok_at1": 0.1, "nll_per_token": 2.0}
+        return [{**base, "condition": "text", "m": 0, "f1": text_f1}, {**base, "condition": "latent", "m": 16, "f1": lat_f1},
+                {**base, "condition": "budget", "m": 16, "f1": budget_f1}]
+    _write(tmp_path, "exp12_real", {
+        "config": {"MODELS": "a,b", "DATASET": "squad_v1.1"}, "provenance": {"run_kind": {"smoke": False, "random_init": False}},
+        "summary": {"by_model": {"a": rows(0.40, 0.12, 0.05), "b": rows(0.40, 0.12, 0.20)}}})
+    found = {f["headline"].key: f for f in findings.measure(index.collect(tmp_path))}
+    lab = found["latentwire_vs_text"]["lab"]
+    assert [(m["model"], m["verdict"], m["agrees"]) for m in lab] == [("a", "reached", "no"), ("b", "not reached", "yes")]
+    assert "latent F1 0.120 (30% of text F1 0.400); budget F1 0.050" in findings.render([found["latentwire_vs_text"]])

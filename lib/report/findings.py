@@ -31,7 +31,8 @@ class Headline:
     seed_figure: str     # model, data, figure as the seed reports it
     seed_verdict: str    # "better" / "worse" / "null": the condition vs its reference in the seed
     sources: tuple       # ((experiment, where[, expected verdict]), ...): where = ("cmp", ref, cond) |
-    #                      ("cmp_margin", ref, cond) (judged on d(margin)) | ("hard_semantic", cond) | ("none",);
+    #                      ("cmp_margin", ref, cond) (judged on d(margin)) | ("hard_semantic", cond) | ("reach",) (exp08's
+    #                      part 4 transition) | ("wire",) (exp12's latent vs text and budget, per model) | ("none",);
     #                      an expected verdict given with a source overrides seed_verdict / by_model for it
     offline: str = ""    # why it cannot be measured offline ("" when it can)
     run_to_do: str = ""  # the run that would measure it, when none exists yet
@@ -99,11 +100,12 @@ HEADLINES = (
              "from structure", "stated, no figure", "worse", (("exp03", ("cmp", "oracle_matched", "scrambled_oracle")),),
              run_to_do="exp03 on squad_v1.1 per model"),
     Headline("reachability_fraction", "soft_prompt_reachability_design.md", "about 30% of the residual's dimensions can be set "
-             "freely by a length-20 soft prompt (sharp transition at f near 0.3)", "Pythia-160M, wikitext-2 (a stated expectation)",
-             "null", (("exp08", ("none",)),), run_to_do="exp08 on SmolLM2 with TEXT=wiki (Wikipedia prose from the registry)"),
+             "freely by a length-20 soft prompt (sharp transition at f near 0.3; read only once part 1 reaches every real target)",
+             "Pythia-160M, wikitext-2 (a stated expectation)", "sharp", (("exp08", ("reach",)),),
+             run_to_do="exp08 on SmolLM2 with TEXT=wiki (Wikipedia prose from the registry)"),
     Headline("latentwire_vs_text", "latentwire_experiment_log.md", "one shared latent read by two frozen LMs reaches at least 25% "
              "of the text baseline's F1 and beats the token budget at equal M", "Llama-3.1-8B + Qwen2.5-7B, SQuAD: acceptance "
-             "criteria (not met in the log)", "null", (("exp12", ("none",)),),
+             "criteria (not met in the log)", "not reached", (("exp12", ("wire",)),),
              run_to_do="exp12's two-model wire (SmolLM2 + Qwen2.5-0.5B) on SQuAD split by article"),
     Headline("v4_encdec", "directed_kvcache_v4_guide.md, encoder-decoder Exps 01-07", "enrichment of a hidden encoder prefix with the "
              "query in the decoder", "T5Gemma / Flan-T5, MS MARCO: oracle d=+0.228", "better", (("exp09", ("none",)),),
@@ -159,7 +161,11 @@ def measure(index_rows: list[dict]) -> list[dict]:
             for r in index_rows:
                 if r["experiment"] != exp or not _real(r):
                     continue
-                summary = json.loads((Path(r["folder"]) / "results.json").read_text()).get("summary", {})
+                results = json.loads((Path(r["folder"]) / "results.json").read_text())
+                summary = results.get("summary", {})
+                if where[0] in _OWN_READING:
+                    lab += _OWN_READING[where[0]](h, exp, r, results)
+                    continue
                 row = _locate(summary, where)
                 if row is None:
                     continue
@@ -169,6 +175,52 @@ def measure(index_rows: list[dict]) -> list[dict]:
                             "agrees": "undecided" if v == "test-dependent" else ("yes" if v == h.expected(str(r["model"]), source) else "no")})
         out.append({"headline": h, "lab": lab})
     return out
+
+
+def _reach(h: Headline, exp: str, r: dict, results: dict) -> list[dict]:
+    """exp08: part 4's transition (``reachability.report.transition``), read only when part 1 reached
+    every real target (the design: otherwise add steps or restarts first)."""
+    from lib.studies.reachability.report import transition
+
+    s = results.get("summary", {})
+    t = transition((s.get("by_label") or {}).get("4") or {})
+    if t is None or "1" not in (s.get("headline") or {}):
+        return []
+    s1, n1 = s["headline"]["1"]["share_reached"], (s.get("n_targets") or {}).get("1", "?")
+    verdict = f"sharp at f~{t['f_star']:.2f}" if t["sharp"] else "gradual" if t["gradual"] else "flat (rise < 0.5 decades)"
+    agrees = "undecided" if s1 < 1 else "yes" if t["sharp"] and 0.2 <= t["f_star"] <= 0.4 else "no"
+    text = (f"part 1 reached {s1:.0%} of {n1} real targets (median relative MSE {num(s['headline']['1']['median_relative_mse'], '.3g')}) "
+            f"after {results.get('steps_run', '?')} Adam steps; part 4: rise {t['rise']:+.2f} decades from f={t['f_first']:g} to "
+            f"{t['f_last']:g}, largest step {t['step_from']:g}->{t['step_to']:g} carries {t['share']:.0%}"
+            + ("" if s1 >= 1 else "; not read: part 1 did not converge"))
+    return [{"what": f"{exp}: part 4 transition", "run": r["run"], "model": r["model"], "dataset": r["dataset"],
+             "n": sum((s.get("n_targets") or {}).values()) or r["n"], "row": {"text": text}, "verdict": verdict, "agrees": agrees}]
+
+
+def _wire(h: Headline, exp: str, r: dict, results: dict) -> list[dict]:
+    """exp12: per model and M, the latent's F1 as a share of text F1 and against the token budget at the same M."""
+    s = results.get("summary", {})
+    out = []
+    for model, rows in (s.get("by_model") or {}).items():
+        get = lambda cond, m: next((x for x in rows if x["condition"] == cond and x["m"] == m), None)  # noqa: E731
+        text = get("text", 0)
+        for lat in (x for x in rows if x["condition"] == "latent"):
+            budget = get("budget", lat["m"])
+            if text is None or budget is None:
+                continue
+            ratio = lat["f1"] / text["f1"] if text["f1"] > 0 else float("nan")
+            reached = text["f1"] > 0 and ratio >= 0.25 and lat["f1"] > budget["f1"]
+            out.append({"what": f"{exp}: latent vs text and budget, M={lat['m']}", "run": r["run"], "model": model,
+                        "dataset": r["dataset"], "n": lat["n"],
+                        "row": {"text": f"latent F1 {lat['f1']:.3f} ({num(100 * ratio, '.0f')}% of text F1 {text['f1']:.3f}); "
+                                        f"budget F1 {budget['f1']:.3f}; FirstTok@1 latent {lat['first_tok_at1']:.2f}, text "
+                                        f"{text['first_tok_at1']:.2f}; NLL/token latent {lat['nll_per_token']:.2f}, text {text['nll_per_token']:.2f}"},
+                        "verdict": "reached" if reached else "not reached",
+                        "agrees": "yes" if ("reached" if reached else "not reached") == h.seed_verdict else "no"})
+    return out
+
+
+_OWN_READING = {"reach": _reach, "wire": _wire}
 
 
 def _what(exp: str, where: tuple) -> str:
@@ -182,6 +234,8 @@ def _what(exp: str, where: tuple) -> str:
 
 
 def _effect(row: dict) -> str:
+    if "text" in row:  # a headline read its own way (_OWN_READING)
+        return row["text"]
     if row.get("metric") == "margin":  # a change in margin has no % of a reference NLL
         return (f"margin {num(row.get('mean_delta'), '+.3f')} nats [{num(row.get('mean_delta_ci_low'), '+.3f')}, "
                 f"{num(row.get('mean_delta_ci_high'), '+.3f')}], d(margin) {num(row.get('d'), '+.2f')} "

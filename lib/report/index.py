@@ -102,7 +102,7 @@ def collect(results_root=None) -> list[dict]:
             (x.get("SMOKE") for x in (r, cfg, r.get("runtime") or {}) if isinstance(x.get("SMOKE"), bool)), None)
         random_init = kind["random_init"] if isinstance(kind.get("random_init"), bool) else bool(cfg.get("random_init"))
         rows.append({"experiment": exp, "run": str(rel), "folder": str(f.parent), "model": _first(cfg, "MODEL", "MODELS", "DEC_MODEL", "model", "model_source"),
-                     "dataset": _first(cfg, "DATASET", "DATASETS"), "n": n, "headline": _headline(exp, s),
+                     "dataset": _first(cfg, "DATASET", "DATASETS", "TEXT"), "n": n, "headline": _headline(exp, s),
                      "effects": _headline(exp, s, None),
                      "commit": commit, "date": (prov.get("date") or "")[:10], "random_init": random_init,
                      "smoke": smoke, "cut_down": sorted(kind["cut_down"]) if isinstance(kind.get("cut_down"), dict) else None,
@@ -271,7 +271,7 @@ def _run_summary(row: dict, path=None, results_root=None) -> dict:
         if f.is_file():
             r = json.loads(f.read_text())
             cfg = r.get("config", {})
-            if (_first(cfg, "MODEL", "MODELS", "DEC_MODEL", "model", "model_source"), _first(cfg, "DATASET", "DATASETS")) == \
+            if (_first(cfg, "MODEL", "MODELS", "DEC_MODEL", "model", "model_source"), _first(cfg, "DATASET", "DATASETS", "TEXT")) == \
                     (row["model"], row["dataset"]):
                 return r.get("summary", {})
     raise ValueError(f"run {row['run']!r} ({row['model']}, {row['dataset']}): no results.json of it found "

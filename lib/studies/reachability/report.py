@@ -147,22 +147,14 @@ def interpret(parts: dict) -> list[dict]:
         rows.append(_row("Exp 3 sharp degradation at alpha > 1", f"worst alpha>1 median vs worst on [0,1]: "
                          f"{jump:+.2f} decades (> {WORSE_DECADES})", jump > WORSE_DECADES,
                          "Reachable set doesn't extend far beyond the convex hull of real activations"))
-    g4 = sorted((float(k), v["median_relative_mse"]) for k, v in by_label(parts["4"]).items())
-    if len(g4) >= 2:
-        fs, ys = [f for f, _ in g4], [_l10(v) for _, v in g4]
-        rise = ys[-1] - ys[0]
-        steps = np.diff(ys)
-        j = int(np.argmax(steps))
-        f_star = (fs[j] + fs[j + 1]) / 2
-        share = steps[j] / rise if rise > 0 else 0.0
-        sharp = rise >= MIN_RISE_DECADES and share >= SHARP_SHARE
-        rows.append(_row(f"Exp 4 sharp transition (here at f ~ {f_star:.2f})",
-                         f"rise f={fs[0]:g}->{fs[-1]:g}: {rise:+.2f} decades; largest step ({fs[j]:g}->{fs[j + 1]:g}) "
-                         f"carries {share:.0%} (sharp: rise >= {MIN_RISE_DECADES} and share >= {SHARP_SHARE:.0%})",
-                         sharp, f"~{f_star:.0%} of dimensions can be freely set; rest are constrained"))
-        rows.append(_row("Exp 4 gradual degradation", f"rise {rise:+.2f} decades, largest step share {share:.0%} "
-                         f"(gradual: rise >= {MIN_RISE_DECADES} and share < {SHARP_SHARE:.0%})",
-                         rise >= MIN_RISE_DECADES and not sharp,
+    t = transition(by_label(parts["4"]))
+    if t is not None:
+        rows.append(_row(f"Exp 4 sharp transition (here at f ~ {t['f_star']:.2f})",
+                         f"rise f={t['f_first']:g}->{t['f_last']:g}: {t['rise']:+.2f} decades; largest step ({t['step_from']:g}->"
+                         f"{t['step_to']:g}) carries {t['share']:.0%} (sharp: rise >= {MIN_RISE_DECADES} and share >= {SHARP_SHARE:.0%})",
+                         t["sharp"], f"~{t['f_star']:.0%} of dimensions can be freely set; rest are constrained"))
+        rows.append(_row("Exp 4 gradual degradation", f"rise {t['rise']:+.2f} decades, largest step share {t['share']:.0%} "
+                         f"(gradual: rise >= {MIN_RISE_DECADES} and share < {SHARP_SHARE:.0%})", t["gradual"],
                          "No sharp boundary; reachability is more about optimization than geometry"))
     if s1 < 1.0:
         note = (f"part 1 reached only {s1:.0%} of real (known-reachable) targets: this row compares MSEs after a "
@@ -170,6 +162,24 @@ def interpret(parts: dict) -> list[dict]:
         for r in rows[2:]:
             r["caveat"] = note
     return rows
+
+
+def transition(part4_by_fraction: dict) -> dict | None:
+    """Part 4's curve read the design's way: the median relative MSE (log10) per fraction f of
+    replaced dimensions, its rise from the smallest to the largest f, the largest step between
+    adjacent fractions (``f_star`` its midpoint) and that step's share of the rise; ``sharp`` and
+    ``gradual`` by ``MIN_RISE_DECADES`` and ``SHARP_SHARE``. None with fewer than two fractions."""
+    g4 = sorted((float(k), v["median_relative_mse"]) for k, v in part4_by_fraction.items())
+    if len(g4) < 2:
+        return None
+    fs, ys = [f for f, _ in g4], [_l10(v) for _, v in g4]
+    rise = ys[-1] - ys[0]
+    steps = np.diff(ys)
+    j = int(np.argmax(steps))
+    share = float(steps[j] / rise) if rise > 0 else 0.0
+    sharp = rise >= MIN_RISE_DECADES and share >= SHARP_SHARE
+    return {"f_first": fs[0], "f_last": fs[-1], "rise": float(rise), "step_from": fs[j], "step_to": fs[j + 1],
+            "f_star": (fs[j] + fs[j + 1]) / 2, "share": share, "sharp": bool(sharp), "gradual": bool(rise >= MIN_RISE_DECADES and not sharp)}
 
 
 def _row(observation: str, measured: str, holds: bool, interpretation: str) -> dict:
