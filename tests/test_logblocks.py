@@ -125,3 +125,15 @@ def test_identity_of_a_train_eval_run_names_both_splits_and_the_file_sha(tmp_pat
     assert "data squad_v1.1 N=150" in out and "real data" in out
     assert "train N=400 (dev (articles: train side, 35 articles)), eval N=150 (dev (articles: eval side, 13 articles))" in out
     assert "file sha256 444444444444" in out and "samples sha256 train aaaaaaaaaaaa, eval bbbbbbbbbbbb" in out
+
+
+def test_exp10_block_shows_each_path_and_length():
+    """exp10 keeps its comparisons per path and target length (summary.paths): the block shows the actual
+    document lengths, one table per length, and labels the random-init encoder-decoder path."""
+    body = logblocks.render("results/exp10")
+    assert "model smollm2-135m-instruct" in body  # DEC_MODEL names the decoder-only model
+    assert "decoder path (bundled:" in body and "padding `unrelated`" in body and "L=0 142, L=256 256, L=600 600" in body
+    for L in (0, 256, 600):
+        assert f"decoder, target length {L} (mean" in body and f"encdec, target length {L} (mean" in body
+    assert "| oracle_len600 vs random_len600 | +0.1054" in body
+    assert "encdec path (random-t5-tiny, RANDOM-INIT: plumbing only)" in body

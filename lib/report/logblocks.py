@@ -28,7 +28,7 @@ def _identity(run: str, r: dict) -> str:
     sides = {k: data[k] for k in ("train", "eval") if isinstance(data.get(k), dict)}
     if "eval" in sides:  # exp07: a training and an evaluation side of the same file
         data = {**sides["eval"], "sides": sides}
-    model = cfg.get("MODEL") or cfg.get("MODELS") or cfg.get("model", "?")
+    model = cfg.get("MODEL") or cfg.get("MODELS") or cfg.get("DEC_MODEL") or cfg.get("model", "?")
     name = data.get("name") or cfg.get("DATASET") or cfg.get("DATASETS") or "?"
     parts = [x.strip().split("@")[0] for x in str(name).split(",")]
     kind = ("pipeline check (synthetic data)" if all(p == "synthetic" for p in parts) else
@@ -58,22 +58,50 @@ def _ci(v: dict, key: str = "mean", ci: str = "mean_ci", fmt: str = "+.4f") -> s
     return f"{_f(v.get(key), fmt)} [{_f(lo, fmt)}, {_f(hi, fmt)}]"
 
 
+def _discrimination(disc: dict | None) -> list[str]:
+    if not disc:
+        return []
+    k = ", ".join(map(str, disc.get("n_distractors", [])))
+    out = ["", f"Discrimination (gold answer vs {k} type-matched distractors from other articles, same cache): "
+           "mean margin (nats) / mean gold rank / top-1: " + ", ".join(
+               f"{n} {_f(m, '+.3f')} / {_f(disc['mean_gold_rank'][n], '.2f')} / {_f(disc['top1'][n], '.2f')}"
+               for n, m in disc["mean_margin"].items()) + "."]
+    out += _comparisons(disc["comparisons"], "d(margin): positive = the condition separates the gold answer from the "
+                                             "distractors better (mean delta = change in margin, nats)")
+    gaps = [f"{c['label'].removesuffix(' (margin)')} {_f(c['entropy_gap'], '+.3f')}" for c in disc["comparisons"]
+            if "entropy_gap" in c]
+    if gaps:
+        out += ["", "Entropy gap d(nll) - d(margin): " + ", ".join(gaps) + "."]
+    return out
+
+
+def _doc_lengths(s: dict) -> list[str]:
+    """exp10: per path, the documents' actual lengths (and own-article paragraphs), the mean NLLs, one
+    comparison table per target length, the margins; then the naturally long documents."""
+    out = []
+    for path, p in (s.get("paths") or {}).items():
+        toks, fill = p.get("mean_doc_tokens") or {}, p.get("mean_article_fillers") or {}
+        lengths = sorted(toks, key=int)
+        out += ["", f"{path} path ({p.get('model', '?')}{', RANDOM-INIT: plumbing only' if p.get('random_init') else ''}), "
+                f"padding `{s.get('filler', 'unrelated')}`; mean document tokens per target length: " + ", ".join(
+                    f"L={L} {_f(toks[L], '.0f')}" + (f" ({_f(fill[L], '.1f')} own-article paragraphs)" if fill.get(L) else "")
+                    for L in lengths) + "."]
+        if p.get("mean_nll"):
+            out += ["", "Mean answer NLL: " + ", ".join(f"{k} {_f(v, '.4f')}" for k, v in p["mean_nll"].items()) + "."]
+        for L in sorted(p.get("curves") or {}, key=int):
+            out += _comparisons(p["curves"][L], f"{path}, target length {L} (mean {_f(toks.get(L), '.0f')} tokens)")
+        out += _discrimination(p.get("discrimination"))
+    ld = s.get("long_documents")
+    if ld:
+        out += _comparisons(ld.get("vs_bare") or [], f"Naturally long documents ({(ld.get('data') or {}).get('name', '?')}, "
+                                                     f"mean {_f(ld.get('mean_passage_words'), '.0f')} words, "
+                                                     f"{ld.get('model', '?')}{', RANDOM-INIT' if ld.get('random_init') else ''})")
+    return out
+
+
 def _extras(s: dict) -> list[str]:
     """The experiment-specific tables a summary carries (margins, pairwise, gradients, cutoffs, lengths)."""
-    out = []
-    disc = s.get("discrimination")
-    if disc:
-        k = ", ".join(map(str, disc.get("n_distractors", [])))
-        out += ["", f"Discrimination (gold answer vs {k} type-matched distractors from other articles, same cache): "
-                "mean margin (nats) / mean gold rank / top-1: " + ", ".join(
-                    f"{n} {_f(m, '+.3f')} / {_f(disc['mean_gold_rank'][n], '.2f')} / {_f(disc['top1'][n], '.2f')}"
-                    for n, m in disc["mean_margin"].items()) + "."]
-        out += _comparisons(disc["comparisons"], "d(margin): positive = the condition separates the gold answer from the "
-                                                 "distractors better (mean delta = change in margin, nats)")
-        gaps = [f"{c['label'].removesuffix(' (margin)')} {_f(c['entropy_gap'], '+.3f')}" for c in disc["comparisons"]
-                if "entropy_gap" in c]
-        if gaps:
-            out += ["", "Entropy gap d(nll) - d(margin): " + ", ".join(gaps) + "."]
+    out = _discrimination(s.get("discrimination")) + _doc_lengths(s)
     vd = s.get("value_drift")
     if vd:
         out += ["", "Document value vectors, truncated oracle vs bare, entry by entry (mean over samples [95% CI]):", "",
