@@ -137,3 +137,10 @@ def test_exp10_block_shows_each_path_and_length():
         assert f"decoder, target length {L} (mean" in body and f"encdec, target length {L} (mean" in body
     assert "| oracle_len600 vs random_len600 | +0.1054" in body
     assert "encdec path (random-t5-tiny, RANDOM-INIT: plumbing only)" in body
+
+
+def test_exp09_block_shows_encoder_effects_per_decoder_mode():
+    body = logblocks.render("results/exp09")
+    assert "Encoder prefix vs bare, query in the decoder:" in body and "Encoder prefix vs bare, no query in the decoder:" in body
+    assert "| first_sentence__q vs bare__q | -0.0044" in body and "Length control (decoder" in body
+    assert body.count("Structural fraction (random__") == 2  # one per decoder mode

@@ -129,6 +129,11 @@ def _extras(s: dict) -> list[str]:
                 f"{_p(g.get('pooled_p_samples'))}; per-sample mean rho {_f(g.get('per_sample_mean_rho'), '+.3f')}, "
                 f"{_f(100 * g['per_sample_share_positive'] if 'per_sample_share_positive' in g else None, '.0f')}% of "
                 f"samples positive, Wilcoxon p {_p(g.get('per_sample_wilcoxon_p'))}."]
+    for mode, rows in (s.get("enc_effects") or {}).items():  # exp09: encoder prefixes, per decoder mode
+        out += _comparisons(rows, f"Encoder prefix vs bare, {'query in the decoder' if mode == 'q' else 'no query in the decoder'}")
+    lc = s.get("length_control")
+    if lc:
+        out += _comparisons(lc.get("components") or [], "Length control (decoder: no query -> Q random tokens -> the query)")
     vs_bare = s.get("vs_bare")
     if isinstance(vs_bare, dict):  # exp11: one table per Phase A attention mode
         for mode, rows in vs_bare.items():
@@ -136,7 +141,9 @@ def _extras(s: dict) -> list[str]:
     if s.get("bidirectional_vs_causal"):
         out += _comparisons(s["bidirectional_vs_causal"], "Bidirectional vs causal Phase A, same prefix")
     f = s.get("structural_fraction")
-    for f in ([f] if f and "structural" in f else (f or {}).values()):  # one, or one per exp11 attention mode
+    fractions = ([f] if f and "structural" in f else list((f or {}).values()))  # one, or one per exp11 attention mode
+    fractions += [s[k] for k in ("structural_fraction_q", "structural_fraction_nq") if s.get(k)]  # exp09
+    for f in fractions:
         out += ["", f"Structural fraction ({f['structural']} vs {f['full']}): {_f(f['fraction_of_mean_benefit'], '.2f')} of "
                 f"the mean benefit ({_f(f['mean_benefit_structural'], '+.4f')} vs {_f(f['mean_benefit_full'], '+.4f')} "
                 f"nats), {_f(f['fraction_of_d'], '.2f')} of d; opposite signs make the ratio meaningless."]
