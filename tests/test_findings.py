@@ -52,6 +52,9 @@ def test_only_real_runs_count_and_verdicts_use_both_tests(tmp_path):
 
     table = findings.render(list(found.values()))
     assert "d(margin) +0.30" in table and "+0.200 nats" in table
+    margin_row = {**_cmp("bare", "extractor", 0.7, 1e-9, 1e-9, 0.48), "metric": "margin", "d_nll": -0.38, "rank_better": 0.038,
+                  "rank_worse": 0.054, "p_rank_wilcoxon": 0.243}
+    assert findings._effect(margin_row).endswith("d(nll) -0.38; gold rank better / worse in 3.8% / 5.4% of samples (Wilcoxon p 0.24)")
     assert "cannot be measured offline: no pretrained encoder-decoder" in table  # exp09's headline says why
     assert "no real-data run yet; would be measured by exp07" in table
     assert "exp01_synth" not in table and "exp01_smoke" not in table

@@ -59,7 +59,8 @@ def test_block_shows_margins_and_derived_tables(tmp_path):
     path = tmp_path / run / "results.json"
     r = json.loads(path.read_text())
     m = {**r["summary"]["comparisons"][0], "label": "D vs A (margin)", "d": 0.02, "ci_low": -0.1, "ci_high": 0.14,
-         "d_nll": 0.31, "entropy_gap": 0.29, "metric": "margin"}
+         "d_nll": 0.31, "entropy_gap": 0.29, "metric": "margin", "rank_better": 0.054, "rank_worse": 0.013,
+         "p_rank_wilcoxon": 0.0043, "gold_rank_ref": 2.0, "gold_rank_cond": 1.9, "top1_ref": 0.4, "top1_cond": 0.45}
     r["summary"]["discrimination"] = {"n_distractors": [4], "mean_margin": {"A": 1.25, "D": 1.3},
                                       "mean_gold_rank": {"A": 2.0, "D": 1.9}, "top1": {"A": 0.4, "D": 0.45}, "comparisons": [m]}
     r["summary"]["best_cutoff"] = {"early": {"cutoff": 2, "cutoff_ci": [2, 3], "mean_delta": 0.0011, "mean_delta_ci": [0.0008, 0.0015],
@@ -69,6 +70,7 @@ def test_block_shows_margins_and_derived_tables(tmp_path):
     out = logblocks.render(run, tmp_path)
     assert "vs 4 type-matched distractors" in out and "A +1.250 / 2.00 / 0.40" in out
     assert "| D vs A (margin) |" in out and "Entropy gap d(nll) - d(margin): D vs A +0.290." in out
+    assert "Wilcoxon p; top-1 rate reference -> condition): D vs A 5.4% / 1.3%, p 0.0043, top-1 0.400 -> 0.450." in out
     assert "Best early cutoff 2 (bootstrap 95% range 2-3): mean delta +0.0011 [+0.0008, +0.0015] nats" in out
 
 

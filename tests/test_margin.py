@@ -134,3 +134,28 @@ def test_engine_distractor_nlls_equal_scoring_each_distractor_as_the_answer():
             assert abs(got - ref) <= 1e-4, (it.sample_id, it.condition)
         want = margin.candidate_stats(r["nll"], r["distractor_nlls"], 1e-5)
         assert r["margin"] == pytest.approx(want["margin"], abs=1e-5) and r["gold_rank"] == want["gold_rank"]
+
+
+def test_a_scaled_margin_without_any_rank_change_is_shown_by_the_rank_readout():
+    """Qwen2.5-0.5B on real SQuAD: truncated prefixes raise every candidate's NLL, the distractors' more, so
+    d(margin) > 0 while no gold answer changes rank. Simulated: the condition multiplies every NLL by
+    1.3 (ranks unchanged): d(margin) is large, the paired rank readout says no sample moved (p = 1).
+    A second condition moves the gold answer to first place in 30% of the samples: better 30%, p small."""
+    rng = np.random.default_rng(1)
+    n, k = 200, 4
+    g = rng.gamma(2.0, 1.0, n) + 0.5
+    d = g[:, None] + rng.normal(1.0, 1.5, (n, k))
+    fixed = d.copy()
+    promote = rng.random(n) < 0.3
+    gold_fix = np.where(promote, np.minimum(g, d.min(1)) - 0.5, g)  # first place where promoted, else unchanged
+    rows = _rows({"ref": g, "scaled": 1.3 * g, "fixed": gold_fix}, {"ref": d, "scaled": 1.3 * d, "fixed": fixed})
+    ids = [f"s{i}" for i in range(n)]
+    out = discrimination.discrimination(rows, ids, ["ref", "scaled", "fixed"], ref="ref", n_boot=200)
+    by = {c["cond"]: c for c in out["comparisons"]}
+    s, f = by["scaled"], by["fixed"]
+    assert s["d"] > 0.3  # the margin in nats grows with the scale
+    assert (s["rank_better"], s["rank_worse"], s["p_rank_wilcoxon"]) == (0.0, 0.0, 1.0)
+    assert s["top1_ref"] == s["top1_cond"] and s["gold_rank_ref"] == s["gold_rank_cond"]
+    was_first = np.array([r["gold_rank"] == 1 for r in rows if r["condition"] == "ref"])
+    assert f["rank_better"] == pytest.approx(np.mean(promote & ~was_first)) and f["rank_worse"] == 0.0
+    assert f["p_rank_wilcoxon"] < 1e-6 and f["top1_cond"] > f["top1_ref"]

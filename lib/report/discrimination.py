@@ -1,5 +1,6 @@
 """Discrimination beside likelihood (the summary half of ``lib/kv/margin.py``): per-condition margin,
-gold rank and top-1, and d(margin) beside d(nll) with the entropy gap d(nll) - d(margin).
+gold rank and top-1, and d(margin) beside d(nll) with the entropy gap d(nll) - d(margin), and per
+comparison the paired gold-rank change (scale-free, where the margin in nats is not).
 """
 from __future__ import annotations
 
@@ -25,6 +26,20 @@ def discrimination_summary(rows, sample_ids, names, **kw) -> dict:
     return {"discrimination": discrimination(rows, sample_ids, names, **kw)}
 
 
+def rank_change(rank_ref: np.ndarray, rank_cond: np.ndarray, top1_ref: np.ndarray, top1_cond: np.ndarray) -> dict:
+    """The scale-free half of discrimination, per comparison: the margin is in nats, so a condition that
+    stretches every candidate's NLL moves it without changing which answer wins. Paired over samples:
+    the share whose gold rank improved / worsened, a two-sided Wilcoxon signed-rank p on the rank
+    differences (ties dropped; 1.0 when no rank moved), the mean gold rank and the top-1 rate of both."""
+    from scipy.stats import wilcoxon
+
+    diff = np.asarray(rank_cond, float) - np.asarray(rank_ref, float)
+    p = float(wilcoxon(diff[diff != 0]).pvalue) if np.count_nonzero(diff) else 1.0
+    return {"rank_better": float(np.mean(diff < 0)), "rank_worse": float(np.mean(diff > 0)), "p_rank_wilcoxon": p,
+            "gold_rank_ref": float(np.mean(rank_ref)), "gold_rank_cond": float(np.mean(rank_cond)),
+            "top1_ref": float(np.mean(top1_ref)), "top1_cond": float(np.mean(top1_cond))}
+
+
 def discrimination(rows: list[dict], sample_ids: list[str], names: list[str], *, ref: str | None = None,
                    pairs: list[tuple[str, str]] | None = None, nll_comparisons: list[dict] | None = None,
                    n_boot: int = 2000, seed: int = 0, atol: float | None = None, primary_test: str = "t") -> dict:
@@ -33,7 +48,9 @@ def discrimination(rows: list[dict], sample_ids: list[str], names: list[str], *,
     Comparisons go through ``stats.compare_conditions`` on the NEGATED margin, so a positive d (and
     a positive mean delta, in nats) means the condition separates the gold answer from the
     distractors better than the reference, the same direction as d(nll). ``nll_comparisons`` (the
-    run's NLL comparisons) adds ``d_nll`` and ``entropy_gap`` = d(nll) - d(margin) to each row.
+    run's NLL comparisons) adds ``d_nll`` and ``entropy_gap`` = d(nll) - d(margin) to each row. Each
+    row also carries ``rank_change`` (gold rank better / worse shares, their Wilcoxon p, top-1 rates):
+    the margin is in nats and can grow with the spread of the NLLs while no answer changes rank.
     """
     margin = table(rows, names, sample_ids)
     rank = table(rows, names, sample_ids, "gold_rank")
@@ -48,6 +65,7 @@ def discrimination(rows: list[dict], sample_ids: list[str], names: list[str], *,
                                          primary_test=primary_test)
     by = {(c["ref"], c["cond"]): c for c in (nll_comparisons or [])}
     for c in comps:
+        c.update(rank_change(rank[c["ref"]], rank[c["cond"]], top1[c["ref"]], top1[c["cond"]]))
         c["metric"] = "margin"
         c["label"] = c["label"] + " (margin)"
         c["mean_ref"], c["mean_cond"] = -c["mean_ref"], -c["mean_cond"]  # the margins themselves

@@ -72,6 +72,12 @@ def _discrimination(disc: dict | None) -> list[str]:
             if "entropy_gap" in c]
     if gaps:
         out += ["", "Entropy gap d(nll) - d(margin): " + ", ".join(gaps) + "."]
+    ranks = [c for c in disc["comparisons"] if "rank_better" in c]
+    if ranks:  # scale-free: the margin is in nats and can grow while no answer changes rank
+        out += ["", "Gold rank, paired (share of samples whose gold answer ranks better / worse among the candidates, "
+                "Wilcoxon p; top-1 rate reference -> condition): " + ", ".join(
+                    f"{c['label'].removesuffix(' (margin)')} {_f(100 * c['rank_better'], '.1f')}% / {_f(100 * c['rank_worse'], '.1f')}%, "
+                    f"p {_p(c['p_rank_wilcoxon'])}, top-1 {_f(c['top1_ref'], '.3f')} -> {_f(c['top1_cond'], '.3f')}" for c in ranks) + "."]
     return out
 
 
