@@ -110,6 +110,17 @@ HEADLINES = (
     Headline("v4_encdec", "directed_kvcache_v4_guide.md, encoder-decoder Exps 01-07", "enrichment of a hidden encoder prefix with the "
              "query in the decoder", "T5Gemma / Flan-T5, MS MARCO: oracle d=+0.228", "better", (("exp09", ("none",)),),
              offline="no pretrained encoder-decoder ships in a registry package here: offline runs are random-init plumbing checks"),
+    Headline("v4_encdec_length", "directed_kvcache_v4_guide.md, encoder-decoder Exp 02", "enrichment grows with document length "
+             "(documents padded from ~98 to 4,096 tokens; random prefixes significant from 256 tokens on)",
+             "T5Gemma 2 4B-4B, MS MARCO: oracle d +0.238 -> +0.439", "better", (("exp10", ("none",)),),
+             offline="an encoder-decoder headline and no pretrained encoder-decoder ships in a registry package here; exp10's "
+                     "decoder-only curve on real SQuAD articles is a different architecture, read in the log beside it"),
+    Headline("v4_encdec_long_docs", "directed_kvcache_v4_guide.md, encoder-decoder Exp 03", "on naturally long documents any "
+             "short prefix helps, random most (structural fraction 204%)",
+             "T5Gemma 2 4B-4B, neural-bridge (~604 words): random d +0.624 > surr_doc +0.502 > oracle +0.306", "better",
+             (("exp10", ("none",)),),
+             offline="an encoder-decoder headline and no pretrained encoder-decoder ships in a registry package here "
+                     "(exp10's long-document path runs offline only on a random-init T5)"),
 )
 
 
