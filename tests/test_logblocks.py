@@ -143,6 +143,7 @@ def test_exp10_block_shows_each_path_and_length():
 
 def test_exp09_block_shows_encoder_effects_per_decoder_mode():
     body = logblocks.render("results/exp09")
+    assert "pipeline check (RANDOM-INIT model: says nothing about language)" in body.splitlines()[0]
     assert "Encoder prefix vs bare, query in the decoder:" in body and "Encoder prefix vs bare, no query in the decoder:" in body
     assert "| first_sentence__q vs bare__q | -0.0044" in body and "Length control (decoder" in body
     assert body.count("Structural fraction (random__") == 2  # one per decoder mode

@@ -33,6 +33,8 @@ def _identity(run: str, r: dict) -> str:
     parts = [x.strip().split("@")[0] for x in str(name).split(",")]
     kind = ("pipeline check (synthetic data)" if all(p == "synthetic" for p in parts) else
             "real data" if name != "?" else "data not recorded")
+    if (prov.get("run_kind") or {}).get("random_init") or cfg.get("random_init") or r.get("random_init"):
+        kind = f"pipeline check (RANDOM-INIT model{', on real data' if kind == 'real data' else ''}: says nothing about language)"
     sha = (data.get("provenance") or {}).get("sha256")
     commit = blockfmt.commit(prov)
     bits = [f"`{run}/results.json`", f"model {model} ({cfg.get('dtype', '?')})",
