@@ -71,3 +71,12 @@ def test_real_data_figures_leave_out_synthetic_and_smoke_runs(tmp_path):
     paths = index.real_figures(rows, tmp_path / "figs", draw=lambda grid, path: grids.setdefault(path.name, grid))
     assert [p.name for p in paths] == ["cross_model_real_exp11.png"]
     assert list(grids["cross_model_real_exp11.png"]) == ["smollm2-135m-instruct | squad_v1.1 | exp11_real | N=16"]
+
+
+def test_exp10_cross_model_figure_shows_every_length_curve_point():
+    rows = [r for r in index.collect() if r["run"] == "exp10"]  # the committed SMOKE run: lengths 0, 256, 600, two paths
+    grid = index._cross_model_grid(rows, "exp10", results_root=index.ROOT / "results")
+    (cells,) = grid.values()
+    assert len(cells) == 2 * 3 * 3  # paths x lengths x (oracle vs bare, random vs bare, oracle vs random)
+    assert "decoder: oracle_len600 vs random_len600" in cells and "encdec: random_len0 vs bare_len0" in cells
+    assert not any("@L=" in k for k in cells)  # the headline's single point is replaced, not repeated

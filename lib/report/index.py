@@ -237,20 +237,30 @@ def _cross_model_grid(rows: list[dict], experiment: str, path=None, results_root
             continue
         n = r.get("n")
         key = f"{r['model']} | {r['dataset']} | {r['run']} | N={n if n not in (None, '') else '?'}"
-        effects = list(r.get("effects", r["headline"])) + _figure_extras(r, path, results_root)
+        extras = _figure_extras(r, path, results_root)
+        effects = extras if r["experiment"] in _EXTRAS_REPLACE and extras else list(r.get("effects", r["headline"])) + extras
         grid[key] = {h["label"]: {"d": h["d"], "ci_low": h.get("ci_low"), "ci_high": h.get("ci_high")} for h in effects}
     if not grid:
         raise ValueError(f"no results for experiment {experiment!r}; have {sorted({r['experiment'] for r in rows})}")
     return grid
 
 
+_EXTRAS_REPLACE = {"exp10"}  # experiments whose figure extras replace the index's headline effects
+
+
 def _figure_extras(row: dict, path=None, results_root=None) -> list[dict]:
     """Comparisons the cross-model figure shows beside ``effects``. exp11: ``summary.bidirectional_vs_causal``
     (each condition under the bidirectional Phase A mask vs the same condition causal; d about -2 on Gemma),
-    which ``_headline`` leaves out because it picks the vs-bare comparisons only."""
-    if row["experiment"] != "exp11":
+    which ``_headline`` leaves out because it picks the vs-bare comparisons only. exp10: every point of
+    every length curve, per path, in place of the headline's longest-length point."""
+    if row["experiment"] not in ("exp10", "exp11"):
         return []
     s = _run_summary(row, path, results_root)
+    if row["experiment"] == "exp10":
+        return [{"label": f"{name}: {c.get('label') or c['cond'] + ' vs ' + c['ref']}", "d": c["d"], "ci_low": c.get("ci_low"),
+                 "ci_high": c.get("ci_high")}
+                for name, p in (s.get("paths") or {}).items() for L in sorted(p.get("curves") or {}, key=int)
+                for c in p["curves"][L]]
     return [{"label": c.get("label") or f"{c['cond']} vs {c['ref']}", "d": c["d"], "ci_low": c.get("ci_low"),
              "ci_high": c.get("ci_high")} for c in s.get("bidirectional_vs_causal") or []]
 
