@@ -72,12 +72,8 @@ CELLS = [
             print(f"structural fraction ({m}): {sf['fraction_of_d']:.2f} of d, {sf['fraction_of_mean_benefit']:.2f} of the mean benefit")
         if summary.get("bidirectional_vs_causal"):
             show.table(summary["bidirectional_vs_causal"], title="bidirectional vs causal")
-        from lib.report.discrimination import discrimination_summary
-
-        nll_rows = [r for rows_ in summary["vs_bare"].values() for r in rows_] + summary.get("bidirectional_vs_causal", [])
-        summary.update(discrimination_summary(rows, ids, names, pairs=[(r["ref"], r["cond"]) for r in nll_rows],
-                                              nll_comparisons=nll_rows, n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype),
-                                              primary_test=PRIMARY_TEST))
+        summary.update(prefixlm.discrimination(summary, rows, ids, names, n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype),
+                                               primary_test=PRIMARY_TEST))
         show.discrimination(summary)
     """),
     md("## Figures"),

@@ -74,3 +74,20 @@ def test_reanalysis_of_exp03_adds_the_word_order_comparison(tmp_path):
     assert (row["ref"], row["cond"]) == ("oracle_matched", "scrambled_oracle")
     assert row["mean_delta"] == pytest.approx(s["mean_nll"]["oracle_matched"] - s["mean_nll"]["scrambled_oracle"], abs=1e-9)
     assert "word_order" in reanalyse.reanalyse(dst)["reanalysis"]["recomputed"]
+
+
+def test_reanalysis_of_a_real_prefix_lm_run_adds_the_rank_readout_and_keeps_every_d(tmp_path):
+    """exp11's margins are recomputed through prefixlm.discrimination (the notebook's own function): every
+    d(nll) and d(margin) is unchanged and each margin comparison gains the gold-rank change."""
+    src = REPO / "results" / "sweeps" / "real" / "exp11__smollm2-135m-instruct__squad_v1.1"
+    dst = tmp_path / "exp11_real"
+    dst.mkdir()
+    for f in ("results.json", "per_item.csv"):
+        shutil.copy(src / f, dst / f)
+    old_summary = json.loads((src / "results.json").read_text())["summary"]
+    new_summary = reanalyse.reanalyse(dst)["summary"]
+    old, new = _ds(old_summary), _ds(new_summary)
+    assert set(old) == set(new) and len(old) >= 20
+    assert all(old[k] == pytest.approx(new[k], abs=1e-9) for k in old if old[k] is not None)
+    comps = new_summary["discrimination"]["comparisons"]
+    assert len(comps) == 10 and all({"rank_better", "rank_worse", "p_rank_wilcoxon", "top1_cond"} <= set(c) for c in comps)

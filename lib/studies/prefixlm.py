@@ -250,6 +250,16 @@ def run(lm, items, store, modes=MODES, *, keep_prefix: bool = True, wave: int = 
                      wave=wave, progress=progress)
 
 
+def discrimination(summary: dict, rows: list[dict], ids: list[str], names: list[str], **kw) -> dict:
+    """exp11's margins: every NLL comparison ``analyse`` made (vs bare per mode, bidirectional vs causal)
+    again on the margin, with the gold-rank change (``lib.report.discrimination``); ``{}`` when the rows
+    carry no distractors. ``kw``: n_boot, seed, atol, primary_test."""
+    from lib.report.discrimination import discrimination_summary
+
+    nll_rows = [r for rows_ in summary["vs_bare"].values() for r in rows_] + summary.get("bidirectional_vs_causal", [])
+    return discrimination_summary(rows, ids, names, pairs=[(r["ref"], r["cond"]) for r in nll_rows], nll_comparisons=nll_rows, **kw)
+
+
 def analyse(nll: dict, conds, modes=MODES, *, n_boot: int = 2000, seed: int = 0, atol: float | None = None, primary_test: str = "t") -> dict:
     """Per mode: d vs that mode's bare; bidirectional vs causal per condition; structural fraction per mode."""
     from lib.report import analysis, stats

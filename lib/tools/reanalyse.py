@@ -10,7 +10,7 @@ summary keys that the experiment's notebook computes from the rows, keeps every 
 date, the code state (``lib.lab.codestate``), the source file and the keys recomputed.
 
 Supported: exp01 (``priming.analyse``), exp02/exp03/exp05/exp06/exp07 (``analysis.summarize`` plus
-the experiment's own derived tables), exp09 (``encdec.analyse``), exp11 (``prefixlm.analyse``). Other
+the experiment's own derived tables), exp09 (``encdec.analyse``), exp11 (``prefixlm.analyse`` and ``prefixlm.discrimination``). Other
 experiments raise: rerun their notebook instead.
 """
 from __future__ import annotations
@@ -73,6 +73,7 @@ def reanalyse(folder) -> dict:
             conds = [c.strip() for c in cfg["CONDITIONS"].split(",") if c.strip()]
             modes = [m.strip() for m in cfg["MODES"].split(",") if m.strip()]
             new.update(prefixlm.analyse(nll, conds, modes, **stat))
+            new.update(prefixlm.discrimination(new, rows, ids, names, **stat))
         recomputed = sorted(new)
         summary = {**old, **new}
     elif exp == "exp01":
