@@ -189,9 +189,9 @@ def measure(index_rows: list[dict]) -> list[dict]:
 
 
 def _reach(h: Headline, exp: str, r: dict, results: dict) -> list[dict]:
-    """exp08: part 4's transition (``reachability.report.transition``), read only when part 1 reached
+    """exp08: part 4's transition (``lib.report.reachcurve.transition``), read only when part 1 reached
     every real target (the design: otherwise add steps or restarts first)."""
-    from lib.studies.reachability.report import transition
+    from lib.report.reachcurve import transition
 
     s = results.get("summary", {})
     t = transition((s.get("by_label") or {}).get("4") or {})

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from lib.report.reachcurve import MIN_RISE_DECADES, SHARP_SHARE, transition  # noqa: F401  (re-exported)
 from lib.studies.reachability import Fit, best_rows, check_pos_int
 
 
@@ -97,8 +98,6 @@ def by_label(summary: dict) -> dict:
 APPROX_DECADES = 0.5      # "A ~ B": median relative MSEs within a factor 10**0.5 (~3.2)
 WORSE_DECADES = 1.0       # "A much worse than B": A's median relative MSE > 10x B's
 SMOOTH_FACTOR = 3.0       # part 3 smooth on [0, 1]: max/min of per-alpha medians below this
-SHARP_SHARE = 0.5         # part 4 sharp: one step between adjacent f carries >= half the total rise
-MIN_RISE_DECADES = 0.5    # part 4: a rise below this (f_min -> f_max) is neither sharp nor gradual
 
 
 def _l10(x: float) -> float:
@@ -162,24 +161,6 @@ def interpret(parts: dict) -> list[dict]:
         for r in rows[2:]:
             r["caveat"] = note
     return rows
-
-
-def transition(part4_by_fraction: dict) -> dict | None:
-    """Part 4's curve read the design's way: the median relative MSE (log10) per fraction f of
-    replaced dimensions, its rise from the smallest to the largest f, the largest step between
-    adjacent fractions (``f_star`` its midpoint) and that step's share of the rise; ``sharp`` and
-    ``gradual`` by ``MIN_RISE_DECADES`` and ``SHARP_SHARE``. None with fewer than two fractions."""
-    g4 = sorted((float(k), v["median_relative_mse"]) for k, v in part4_by_fraction.items())
-    if len(g4) < 2:
-        return None
-    fs, ys = [f for f, _ in g4], [_l10(v) for _, v in g4]
-    rise = ys[-1] - ys[0]
-    steps = np.diff(ys)
-    j = int(np.argmax(steps))
-    share = float(steps[j] / rise) if rise > 0 else 0.0
-    sharp = rise >= MIN_RISE_DECADES and share >= SHARP_SHARE
-    return {"f_first": fs[0], "f_last": fs[-1], "rise": float(rise), "step_from": fs[j], "step_to": fs[j + 1],
-            "f_star": (fs[j] + fs[j + 1]) / 2, "share": share, "sharp": bool(sharp), "gradual": bool(rise >= MIN_RISE_DECADES and not sharp)}
 
 
 def _row(observation: str, measured: str, holds: bool, interpretation: str) -> dict:
