@@ -125,7 +125,7 @@ def _padded(samples, lengths, tokenize, seed: int, max_len: int | None, what: st
     cache: dict[str, list[int]] = {}
     out = {}
     for s in samples:
-        mine = [cache.setdefault(t, tokenize(t)) for t in (own or {}).get(s.id, [])]
+        mine = [cache[t] if t in cache else cache.setdefault(t, tokenize(t)) for t in (own or {}).get(s.id, [])]
         order = filler_order(ids, s.id, seed)
         for L in lengths:
             doc, used = pad_document(toks[s.id], mine + [toks[i] for i in order], sep, L)

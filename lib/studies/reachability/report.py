@@ -6,11 +6,10 @@ criteria stated as module constants and written into every row.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
-from lib.report.reachcurve import MIN_RISE_DECADES, SHARP_SHARE, transition  # noqa: F401  (re-exported)
+from lib.report.reachcurve import MIN_RISE_DECADES, SHARP_SHARE, _l10, transition  # noqa: F401  (re-exported)
 from lib.studies.reachability import Fit, best_rows, check_pos_int
 
 
@@ -98,10 +97,6 @@ def by_label(summary: dict) -> dict:
 APPROX_DECADES = 0.5      # "A ~ B": median relative MSEs within a factor 10**0.5 (~3.2)
 WORSE_DECADES = 1.0       # "A much worse than B": A's median relative MSE > 10x B's
 SMOOTH_FACTOR = 3.0       # part 3 smooth on [0, 1]: max/min of per-alpha medians below this
-
-
-def _l10(x: float) -> float:
-    return math.log10(max(x, 1e-30))
 
 
 def interpret(parts: dict) -> list[dict]:
