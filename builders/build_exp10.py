@@ -85,7 +85,7 @@ CELLS = [
             engine = Engine(lm, mem_budget_gb=MEM_BUDGET_GB, phase_b_batch=BATCH_SIZE)
             rows = [r for r in engine.run(items, store, wave=CHUNK, progress=PROGRESS) if r["sample_id"] in set(ids)]
             nll = nll_table(rows, names, ids)
-            actual = {L: float(sum(r["n_doc_tokens"] for r in rows if r["condition"] == doclen.name("bare", L)) / len(ids)) for L in lengths}
+            actual = doclen.mean_fill(rows, lengths, "n_doc_tokens")
             cv = doclen.curves(nll, lengths, n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST)
             summary["paths"]["decoder"] = {"noise_atol": noise_atol(lm.dtype), "model": lm.source, "mean_doc_tokens": actual,
                                            "mean_article_fillers": doclen.mean_fill(rows, lengths, "article_fillers"), "curves": cv,
@@ -114,7 +114,7 @@ CELLS = [
             rows = [r for r in encdec.run(em, items, store, wave=CHUNK, batch_size=BATCH_SIZE, attn_probe=False, progress=PROGRESS)
                     if r["sample_id"] in set(ids)]
             nll = nll_table(rows, names, ids)
-            actual = {L: float(sum(r["n_doc_tokens"] for r in rows if r["condition"] == doclen.name("bare", L)) / len(ids)) for L in lengths}
+            actual = doclen.mean_fill(rows, lengths, "n_doc_tokens")
             cv = doclen.curves(nll, lengths, n_boot=N_BOOT, seed=SEED, atol=noise_atol(em.model.dtype), primary_test=PRIMARY_TEST)
             summary["paths"]["encdec"] = {"model": em.name, "random_init": em.random_init, "mean_doc_tokens": actual,
                                           "mean_article_fillers": doclen.mean_fill(rows, lengths, "article_fillers"), "curves": cv,
@@ -154,7 +154,8 @@ CELLS = [
     code("""
         from lib.lab.records import provenance, write_per_item_csv, write_results_json
 
-        out = write_results_json(ROOT / OUT_DIR, config={**CONFIG}, summary=summary, provenance=provenance(seeds={"seed": SEED}),
+        dtype = ", ".join(f"{p} {m.dtype}" for p, m in (("decoder", globals().get("lm")), ("encdec", globals().get("em"))) if m is not None)
+        out = write_results_json(ROOT / OUT_DIR, config={**CONFIG, "dtype": dtype}, summary=summary, provenance=provenance(seeds={"seed": SEED}),
                                  extra={"data": data_info, "figures": [p.name for p in figs]})
         write_per_item_csv(ROOT / OUT_DIR, all_rows)
         print(out)

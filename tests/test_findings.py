@@ -170,8 +170,26 @@ def test_latentwire_headline_has_one_row_per_model_and_m(tmp_path):
                 {**base, "condition": "budget", "m": 16, "f1": budget_f1}]
     _write(tmp_path, "exp12_real", {
         "config": {"MODELS": "a,b", "DATASET": "squad_v1.1"}, "provenance": {"run_kind": {"smoke": False, "random_init": False}},
-        "summary": {"by_model": {"a": rows(0.40, 0.12, 0.05), "b": rows(0.40, 0.12, 0.20)}}})
+        "summary": {"by_model": {"a": rows(0.40, 0.12, 0.05), "b": rows(0.40, 0.12, 0.20)},
+                    "criteria": {"first_tok_at1": 0.08, "f1": 0.05, "f1_ratio_to_text": 0.25}}})
     found = {f["headline"].key: f for f in findings.measure(index.collect(tmp_path))}
     lab = found["latentwire_vs_text"]["lab"]
     assert [(m["model"], m["verdict"], m["agrees"]) for m in lab] == [("a", "reached", "no"), ("b", "not reached", "yes")]
     assert "latent F1 0.120 (30% of text F1 0.400); budget F1 0.050" in findings.render([found["latentwire_vs_text"]])
+
+
+def test_latentwire_threshold_is_the_runs_stored_criterion(tmp_path):
+    """The share of text F1 comes from the run's own summary.criteria (the notebook's verdicts used it), not a
+    second copy: at a stored 0.35, 30% of text F1 is not reached; a run without criteria is refused by name."""
+    base = {"n": 100, "first_tok_at1": 0.1, "nll_per_token": 2.0}
+    rows = [{**base, "condition": "text", "m": 0, "f1": 0.40}, {**base, "condition": "latent", "m": 16, "f1": 0.12},
+            {**base, "condition": "budget", "m": 16, "f1": 0.05}]
+    res = {"config": {"MODELS": "a,b", "DATASET": "squad_v1.1"}, "provenance": {"run_kind": {"smoke": False, "random_init": False}},
+           "summary": {"by_model": {"a": rows}, "criteria": {"first_tok_at1": 0.08, "f1": 0.05, "f1_ratio_to_text": 0.35}}}
+    _write(tmp_path, "exp12_real", res)
+    found = {f["headline"].key: f for f in findings.measure(index.collect(tmp_path))}
+    assert [m["verdict"] for m in found["latentwire_vs_text"]["lab"]] == ["not reached"]
+    del res["summary"]["criteria"]
+    _write(tmp_path / "old", "exp12_real", res)
+    with pytest.raises(ValueError, match="exp12_real.*summary.criteria"):
+        findings.measure(index.collect(tmp_path / "old"))

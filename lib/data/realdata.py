@@ -68,6 +68,11 @@ def source_file(name: str, source: str | None) -> tuple[Path, dict]:
 # ---------------------------------------------------------------- candidates in file order
 # A candidate: dict(id, query, passage, answers (list, first = reference), article, paragraph, meta)
 
+def _article_id(a_idx: int, p_idx: int, per_paragraph: bool) -> str:
+    """A SQuAD-layout candidate's article: ``a<article>``, or ``a<article>p<paragraph>`` in a one-article file."""
+    return f"a{a_idx}p{p_idx}" if per_paragraph else f"a{a_idx}"
+
+
 def _squad(doc: dict):
     """A file holding ONE article (SQuAD-Shifts Reddit: 2,035 unrelated comments under one title) has
     no article structure: each paragraph is then its own article (``meta['article_unit']``)."""
@@ -79,7 +84,7 @@ def _squad(doc: dict):
                 texts = [a["text"] for a in qa.get("answers", [])]
                 starts = [a.get("answer_start") for a in qa.get("answers", [])]
                 yield {"id": str(qa["id"]), "query": qa["question"], "passage": par["context"], "answers": texts,
-                       "article": f"a{a_idx}p{p_idx}" if per_paragraph else f"a{a_idx}", "paragraph": p_idx, "row": row,
+                       "article": _article_id(a_idx, p_idx, per_paragraph), "paragraph": p_idx, "row": row,
                        "meta": {"title": art.get("title"), "answer_start": starts[0] if starts else None,
                                 "article_unit": "paragraph" if per_paragraph else "title"}}
                 row += 1
@@ -96,8 +101,8 @@ def article_paragraphs(name: str, source: str | None = None) -> dict[str, list[s
     if "data" not in doc or not isinstance(doc["data"], list):
         raise ValueError(f"{path}: not in the SQuAD layout (a 'data' list of articles with 'paragraphs')")
     if len(doc["data"]) == 1:
-        return {f"a0p{p}": [par["context"].strip()] for p, par in enumerate(doc["data"][0]["paragraphs"])}
-    return {f"a{a}": [par["context"].strip() for par in art["paragraphs"]] for a, art in enumerate(doc["data"])}
+        return {_article_id(0, p, True): [par["context"].strip()] for p, par in enumerate(doc["data"][0]["paragraphs"])}
+    return {_article_id(a, 0, False): [par["context"].strip() for par in art["paragraphs"]] for a, art in enumerate(doc["data"])}
 
 
 def blocks(paragraphs: list[str], target: int) -> list[list[int]]:

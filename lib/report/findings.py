@@ -211,6 +211,10 @@ def _reach(h: Headline, exp: str, r: dict, results: dict) -> list[dict]:
 def _wire(h: Headline, exp: str, r: dict, results: dict) -> list[dict]:
     """exp12: per model and M, the latent's F1 as a share of text F1 and against the token budget at the same M."""
     s = results.get("summary", {})
+    if "criteria" not in s:
+        raise ValueError(f"{r['run']}: results.json has no summary.criteria (the seed's thresholds the notebook judged "
+                         f"against); rerun its summary cell (python -m lib.report.reanalyse) before reading the headline")
+    share = s["criteria"]["f1_ratio_to_text"]
     out = []
     for model, rows in (s.get("by_model") or {}).items():
         get = lambda cond, m: next((x for x in rows if x["condition"] == cond and x["m"] == m), None)  # noqa: E731
@@ -220,7 +224,7 @@ def _wire(h: Headline, exp: str, r: dict, results: dict) -> list[dict]:
             if text is None or budget is None:
                 continue
             ratio = lat["f1"] / text["f1"] if text["f1"] > 0 else float("nan")
-            reached = text["f1"] > 0 and ratio >= 0.25 and lat["f1"] > budget["f1"]
+            reached = text["f1"] > 0 and ratio >= share and lat["f1"] > budget["f1"]
             out.append({"what": f"{exp}: latent vs text and budget, M={lat['m']}", "run": r["run"], "model": model,
                         "dataset": r["dataset"], "n": lat["n"],
                         "row": {"text": f"latent F1 {lat['f1']:.3f} ({num(100 * ratio, '.0f')}% of text F1 {text['f1']:.3f}); "
