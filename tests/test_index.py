@@ -73,6 +73,22 @@ def test_real_data_figures_leave_out_synthetic_and_smoke_runs(tmp_path):
     assert list(grids["cross_model_real_exp11.png"]) == ["smollm2-135m-instruct | squad_v1.1 | exp11_real | N=16"]
 
 
+def test_real_data_figures_skip_a_family_without_d_comparisons(tmp_path):
+    """exp12's real run has a per-model F1 table and no paired d: no empty cross-model figure (plotting one raised)."""
+    _exp11(tmp_path, "exp11_real", "smollm2-135m-instruct", -0.22)
+    f = tmp_path / "exp11_real" / "results.json"
+    r = json.loads(f.read_text())
+    f.write_text(json.dumps({**r, "config": {**r["config"], "DATASET": "squad_v1.1"}}))
+    (tmp_path / "exp12_real").mkdir()
+    (tmp_path / "exp12_real" / "results.json").write_text(json.dumps({
+        "config": {"MODELS": "a,b", "DATASET": "squad_v1.1"}, "provenance": {"run_kind": {"smoke": False, "random_init": False}},
+        "summary": {"by_model": {"a": [{"condition": "text", "m": 0, "n": 100, "f1": 0.3}]}}}))
+    rows = index.collect(tmp_path)
+    assert {r["experiment"] for r in rows} == {"exp11", "exp12"}
+    paths = index.real_figures(rows, tmp_path / "figs")
+    assert [p.name for p in paths] == ["cross_model_real_exp11.png"]
+
+
 def test_exp10_cross_model_figure_shows_every_length_curve_point():
     rows = [r for r in index.collect() if r["run"] == "exp10"]  # the committed SMOKE run: lengths 0, 256, 600, two paths
     grid = index._cross_model_grid(rows, "exp10", results_root=index.ROOT / "results")

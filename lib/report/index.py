@@ -216,7 +216,9 @@ def _plot_grid(grid: dict, path, what: str) -> Path:
 def real_figures(rows: list[dict], out_dir, draw=None) -> list[Path]:
     """One cross-model figure per experiment family with real-data runs (no SMOKE, no synthetic data, no
     random-init model: ``findings._real``), ``<out_dir>/cross_model_real_<exp>.png``, real rows only.
-    ``draw(grid, path)`` replaces the plotting (tests)."""
+    ``draw(grid, path)`` replaces the plotting (tests). A family without paired d comparisons in its summary
+    (exp08's reachability fractions, exp12's per-model F1 table) draws its own figures in its run folder and gets
+    none here."""
     from lib.report import findings
 
     draw = draw or (lambda grid, path: _plot_grid(grid, path, f"{path.stem.removeprefix('cross_model_real_')}, real data only"))
@@ -224,7 +226,10 @@ def real_figures(rows: list[dict], out_dir, draw=None) -> list[Path]:
     out = []
     for e in sorted({r["experiment"] for r in real}):
         path = Path(out_dir) / f"cross_model_real_{e}.png"
-        draw(_cross_model_grid(real, e, path), path)
+        grid = _cross_model_grid(real, e, path)
+        if not any(grid.values()):
+            continue
+        draw(grid, path)
         out.append(path)
     return out
 
