@@ -193,3 +193,24 @@ def test_latentwire_threshold_is_the_runs_stored_criterion(tmp_path):
     _write(tmp_path / "old", "exp12_real", res)
     with pytest.raises(ValueError, match="exp12_real.*summary.criteria"):
         findings.measure(index.collect(tmp_path / "old"))
+
+
+def test_exp06_headlines_read_values_early_at_the_seeds_depth_ratio(tmp_path):
+    """The seed's cutoff 16 of Gemma 3 4B's 34 layers maps to 14 on SmolLM2's 30 (8 on Gemma 3 270M's 18, 11 on
+    Qwen2.5-0.5B's 24); the lab row is values_early_<that c> vs bare, read from the run's own cutoff curve."""
+    assert [findings.seed_cutoff(n) for n in (34, 30, 18, 24, 2)] == [16, 14, 8, 11, 1]
+    with pytest.raises(ValueError, match="n_layers=1"):
+        findings.seed_cutoff(1)
+    comps = [_cmp("bare", f"values_early_{c}", 0.1 * c, 1e-3 if c == 14 else 0.5, 1e-3 if c == 14 else 0.5, 0.02 * c)
+             for c in range(1, 30)] + [_cmp("bare", "values_only", 0.1, 1e-4, 1e-4, 0.3), _cmp("bare", "primed", 0.2, 1e-6, 1e-6, 0.5)]
+    _run(tmp_path, "exp06_real", "smollm2-135m-instruct", "squad_v1.1", comps)
+    f = tmp_path / "exp06_real" / "results.json"
+    r = json.loads(f.read_text())
+    r["summary"]["cutoff_curve"] = {"early": [{"cutoff": c} for c in range(1, 30)], "late": []}
+    f.write_text(json.dumps(r))
+    found = {h["headline"].key: h for h in findings.measure(index.collect(tmp_path))}
+    early = found["exp25_values_early"]["lab"]
+    assert [(m["what"], m["verdict"], m["agrees"]) for m in early] == [("exp06: values_early_14 vs bare", "better", "yes")]
+    assert early[0]["row"]["mean_delta"] == pytest.approx(1.4)
+    assert [(m["verdict"], m["agrees"]) for m in found["exp25_values_only"]["lab"]] == [("better", "no")]
+    assert [(m["verdict"], m["agrees"]) for m in found["exp25_full_priming_fails"]["lab"]] == [("better", "no")]

@@ -32,7 +32,8 @@ class Headline:
     seed_verdict: str    # "better" / "worse" / "null": the condition vs its reference in the seed
     sources: tuple       # ((experiment, where[, expected verdict]), ...): where = ("cmp", ref, cond) |
     #                      ("cmp_margin", ref, cond) (judged on d(margin)) | ("hard_semantic", cond) | ("reach",) (exp08's
-    #                      part 4 transition) | ("wire",) (exp12's latent vs text and budget, per model) | ("none",);
+    #                      part 4 transition) | ("wire",) (exp12's latent vs text and budget, per model) | ("cutoff",)
+    #                      (exp06's values_early at the seed's depth ratio, ``seed_cutoff``) | ("none",);
     #                      an expected verdict given with a source overrides seed_verdict / by_model for it
     offline: str = ""    # why it cannot be measured offline ("" when it can)
     run_to_do: str = ""  # the run that would measure it, when none exists yet
@@ -84,6 +85,18 @@ HEADLINES = (
              "the hybrid cache beats bare by d > +0.25 (the discrete prefix reached +0.227)",
              "Gemma 3 4B-IT, MS MARCO: criterion d > +0.25", "better", (("exp07", ("cmp", "bare", "vel_soft_fact")),),
              run_to_do="exp07 on gemma-3-270m, SQuAD v1.1 with article-disjoint train/eval splits"),
+    Headline("exp25_values_early", "exp25_soft_surrogates_gemma3.md (Exps 19, 21)", "primed values at the early layers only "
+             "(layers 0-15 of 34; bare keys, bare values above) beat the bare cache; the lab reads the cutoff at the same "
+             "depth ratio (SmolLM2's 30 layers: 14)", "Gemma 3 4B-IT, MS MARCO: d=+0.227 (Exp 21), +0.211 (Exp 19)", "better",
+             (("exp06", ("cutoff",)),), run_to_do="exp06 on squad_v1.1 per model"),
+    Headline("exp25_values_only", "exp25_soft_surrogates_gemma3.md (Exp 19)", "primed values at every layer (bare keys) help "
+             "far less than at the early layers (the seed gives d only, no test: read as no clear gain)",
+             "Gemma 3 4B-IT, MS MARCO: d=+0.056", "null", (("exp06", ("cmp", "bare", "values_only")),),
+             run_to_do="exp06 on squad_v1.1 per model"),
+    Headline("exp25_full_priming_fails", "exp25_soft_surrogates_gemma3.md (motivation)", "full-cache priming (primed keys and "
+             "values at every layer, prefix dropped) fails, which the seed attributes to late-layer key interference",
+             "Gemma 3 4B-IT: stated, no figure (read as no gain)", "null", (("exp06", ("cmp", "bare", "primed")),),
+             run_to_do="exp06 on squad_v1.1 per model"),
     Headline("correction_keywords_entropy", "seed project's later correction", "keyword-prefix gains are entropy: d(nll) > 0 while "
              "d(margin) is about 0", "stated, no figure (nll: better; margin: null)", "better",
              (("exp05", ("cmp", "bare", "kw10_L32"), "better"), ("exp05", ("cmp_margin", "bare", "kw10_L32"), "null")),
@@ -177,15 +190,42 @@ def measure(index_rows: list[dict]) -> list[dict]:
                 if where[0] in _OWN_READING:
                     lab += _OWN_READING[where[0]](h, exp, r, results)
                     continue
-                row = _locate(summary, where)
-                if row is None:
-                    continue
-                v = verdicts.verdict({"primary_test": summary.get("primary_test") or "t", **row})
-                lab.append({"what": _what(exp, where), "run": r["run"], "model": r["model"], "dataset": r["dataset"],
-                            "n": row.get("n", r["n"]), "row": row, "verdict": v,
-                            "agrees": "undecided" if v == "test-dependent" else ("yes" if v == h.expected(str(r["model"]), source) else "no")})
+                lab += _entry(h, exp, where, r, summary, source)
         out.append({"headline": h, "lab": lab})
     return out
+
+
+def _entry(h: Headline, exp: str, where: tuple, r: dict, summary: dict, source: tuple = ()) -> list[dict]:
+    """The lab's row for one comparison of one run (none when the run lacks it): verdict and agreement."""
+    row = _locate(summary, where)
+    if row is None:
+        return []
+    v = verdicts.verdict({"primary_test": summary.get("primary_test") or "t", **row})
+    return [{"what": _what(exp, where), "run": r["run"], "model": r["model"], "dataset": r["dataset"],
+             "n": row.get("n", r["n"]), "row": row, "verdict": v,
+             "agrees": "undecided" if v == "test-dependent" else ("yes" if v == h.expected(str(r["model"]), source) else "no")}]
+
+
+# the seed's cutoff: primed values at layers 0-15 of Gemma 3 4B's 34 (exp25_soft_surrogates_gemma3.md, Exp 21)
+SEED_CUTOFF, SEED_LAYERS = 16, 34
+
+
+def seed_cutoff(n_layers: int) -> int:
+    """The cutoff at the seed's depth ratio 16/34 on a model of ``n_layers`` layers (SmolLM2's 30: 14)."""
+    if n_layers < 2:
+        raise ValueError(f"a cutoff needs at least 2 layers, got n_layers={n_layers}")
+    return min(n_layers - 1, max(1, round(SEED_CUTOFF / SEED_LAYERS * n_layers)))
+
+
+def _cutoff(h: Headline, exp: str, r: dict, results: dict) -> list[dict]:
+    """exp06: values_early_<c> vs bare at the cutoff of the seed's depth ratio on this run's model (its layer count is
+    one more than the largest cutoff of its curve); a run whose curve lacks that cutoff gives no row."""
+    s = results.get("summary", {})
+    cutoffs = [row["cutoff"] for row in (s.get("cutoff_curve") or {}).get("early", [])]
+    if not cutoffs:
+        return []
+    c = seed_cutoff(max(cutoffs) + 1)
+    return _entry(h, exp, ("cmp", "bare", f"values_early_{c}"), r, s)
 
 
 def _reach(h: Headline, exp: str, r: dict, results: dict) -> list[dict]:
@@ -235,7 +275,7 @@ def _wire(h: Headline, exp: str, r: dict, results: dict) -> list[dict]:
     return out
 
 
-_OWN_READING = {"reach": _reach, "wire": _wire}
+_OWN_READING = {"reach": _reach, "wire": _wire, "cutoff": _cutoff}
 
 
 def _what(exp: str, where: tuple) -> str:
