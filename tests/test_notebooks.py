@@ -265,6 +265,7 @@ def test_exp09_smoke_run_random_init_encdec(tmp_path):
     s = r["summary"]
     assert r["random_init"] is True and r["config"]["random_init"] is True
     assert r["provenance"]["run_kind"]["random_init"] is True  # SMOKE on a random-init model: plumbing only
+    assert r["config"]["dtype"] == "torch.float32"  # the identity line names it (it read "(?)" before)
     wound = ("first_sentence", "wrongdoc_sentence", "shuffled_sentence", "shuffled_wrongdoc")
     assert [c["cond"] for c in s["enc_effects"]["q"]] == [f"{c}__q" for c in ("oracle", "random", "kw5", "kw10", "template", *wound)]
     assert [c["component"] for c in s["length_control"]["components"]] == ["length", "length", "semantic", "semantic"]
@@ -319,6 +320,7 @@ def test_exp10_smoke_run_both_paths(tmp_path):
                DATASET="squad_v1.1", DATA_SOURCE=str(tmp_path / "squad.json"), FILLER="article",
                LONG_SOURCE=str(tmp_path / "squad_long.json"))
     s = r["summary"]
+    assert r["config"]["dtype"] == "decoder torch.float32, encdec torch.float32"  # both paths' models named
     assert s["filler"] == "article"
     assert set(s["paths"]) == {"decoder", "encdec"} and s["paths"]["encdec"]["random_init"] is True
     for p in s["paths"].values():
