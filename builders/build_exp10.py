@@ -87,7 +87,7 @@ CELLS = [
             nll = nll_table(rows, names, ids)
             actual = doclen.mean_fill(rows, lengths, "n_doc_tokens")
             cv = doclen.curves(nll, lengths, n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST)
-            summary["paths"]["decoder"] = {"noise_atol": noise_atol(lm.dtype), "model": lm.source, "mean_doc_tokens": actual,
+            summary["paths"]["decoder"] = {"noise_atol": noise_atol(lm.dtype), "model": lm.source, "dtype": str(lm.dtype), "mean_doc_tokens": actual,
                                            "mean_article_fillers": doclen.mean_fill(rows, lengths, "article_fillers"), "curves": cv,
                                            "mean_nll": {n: float(v.mean()) for n, v in nll.items()},
                                            **discrimination_summary(rows, ids, names, pairs=doclen.curve_pairs(lengths),
@@ -116,7 +116,7 @@ CELLS = [
             nll = nll_table(rows, names, ids)
             actual = doclen.mean_fill(rows, lengths, "n_doc_tokens")
             cv = doclen.curves(nll, lengths, n_boot=N_BOOT, seed=SEED, atol=noise_atol(em.model.dtype), primary_test=PRIMARY_TEST)
-            summary["paths"]["encdec"] = {"model": em.name, "random_init": em.random_init, "mean_doc_tokens": actual,
+            summary["paths"]["encdec"] = {"model": em.name, "random_init": em.random_init, "dtype": str(em.dtype), "mean_doc_tokens": actual,
                                           "mean_article_fillers": doclen.mean_fill(rows, lengths, "article_fillers"), "curves": cv,
                                           "mean_nll": {n: float(v.mean()) for n, v in nll.items()}}
             figs.append(plots.plot_length_curves(doclen.curve_points(cv, lengths, actual), ROOT / OUT_DIR / "encdec_length_curves.png",
@@ -154,7 +154,7 @@ CELLS = [
     code("""
         from lib.lab.records import provenance, write_per_item_csv, write_results_json
 
-        dtype = ", ".join(f"{p} {m.dtype}" for p, m in (("decoder", globals().get("lm")), ("encdec", globals().get("em"))) if m is not None)
+        dtype = ", ".join(f"{p} {v['dtype']}" for p, v in summary["paths"].items())  # the models are freed after each path
         out = write_results_json(ROOT / OUT_DIR, config={**CONFIG, "dtype": dtype}, summary=summary, provenance=provenance(seeds={"seed": SEED}),
                                  extra={"data": data_info, "figures": [p.name for p in figs]})
         write_per_item_csv(ROOT / OUT_DIR, all_rows)
