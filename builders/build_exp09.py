@@ -142,7 +142,7 @@ CELLS = [
     code("""
         from lib.lab.records import provenance, write_per_item_csv, write_results_json
 
-        out = write_results_json(ROOT / OUT_DIR, config={**store.config, "dtype": str(em.dtype)}, summary=summary, provenance=provenance(seeds={"seed": SEED}),
+        out = write_results_json(ROOT / OUT_DIR, config={**store.config, "dtype": str(em.model.dtype)}, summary=summary, provenance=provenance(seeds={"seed": SEED}),
                                  extra={"data": data_info, "random_init": em.random_init, "figures": [p.name for p in figs]})
         write_per_item_csv(ROOT / OUT_DIR, rows)
         print(out)

@@ -116,7 +116,7 @@ CELLS = [
             nll = nll_table(rows, names, ids)
             actual = doclen.mean_fill(rows, lengths, "n_doc_tokens")
             cv = doclen.curves(nll, lengths, n_boot=N_BOOT, seed=SEED, atol=noise_atol(em.model.dtype), primary_test=PRIMARY_TEST)
-            summary["paths"]["encdec"] = {"model": em.name, "random_init": em.random_init, "dtype": str(em.dtype), "mean_doc_tokens": actual,
+            summary["paths"]["encdec"] = {"model": em.name, "random_init": em.random_init, "dtype": str(em.model.dtype), "mean_doc_tokens": actual,
                                           "mean_article_fillers": doclen.mean_fill(rows, lengths, "article_fillers"), "curves": cv,
                                           "mean_nll": {n: float(v.mean()) for n, v in nll.items()}}
             figs.append(plots.plot_length_curves(doclen.curve_points(cv, lengths, actual), ROOT / OUT_DIR / "encdec_length_curves.png",

@@ -207,6 +207,7 @@ def test_exp06_headlines_read_values_early_at_the_seeds_depth_ratio(tmp_path):
     f = tmp_path / "exp06_real" / "results.json"
     r = json.loads(f.read_text())
     r["summary"]["cutoff_curve"] = {"early": [{"cutoff": c} for c in range(1, 30)], "late": []}
+    r["arch"] = {"n_layers": 30}
     f.write_text(json.dumps(r))
     found = {h["headline"].key: h for h in findings.measure(index.collect(tmp_path))}
     early = found["exp25_values_early"]["lab"]
@@ -214,3 +215,13 @@ def test_exp06_headlines_read_values_early_at_the_seeds_depth_ratio(tmp_path):
     assert early[0]["row"]["mean_delta"] == pytest.approx(1.4)
     assert [(m["verdict"], m["agrees"]) for m in found["exp25_values_only"]["lab"]] == [("better", "no")]
     assert [(m["verdict"], m["agrees"]) for m in found["exp25_full_priming_fails"]["lab"]] == [("better", "no")]
+    # CUTOFFS a subset (4,8,14): the layer count comes from the recorded arch, not from the largest cutoff (+1 = 15)
+    r["summary"]["cutoff_curve"] = {"early": [{"cutoff": c} for c in (4, 8, 14)], "late": []}
+    r["summary"]["comparisons"] = [x for x in comps if x["cond"] in ("values_early_4", "values_early_8", "values_early_14")]
+    f.write_text(json.dumps(r))
+    early = next(h for h in findings.measure(index.collect(tmp_path)) if h["headline"].key == "exp25_values_early")["lab"]
+    assert [m["what"] for m in early] == ["exp06: values_early_14 vs bare"]
+    del r["arch"]
+    f.write_text(json.dumps(r))
+    with pytest.raises(ValueError, match="exp06_real.*arch.n_layers"):
+        findings.measure(index.collect(tmp_path))

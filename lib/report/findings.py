@@ -218,14 +218,14 @@ def seed_cutoff(n_layers: int) -> int:
 
 
 def _cutoff(h: Headline, exp: str, r: dict, results: dict) -> list[dict]:
-    """exp06: values_early_<c> vs bare at the cutoff of the seed's depth ratio on this run's model (its layer count is
-    one more than the largest cutoff of its curve); a run whose curve lacks that cutoff gives no row."""
+    """exp06: values_early_<c> vs bare at the cutoff of the seed's depth ratio on this run's model (its layer count
+    from the run's recorded ``arch``); a run whose CUTOFFS did not include that cutoff gives no row."""
+    n_layers = (results.get("arch") or {}).get("n_layers")
+    if not n_layers:
+        raise ValueError(f"{r['run']}: results.json has no arch.n_layers (the notebook's save cell records it); "
+                         f"the seed's cutoff ratio needs the model's layer count")
     s = results.get("summary", {})
-    cutoffs = [row["cutoff"] for row in (s.get("cutoff_curve") or {}).get("early", [])]
-    if not cutoffs:
-        return []
-    c = seed_cutoff(max(cutoffs) + 1)
-    return _entry(h, exp, ("cmp", "bare", f"values_early_{c}"), r, s)
+    return _entry(h, exp, ("cmp", "bare", f"values_early_{seed_cutoff(n_layers)}"), r, s)
 
 
 def _reach(h: Headline, exp: str, r: dict, results: dict) -> list[dict]:

@@ -44,10 +44,6 @@ class EncDecLM:
     def device(self):
         return next(self.model.parameters()).device
 
-    @property
-    def dtype(self):
-        return next(self.model.parameters()).dtype
-
 
 def _family(model) -> str:
     mt = model.config.model_type
