@@ -96,50 +96,46 @@ def test_generation_is_cached_and_reused(smollm2, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["smollm2", "gemma3"])
-def test_stopping_at_the_first_line_keeps_the_same_texts_with_fewer_tokens(model, request, tmp_path, monkeypatch):
-    """Rows stop once their first line is complete: the kept texts equal the reference path's
-    (every row to max_new_tokens), and no more tokens are generated."""
+def test_batched_generation_keeps_the_reference_texts(model, request, tmp_path):
+    """The batched path (every kind together, sorted by length, rows leaving at their first line) keeps
+    the same texts as the reference (model.generate per kind, every row to max_new_tokens)."""
     lm = request.getfixturevalue(model)
     samples = synthetic_qa(6, 11)
-    real, lengths = lm.model.generate, []
-
-    def spy(*a, **k):
-        out = real(*a, **k)
-        lengths.append(out.shape[1] - k["input_ids"].shape[1])
-        return out
-
-    monkeypatch.setattr(lm.model, "generate", spy)
     kinds = ["llm_question", "llm_extract", "paraphrase"]
     ref = surrogates.generate(lm, samples, kinds, surrogates.GeneratedCache(tmp_path / "a.json"), max_new_tokens=24,
-                              batch_size=3, stop_at_line=False)
-    n_ref, lengths[:] = list(lengths), []
-    fast = surrogates.generate(lm, samples, kinds, surrogates.GeneratedCache(tmp_path / "b.json"), max_new_tokens=24, batch_size=3)
-    assert fast == ref
-    assert all(f <= r for f, r in zip(lengths, n_ref)) and len(lengths) == len(n_ref) == 3 * 2
+                              batch_size=3, reference=True)
+    fast = surrogates.generate(lm, samples, kinds, surrogates.GeneratedCache(tmp_path / "b.json"), max_new_tokens=24,
+                               batch_size=5)
+    assert fast == ref and all(t for k in kinds for t in ref[k].values())
 
 
 @pytest.mark.slow
 def test_generation_keeps_finished_batches_when_interrupted(smollm2, tmp_path, monkeypatch):
-    """A run killed in the middle of a kind keeps every finished batch: the rerun generates only the rest."""
-    samples = synthetic_qa(5, 3)
-    real, calls = smollm2.model.generate, []
+    """A run killed in the middle keeps every finished batch: the rerun generates only the rest."""
+    from lib.kv import greedy
 
-    def dies_on_second_batch(*a, **k):
-        calls.append(k["input_ids"].shape[0])
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
+    samples = synthetic_qa(5, 3)
+    real, calls = smollm2.model.forward, []
+
+    def dies_in_second_batch(*a, **k):
+        if k.get("past_key_values") is None or k["past_key_values"].get_seq_length() == 0:  # a batch's prefill
+            calls.append(k["input_ids"].shape[0])
+            if len(calls) == 2:
+                raise KeyboardInterrupt("killed")
         return real(*a, **k)
 
-    monkeypatch.setattr(smollm2.model, "generate", dies_on_second_batch)
+    monkeypatch.setattr(smollm2.model, "forward", dies_in_second_batch)
     with pytest.raises(KeyboardInterrupt):
         surrogates.generate(smollm2, samples, ["llm_question"], surrogates.GeneratedCache(tmp_path / "gen.json"),
                             max_new_tokens=4, batch_size=2)
     kept = surrogates.GeneratedCache(tmp_path / "gen.json")
     assert sum(kept.get(smollm2.name, "llm_question", s.id) is not None for s in samples) == 2
     calls.clear()
-    monkeypatch.setattr(smollm2.model, "generate", lambda *a, **k: (calls.append(k["input_ids"].shape[0]), real(*a, **k))[1])
+    monkeypatch.setattr(smollm2.model, "forward", real)
+    spy, real_gen = [], greedy.generate
+    monkeypatch.setattr(greedy, "generate", lambda m, prompts, **k: (spy.append(len(prompts)), real_gen(m, prompts, **k))[1])
     out = surrogates.generate(smollm2, samples, ["llm_question"], kept, max_new_tokens=4, batch_size=2)
-    assert calls == [2, 1] and set(out["llm_question"]) == {s.id for s in samples}
+    assert spy == [3] and set(out["llm_question"]) == {s.id for s in samples}
 
 
 @pytest.mark.slow

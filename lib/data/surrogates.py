@@ -91,58 +91,80 @@ def _chat(tokenizer, instruction: str) -> str:
     return instruction + "\n\n"
 
 
-def _first_line_done(tok, prompt_len: int):
-    """A ``StoppingCriteria``: a row is done once its text (leading whitespace dropped) holds a newline,
-    i.e. its first line -- all that ``generate`` keeps -- is complete."""
-    import torch
-    from transformers import StoppingCriteria
-
-    class FirstLineDone(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            texts = tok.batch_decode(input_ids[:, prompt_len:], skip_special_tokens=True)
-            return torch.tensor(["\n" in t.lstrip() for t in texts], dtype=torch.bool, device=input_ids.device)
-
-    return FirstLineDone()
+def _first_line_done(tok):
+    """``stop`` for ``lib.kv.greedy.generate``: a row is done once its text (leading whitespace dropped)
+    holds a newline, i.e. its first line -- all that ``generate`` keeps -- is complete."""
+    return lambda new: "\n" in tok.decode(new, skip_special_tokens=True).lstrip()
 
 
-def generate(lm, samples, kinds, cache: GeneratedCache, *, max_new_tokens: int = 32, batch_size: int = 8,
-             progress: bool = False, stop_at_line: bool = True) -> dict:
-    """{kind: {sample_id: text}} for every sample, generating only what ``cache`` lacks (greedy).
-    ``progress``: a bar over the prompts still to generate (``tqdm.auto``). ``stop_at_line``: a row
-    stops once its first line is complete (the text kept is the same: the rest was always cut;
-    ``False`` runs every row to ``max_new_tokens`` or EOS, the reference path)."""
-    import torch
+def _prompt(tok, kind: str, s) -> str:
+    return _chat(tok, GENERATION_PROMPTS[kind].format(passage=s.passage, query=s.query))
+
+
+def _first_line(tok, tokens) -> str:
+    return tok.decode(tokens, skip_special_tokens=True).strip().split("\n")[0].strip()
+
+
+def generate(lm, samples, kinds, cache: GeneratedCache, *, max_new_tokens: int = 32, batch_size: int = 32,
+             progress: bool = False, reference: bool = False) -> dict:
+    """{kind: {sample_id: text}} for every sample, generating only what ``cache`` lacks (greedy); the
+    text kept is the first line of what the model writes (stripped; kept even when empty: the
+    condition builder refuses empty texts).
+
+    The default path (``lib.kv.greedy``) puts the prompts of every kind together, sorted by length,
+    in batches of ``batch_size``; a row stops once its first line is complete or at end of sequence.
+    ``reference=True`` is the path it replaced and is checked against: ``model.generate`` per kind in
+    batches of ``batch_size``, every row run to ``max_new_tokens`` or end of sequence. Both write the
+    cache after every batch, so a killed run keeps what it generated. ``progress``: a bar over the
+    prompts still to generate (``tqdm.auto``)."""
     from tqdm.auto import tqdm
+
+    from lib.kv import greedy
 
     unknown = [k for k in kinds if k not in GENERATION_PROMPTS]
     if unknown:
         raise ValueError(f"unknown generated surrogate kinds {unknown}; known: {sorted(GENERATION_PROMPTS)}")
     tok = lm.tokenizer
-    out = {}
-    bar = tqdm(total=sum(cache.get(lm.name, k, s.id) is None for k in kinds for s in samples), desc="generate",
-               disable=not progress)
-    for kind in kinds:
-        missing = [s for s in samples if cache.get(lm.name, kind, s.id) is None]
-        for i in range(0, len(missing), batch_size):
-            part = missing[i : i + batch_size]
-            prompts = [_chat(tok, GENERATION_PROMPTS[kind].format(passage=s.passage, query=s.query)) for s in part]
-            side = tok.padding_side
-            tok.padding_side = "left"
-            try:
-                enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=not getattr(tok, "chat_template", None))
-            finally:
-                tok.padding_side = side
-            enc = {k: v.to(lm.device) for k, v in enc.items()}
-            stop = [_first_line_done(tok, enc["input_ids"].shape[1])] if stop_at_line else None
-            with torch.no_grad():
-                gen = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                        pad_token_id=tok.pad_token_id, stopping_criteria=stop)
-            new = {}
-            for s, row in zip(part, gen[:, enc["input_ids"].shape[1]:]):
-                text = tok.decode(row, skip_special_tokens=True).strip().split("\n")[0].strip()
-                new[s.id] = text  # kept as generated, even empty: the condition builder refuses empty texts
-            cache.put_many(lm.name, kind, new)  # every batch: a killed run keeps what it generated
-            bar.update(len(part))
-        out[kind] = {s.id: cache.get(lm.name, kind, s.id) for s in samples}
+    todo = [(k, s) for k in kinds for s in samples if cache.get(lm.name, k, s.id) is None]
+    bar = tqdm(total=len(todo), desc="generate", disable=not progress)
+    if reference:
+        for kind in kinds:
+            part_all = [s for k, s in todo if k == kind]
+            for i in range(0, len(part_all), batch_size):
+                part = part_all[i : i + batch_size]
+                rows = _reference_rows(lm, [_prompt(tok, kind, s) for s in part], max_new_tokens)
+                cache.put_many(lm.name, kind, {s.id: _first_line(tok, r) for s, r in zip(part, rows)})
+                bar.update(len(part))
+    else:
+        special = not getattr(tok, "chat_template", None)
+        ids = [tok(_prompt(tok, k, s), add_special_tokens=special)["input_ids"] for k, s in todo]
+
+        def keep(idx, rows):
+            by_kind: dict[str, dict] = {}
+            for i, r in zip(idx, rows):
+                by_kind.setdefault(todo[i][0], {})[todo[i][1].id] = _first_line(tok, r)
+            for k, texts in by_kind.items():
+                cache.put_many(lm.name, k, texts)
+            bar.update(len(idx))
+
+        greedy.generate(lm.model, ids, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                        batch_size=batch_size, stop=_first_line_done(tok), on_batch=keep)
     bar.close()
-    return out
+    return {k: {s.id: cache.get(lm.name, k, s.id) for s in samples} for k in kinds}
+
+
+def _reference_rows(lm, prompts: list[str], max_new_tokens: int):
+    """``model.generate`` (greedy, left padding) on ``prompts``: the new tokens of each row."""
+    import torch
+
+    tok = lm.tokenizer
+    side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=not getattr(tok, "chat_template", None))
+    finally:
+        tok.padding_side = side
+    enc = {k: v.to(lm.device) for k, v in enc.items()}
+    with torch.no_grad():
+        gen = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    return gen[:, enc["input_ids"].shape[1]:].tolist()

@@ -217,16 +217,24 @@ def bench_train(run: str, r: dict) -> list[str]:
 
 
 def bench_gen(run: str, r: dict) -> list[str]:
-    """``python -m lib.tools.bench --design gen``: model-written surrogates, every row to the token cap vs first-line stop."""
+    """``python -m lib.tools.bench --design gen``: model-written surrogates, the reference path vs the batched one
+    (a file written before the batched path existed: every row to the token cap vs first-line stop)."""
     prov = r.get("provenance", {})
-    return [f"`{run}`; model-written surrogates; model {r['model']}; {r['n_samples']} {r['data']} samples x {len(r['kinds'])} "
-            f"kinds = {r['prompts']} prompts, batch {r['batch']}, at most {r['max_new_tokens']} new tokens; best of "
-            f"{r['repeats']}; commit {_commit(prov)}; {(prov.get('date') or '?')[:10]}.", "",
-            "| reference prompts/s | first-line stop prompts/s | ratio | tokens generated (with padding) | texts identical |",
-            "|---|---|---|---|---|",
+    head = (f"`{run}`; model-written surrogates; model {r['model']}; {r['n_samples']} {r['data']} samples x {len(r['kinds'])} "
+            f"kinds = {r['prompts']} prompts, at most {r['max_new_tokens']} new tokens; best of {r['repeats']}; commit "
+            f"{_commit(prov)}; {(prov.get('date') or '?')[:10]}.")
+    same = "yes" if r["texts_identical"] else "NO"
+    if "work" not in r:
+        return [head, "", "| reference prompts/s (batch %d) | first-line stop prompts/s | ratio | tokens generated (with padding) | "
+                "texts identical |" % r["batch"], "|---|---|---|---|---|",
+                f"| {_f(r['prompts_per_s']['reference'], '.2f')} | {_f(r['prompts_per_s']['fast'], '.2f')} | {_f(r['ratio'], '.2f')}x | "
+                f"{r['generated_tokens_incl_padding']['reference']} -> {r['generated_tokens_incl_padding']['fast']} | {same} |"]
+    w = r["work"]
+    return [head, "", f"| reference prompts/s (batch {r['batch']}) | batched prompts/s (batch {r['fast_batch']}) | ratio | "
+            "prefill tokens (with padding) | decode row-steps | texts identical |", "|---|---|---|---|---|---|",
             f"| {_f(r['prompts_per_s']['reference'], '.2f')} | {_f(r['prompts_per_s']['fast'], '.2f')} | {_f(r['ratio'], '.2f')}x | "
-            f"{r['generated_tokens_incl_padding']['reference']} -> {r['generated_tokens_incl_padding']['fast']} | "
-            f"{'yes' if r['texts_identical'] else 'NO'} |"]
+            f"{w['reference']['prefill_tokens']} -> {w['fast']['prefill_tokens']} | "
+            f"{w['reference']['decode_row_steps']} -> {w['fast']['decode_row_steps']} | {same} |"]
 
 
 def bench_exp08(run: str, r: dict) -> list[str]:

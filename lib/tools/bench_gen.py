@@ -1,13 +1,16 @@
-"""Model-written surrogates (exp03/exp04): the reference generation path against the fast one, in one
-process on the same prompts.
+"""Model-written surrogates (exp03/exp04): the reference generation path against the batched one, in
+one process on the same prompts.
 
     python -m lib.tools.bench --design gen --model gemma-3-270m --n 16
 
-Reference: every row runs to ``max_new_tokens`` or EOS (``surrogates.generate(stop_at_line=False)``).
-Fast: a row stops once its first line -- the only text kept -- is complete (the default). Both
+Reference: ``surrogates.generate(reference=True)``, ``model.generate`` per kind in batches of
+``batch`` (8, the builders' earlier default), every row run to ``max_new_tokens`` or EOS. Batched:
+the default path (``lib.kv.greedy``): every kind's prompts together, sorted by length, in batches of
+``fast_batch``, a row leaving the batch once its first line (the only text kept) is complete. Both
 generate the five kinds exp03 uses for the same real SQuAD v1.1 dev samples (the registry copy; the
-synthetic generator when it is absent) in batches of ``batch``; the agreement is whether every
-kept text is identical. Reported: prompts/s of each path, their ratio, and the tokens generated.
+synthetic generator when it is absent); the agreement is whether every kept text is identical.
+Reported: prompts/s of each path, their ratio, the prompt tokens each prefill runs (padding
+included) and the decode row-steps each runs (one row for one new token).
 """
 from __future__ import annotations
 
@@ -27,43 +30,54 @@ def _samples(n: int, seed: int):
         return load_samples("synthetic", n, seed=seed).samples, "synthetic"
 
 
-def bench_gen(lm, n: int = 16, batch: int = 8, max_new_tokens: int = 32, repeats: int = 1, seed: int = 42) -> dict:
+def _counting(model):
+    """Wrap ``model.forward``: counts prefill tokens (padding included) and decode row-steps."""
+    real, counts = model.forward, {"prefill_tokens": 0, "decode_row_steps": 0}
+
+    def spy(*a, **k):
+        ids = k["input_ids"]
+        past = k.get("past_key_values")
+        key = "decode_row_steps" if past is not None and past.get_seq_length() > 0 else "prefill_tokens"
+        counts[key] += int(ids.shape[0]) * int(ids.shape[1])
+        return real(*a, **k)
+
+    model.forward = spy
+    return counts
+
+
+def bench_gen(lm, n: int = 16, batch: int = 8, fast_batch: int = 32, max_new_tokens: int = 32, repeats: int = 1,
+              seed: int = 42) -> dict:
     from lib.data import surrogates
 
     samples, data = _samples(n, seed)
-    real, counted = lm.model.generate, []
-
-    def spy(*a, **k):
-        out = real(*a, **k)
-        counted.append(int(out.shape[0]) * (int(out.shape[1]) - int(k["input_ids"].shape[1])))
-        return out
-
-    lm.model.generate = spy
-    times, texts, tokens = {"reference": [], "fast": []}, {}, {}
+    times, texts, work = {"reference": [], "fast": []}, {}, {}
     try:
         for _ in range(repeats):
-            for name, stop in (("reference", False), ("fast", True)):
-                counted.clear()
+            for name in ("reference", "fast"):
+                counts = _counting(lm.model)
                 with tempfile.TemporaryDirectory() as d:
                     t0 = time.perf_counter()
                     texts[name] = surrogates.generate(lm, samples, KINDS, surrogates.GeneratedCache(Path(d) / "g.json"),
-                                                      max_new_tokens=max_new_tokens, batch_size=batch, stop_at_line=stop)
+                                                      max_new_tokens=max_new_tokens, reference=name == "reference",
+                                                      batch_size=batch if name == "reference" else fast_batch)
                     times[name].append(time.perf_counter() - t0)
-                tokens[name] = sum(counted)
+                del lm.model.forward  # back to the class method
+                work[name] = counts
     finally:
-        del lm.model.generate  # back to the class method
+        vars(lm.model).pop("forward", None)
     prompts = len(samples) * len(KINDS)
     best = {k: min(v) for k, v in times.items()}
+    same = texts["reference"] == texts["fast"]
     return {"design": "gen", "model": lm.name, "data": data, "n_samples": len(samples), "kinds": list(KINDS),
-            "prompts": prompts, "batch": batch, "max_new_tokens": max_new_tokens, "repeats": repeats,
-            "seconds": best, "prompts_per_s": {k: prompts / v for k, v in best.items()},
-            "ratio": best["reference"] / best["fast"], "generated_tokens_incl_padding": tokens,
-            "texts_identical": texts["reference"] == texts["fast"], "nll_agreement_ok": texts["reference"] == texts["fast"]}
+            "prompts": prompts, "batch": batch, "fast_batch": fast_batch, "max_new_tokens": max_new_tokens,
+            "repeats": repeats, "seconds": best, "prompts_per_s": {k: prompts / v for k, v in best.items()},
+            "ratio": best["reference"] / best["fast"], "work": work, "texts_identical": same, "nll_agreement_ok": same}
 
 
 def report(res: dict) -> str:
+    w = res["work"]
     return (f"[gen] {res['model']}: {res['prompts']} prompts ({res['n_samples']} {res['data']} samples x {len(res['kinds'])} kinds, "
-            f"batch {res['batch']}, max {res['max_new_tokens']} new tokens): reference {res['prompts_per_s']['reference']:.2f} "
-            f"prompts/s, first-line stop {res['prompts_per_s']['fast']:.2f} prompts/s, ratio {res['ratio']:.2f}x; tokens generated "
-            f"(with padding) {res['generated_tokens_incl_padding']['reference']} -> {res['generated_tokens_incl_padding']['fast']}; "
-            f"texts identical: {res['texts_identical']}")
+            f"max {res['max_new_tokens']} new tokens): reference (batch {res['batch']}) {res['prompts_per_s']['reference']:.2f} "
+            f"prompts/s, batched (batch {res['fast_batch']}) {res['prompts_per_s']['fast']:.2f} prompts/s, ratio {res['ratio']:.2f}x; "
+            f"prefill tokens {w['reference']['prefill_tokens']} -> {w['fast']['prefill_tokens']}, decode row-steps "
+            f"{w['reference']['decode_row_steps']} -> {w['fast']['decode_row_steps']}; texts identical: {res['texts_identical']}")
