@@ -165,7 +165,13 @@ def test_generation_and_exp08_bench_blocks(tmp_path):
     for name, r in (("gen_m.json", gen), ("exp08_m.json", reach)):
         (tmp_path / name).write_text(json.dumps(r))
     g = logblocks.render("gen_m.json", tmp_path)
-    assert "| 1.00 | 2.50 | 2.50x | 256 -> 90 | yes |" in g
+    assert "| 1.00 | 2.50 | 2.50x | 256 -> 90 | yes |" in g  # a file from before the batched path
+    new = {k: v for k, v in gen.items() if k != "generated_tokens_incl_padding"}
+    new.update(fast_batch=32, work={"reference": {"prefill_tokens": 900, "decode_row_steps": 248},
+                                    "fast": {"prefill_tokens": 700, "decode_row_steps": 60}})
+    (tmp_path / "gen_m.json").write_text(json.dumps(new))
+    g = logblocks.render("gen_m.json", tmp_path)
+    assert "batched prompts/s (batch 32)" in g and "| 1.00 | 2.50 | 2.50x | 900 -> 700 | 248 -> 60 | yes |" in g
     e = logblocks.render("exp08_m.json", tmp_path)
     assert "| 10.0 | 30.0 | 3.00x | 2.0e-07 | ok | 100.0 GFLOP/s | 55% (20%) |" in e
 
