@@ -64,7 +64,10 @@ CELLS = [
         curv = prefixlen.curves(summary["comparisons"], contents, lengths)
         decomp = prefixlen.decompose(nll, contents, lengths, n_boot=N_BOOT, seed=SEED, atol=atol)
         dens = prefixlen.density(nll, contents, lengths, n_boot=N_BOOT, seed=SEED, atol=atol, primary_test=PRIMARY_TEST)
-        summary.update(length_curves=curv, decomposition=decomp, keyword_density=dens)
+        leaked = prefixlen.keyword_answer_leaks(samples, contents)
+        leak = prefixlen.leak_split(nll, ids, leaked, lengths, n_boot=N_BOOT, seed=SEED, atol=atol)
+        summary.update(length_curves=curv, decomposition=decomp, keyword_density=dens,
+                       keyword_answer_leak={"leaked_ids": leaked, "split": leak})
         print(f"mean delta vs bare, nats (% of bare NLL {summary['mean_nll']['bare']:.4f}) | d, by L: {lengths}")
         for c, pts in curv.items():
             print(f"{c:26s}" + "".join(f"  {p['mean_delta']:+.4f} ({p['pct_of_ref']:+.2f}%) | {p['d']:+.3f}" for p in pts))
@@ -76,6 +79,11 @@ CELLS = [
         show.table(summary["comparisons"], title="every condition vs bare")
         show.discrimination(summary)
         show.table(dens, title="keyword density (kw20 vs kw5 at each L)")
+        print("keyword gain where the keywords hold an answer word (leaked) and where not (clean), nats vs bare:")
+        for r in leak:
+            part = {k: f"{r[k]['mean']:+.4f} [{r[k]['mean_ci'][0]:+.4f}, {r[k]['mean_ci'][1]:+.4f}]" if r[k] else "n<2"
+                    for k in ("leaked", "clean")}
+            print(f"  {r['cond']:12s} leaked (n={r['n_leaked']}) {part['leaked']}  clean (n={r['n_clean']}) {part['clean']}")
     """),
     md("## Figures"),
     code("""

@@ -202,6 +202,10 @@ def test_exp05_smoke_run_writes_every_statistic(tmp_path):
         assert abs(parts - d["total"]["mean"]) < 1e-9
     assert [x["label"] for x in s["keyword_density"]] == ["kw20_L8 vs kw5_L8", "kw20_L16 vs kw5_L16"]
     assert len(s["hardness"]) == 5 * 10
+    leak = s["keyword_answer_leak"]  # synthetic keywords hold the answer: the split shows it
+    assert set(leak["leaked_ids"]) == {"kw5", "kw20"} and len(leak["leaked_ids"]["kw20"]) >= 5
+    assert [x["cond"] for x in leak["split"]] == ["kw5_L8", "kw5_L16", "kw20_L8", "kw20_L16"]
+    assert all(x["n_leaked"] + x["n_clean"] == 10 for x in leak["split"])
     assert len(_rows(tmp_path)) == 10 * 11
     for name in ("length_curves.png", "decomposition.png", "mean_nll_L16.png", "hardness_heatmap_L16.png"):
         assert (tmp_path / name).is_file()

@@ -130,3 +130,38 @@ def test_article_filler_reads_the_samples_own_article_on_from_its_paragraph(tmp_
         doclen.article_fillers([replace(q1, meta={**q1.meta, "article": "a9"})], pars)
     with pytest.raises(ValueError, match="SQuAD-layout"):
         article_paragraphs("coqa")
+
+
+def test_keyword_answer_leaks_flag_samples_whose_keywords_hold_an_answer_word():
+    from lib.data.schema import Sample
+    from lib.studies import prefixlen
+
+    docs = ["Tesla built the induction motor in Pittsburgh while working for Westinghouse.",
+            "The river floods every spring, and farmers plant rice after the water recedes."]
+    s = [Sample("a", "Where was the motor built?", docs[0], "Pittsburgh"),
+         Sample("b", "When does the river flood?", docs[1], "in spring")]
+    out = prefixlen.keyword_answer_leaks(s, ["random", "kw5", "kw20"])
+    assert set(out) == {"kw5", "kw20"}
+    # every word is in one document only, so TF-IDF ties and the top 5 are alphabetical: a's holds
+    # 'pittsburgh' (built, induction, motor, pittsburgh, tesla); b's (every, farmers, floods, plant, recedes) not 'spring'
+    assert out["kw5"] == ["a"] and out["kw20"] == ["a", "b"]
+
+
+def test_leak_split_recovers_an_effect_confined_to_the_leaked_samples():
+    """Simulated: keywords help by 0.5 nats exactly on the 40 samples whose keywords hold the answer."""
+    import numpy as np
+
+    from lib.studies import prefixlen
+
+    rng = np.random.default_rng(0)
+    ids = [f"s{i}" for i in range(120)]
+    bare = rng.normal(3, 1, 120)
+    kw = bare - np.r_[np.full(40, 0.5), np.zeros(80)] + rng.normal(0, 0.2, 120)
+    (row,) = prefixlen.leak_split({"bare": bare, "kw10_L32": kw}, ids, {"kw10": ids[:40]}, [8, 32], n_boot=500, seed=1)
+    assert (row["n_leaked"], row["n_clean"], row["cond"]) == (40, 80, "kw10_L32")
+    assert row["leaked"]["mean_ci"][0] > 0.4 and row["leaked"]["mean_ci"][1] < 0.6
+    assert row["clean"]["mean_ci"][0] < 0 < row["clean"]["mean_ci"][1]
+    lo, hi = row["leaked_minus_clean"]["diff_ci"]
+    assert 0.4 < lo < 0.5 < hi < 0.6 and row["leaked_minus_clean"]["p_welch"] < 1e-6
+    with pytest.raises(ValueError, match="not in ids"):
+        prefixlen.leak_split({"bare": bare, "kw10_L32": kw}, ids, {"kw10": ["zz"]}, [32])

@@ -91,3 +91,14 @@ def test_reanalysis_of_a_real_prefix_lm_run_adds_the_rank_readout_and_keeps_ever
     assert all(old[k] == pytest.approx(new[k], abs=1e-9) for k in old if old[k] is not None)
     comps = new_summary["discrimination"]["comparisons"]
     assert len(comps) == 10 and all({"rank_better", "rank_worse", "p_rank_wilcoxon", "top1_cond"} <= set(c) for c in comps)
+
+
+def test_exp05_keyword_leak_split_from_reloaded_samples():
+    """The synthetic exp05 run predates the split: reloading its samples finds keywords holding the
+    answer in most samples (the synthetic templates put it there), and the gain lives in those."""
+    r = reanalyse.reanalyse(REPO / "results/exp05_gemma3_270m", keyword_leaks=True)
+    leak = r["summary"]["keyword_answer_leak"]
+    assert len(leak["leaked_ids"]["kw10"]) > 150
+    (row,) = [x for x in leak["split"] if x["cond"] == "kw10_L32"]
+    assert row["n_leaked"] + row["n_clean"] == r["summary"]["n_samples"]
+    assert row["leaked"]["mean"] > row["clean"]["mean"]

@@ -187,6 +187,17 @@ def _extras(s: dict) -> list[str]:
         for r in dec:
             out.append(f"| {r['content']} | {r['length']} | " + " | ".join(
                 _ci(r[p]) if isinstance(r.get(p), dict) else "" for p in parts) + " |")
+    leak = (s.get("keyword_answer_leak") or {}).get("split")
+    if leak:
+        out += ["", "Keyword gain vs bare split by whether the sample's keywords hold a word of its answer (leaked: the "
+                "prefix primes the answer itself) or not (clean); nats [95% CI], d; leaked - clean unpaired (Welch p):", "",
+                "| condition | leaked n | leaked: mean delta | leaked d | clean n | clean: mean delta | clean d | "
+                "leaked - clean [95% CI] | Welch p |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in leak:
+            lk, cl, df = r.get("leaked") or {}, r.get("clean") or {}, r.get("leaked_minus_clean") or {}
+            out.append(f"| {r['cond']} | {r['n_leaked']} | {_ci(lk) if lk else ''} | {_f(lk.get('d'), '+.3f') if lk else ''} | "
+                       f"{r['n_clean']} | {_ci(cl) if cl else ''} | {_f(cl.get('d'), '+.3f') if cl else ''} | "
+                       f"{_ci(df, 'diff', 'diff_ci') if df else ''} | {_f(df.get('p_welch'), '.2g') if df else ''} |")
     cd = s.get("crossdata")
     if cd:
         pooled = cd["pooled"]

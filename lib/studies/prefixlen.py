@@ -128,3 +128,58 @@ def density(nll: dict[str, np.ndarray], contents: list[str], lengths: list[int],
     kws = [c for c in ("kw5", "kw10", "kw20") if c in contents]
     pairs = [(name(a, L), name(b, L)) for L in lengths for i, a in enumerate(kws) for b in kws[i + 1:]]
     return stats.compare_conditions(nll, None, pairs=pairs, n_boot=n_boot, seed=seed, atol=atol, primary_test=primary_test) if pairs else []
+
+
+def keyword_answer_leaks(samples, contents: list[str], docs: dict | None = None) -> dict[str, list[str]]:
+    """{kw content: ids of the samples whose top-k TF-IDF keywords contain a word of the scored answer}.
+
+    The keywords are the ones ``conditions.build_items`` tiles (TF-IDF over ``docs``, by default the
+    samples' passages); answer words go through the same ``surrogates.words`` (lower case, 3+ letters,
+    stop words out). A keyword prefix that holds the answer primes the answer itself: its gain says
+    nothing about surrogate queries (the trap of the synthetic runs, whose keywords always held it).
+    """
+    from lib.data import surrogates
+
+    ks = sorted({int(c[2:]) for c in contents if c in ("kw5", "kw10", "kw20")})
+    docs = docs or {s.id: s.passage for s in samples}
+    out = {}
+    for k in ks:
+        kw = surrogates.tfidf_keywords(docs, k)
+        out[f"kw{k}"] = [s.id for s in samples if set(surrogates.words(s.answer)) & set(kw[s.id])]
+    return out
+
+
+def _unpaired(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> dict:
+    """mean(x) - mean(y) with a percentile bootstrap CI (each group resampled) and Welch's t-test p."""
+    from scipy import stats as st
+
+    rng = np.random.default_rng(seed)
+    boots = np.array([rng.choice(x, len(x)).mean() - rng.choice(y, len(y)).mean() for _ in range(n_boot)])
+    p = float(st.ttest_ind(x, y, equal_var=False).pvalue) if len(x) > 1 and len(y) > 1 else float("nan")
+    return {"diff": float(x.mean() - y.mean()), "diff_ci": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
+            "p_welch": p}
+
+
+def leak_split(nll: dict[str, np.ndarray], ids: list[str], leaks: dict[str, list[str]], lengths: list[int], *,
+               ref: str = "bare", n_boot: int = 2000, seed: int = 0, atol: float | None = None) -> list[dict]:
+    """Each keyword content's effect vs ``ref`` at every L, on the samples whose keywords hold an answer
+    word (``leaked``) and on the rest (``clean``), and leaked minus clean (unpaired). ``nll`` columns
+    follow ``ids``; a subset with fewer than 2 samples gets ``None``."""
+    unknown = set().union(*leaks.values()) - set(ids) if leaks else set()
+    if unknown:
+        raise ValueError(f"leak lists name samples not in ids: {sorted(unknown)[:5]}")
+    rows = []
+    for c, leaked_ids in leaks.items():
+        leaked = np.array([i in set(leaked_ids) for i in ids])
+        for L in lengths:
+            cond = name(c, L)
+            if cond not in nll:
+                continue
+            a, b = np.asarray(nll[ref]), np.asarray(nll[cond])
+            row = {"content": c, "length": L, "cond": cond, "n_leaked": int(leaked.sum()), "n_clean": int((~leaked).sum())}
+            for part, m in (("leaked", leaked), ("clean", ~leaked)):
+                row[part] = _comp(a[m], b[m], n_boot, seed, atol) if m.sum() >= 2 else None
+            row["leaked_minus_clean"] = (_unpaired((a - b)[leaked], (a - b)[~leaked], n_boot, seed)
+                                         if leaked.sum() >= 2 and (~leaked).sum() >= 2 else None)
+            rows.append(row)
+    return rows

@@ -9,6 +9,11 @@ summary keys that the experiment's notebook computes from the rows, keeps every 
 (training histories, nearest tokens, ...) as it was, and records ``reanalysis`` in results.json:
 date, the code state (``lib.lab.codestate``), the source file and the keys recomputed.
 
+``--keyword-leaks`` (exp05): also split each keyword content's effect by whether the keywords hold
+a word of the answer (``prefixlen.keyword_answer_leaks`` / ``leak_split``); a run whose notebook
+predates that split gets it by reloading its samples from the recorded data knobs (the data cache
+must be there; the reloaded ids must equal the run's).
+
 Supported: exp01 (``priming.analyse``), exp02/exp03/exp05/exp06/exp07 (``analysis.summarize`` plus
 the experiment's own derived tables), exp09 (``encdec.analyse``), exp11 (``prefixlm.analyse`` and ``prefixlm.discrimination``). Other
 experiments raise: rerun their notebook instead.
@@ -44,7 +49,22 @@ def _order(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["sample_id"] for r in rows))
 
 
-def reanalyse(folder) -> dict:
+def _run_samples(cfg: dict, ids: list[str]):
+    """The run's samples, reloaded with its recorded data knobs (as the notebooks' data cell loads them)."""
+    from lib.data import load_samples
+
+    data = load_samples(cfg["DATASET"], int(cfg["N_SAMPLES"]), split=cfg.get("SPLIT") or None,
+                        source=cfg.get("DATA_SOURCE") or None, seed=int(cfg.get("SEED", 42)),
+                        min_passage_words=cfg.get("MIN_PASSAGE_WORDS") or None,
+                        max_passage_words=cfg.get("MAX_PASSAGE_WORDS") or None)
+    got = [s.id for s in data.samples]
+    if got != ids:
+        raise ValueError(f"reloaded samples differ from the run's per_item.csv ({len(got)} vs {len(ids)} ids, "
+                         f"first differing at {next((i for i, (a, b) in enumerate(zip(got, ids)) if a != b), min(len(got), len(ids)))})")
+    return data.samples
+
+
+def reanalyse(folder, keyword_leaks: bool = False) -> dict:
     """The new results.json content for the run in ``folder`` (not written)."""
     folder = Path(folder)
     exp = _experiment(folder)
@@ -88,6 +108,14 @@ def reanalyse(folder) -> dict:
         new = analysis.summarize(rows, ids, names, ref=ref, **kw)
         nll = nll_table(rows, names, ids)
         new.update(_derived(exp, old, nll, names, cfg, kw, new["comparisons"], rows, ids))
+        if exp == "exp05" and (keyword_leaks or "keyword_answer_leak" in old):
+            from lib.studies import prefixlen
+
+            leak = old.get("keyword_answer_leak")
+            contents, lengths = prefixlen.parse_contents(cfg["CONTENTS"]), prefixlen.parse_lengths(cfg["LENGTHS"])
+            leaked = leak["leaked_ids"] if leak else prefixlen.keyword_answer_leaks(_run_samples(cfg, ids), contents)
+            new["keyword_answer_leak"] = {"leaked_ids": leaked, "split": prefixlen.leak_split(
+                nll, ids, leaked, lengths, n_boot=kw["n_boot"], seed=kw["seed"], atol=kw["atol"])}
         recomputed = sorted(new)
         summary = {**old, **new}
     res["summary"] = summary
@@ -139,9 +167,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lib.tools.reanalyse", description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", help="run folders holding results.json and per_item.csv")
     ap.add_argument("--dry-run", action="store_true", help="compute and print the recomputed keys, write nothing")
+    ap.add_argument("--keyword-leaks", action="store_true",
+                    help="exp05: split keyword effects by answer words in the keywords (reloads the run's samples)")
     a = ap.parse_args(argv)
     for run in a.runs:
-        res = reanalyse(run)
+        res = reanalyse(run, keyword_leaks=a.keyword_leaks)
         if not a.dry_run:
             write_json_atomic(Path(run) / RESULTS_FILE, res)
         print(f"{run}: recomputed {', '.join(res['reanalysis']['recomputed'])}")
