@@ -32,8 +32,11 @@ def _samples(n: int, seed: int):
 
 def _counting(model):
     """Wrap ``model.forward``: counts prefill tokens (padding included) and decode row-steps."""
+    import functools
+
     real, counts = model.forward, {"prefill_tokens": 0, "decode_row_steps": 0}
 
+    @functools.wraps(real)  # keeps forward's signature: generate() asks it whether logits_to_keep is accepted
     def spy(*a, **k):
         ids = k["input_ids"]
         past = k.get("past_key_values")
