@@ -44,6 +44,7 @@ PARAMS = [
     Param("WARMUP_STEPS", int, 100, "linear warm-up steps, constant afterwards (our choice)"),
     Param("BATCH_SIZE", int, 64, "examples per optimizer step, every model on the same ones (seed: 64)"),
     Param("EPOCHS", int, 24, "passes over the training samples, seeded order per epoch (seed: 24)"),
+    Param("MICRO_BATCH", int, 0, "examples per model forward within a step: memory only, same numbers to float rounding (0: the whole batch)"),
     Param("CLIP", float, 1.0, "gradient-norm clip (seed: 1.0)"),
     Param("CHECKPOINT_EVERY", int, 100, "optimizer steps between checkpoints (a kill loses at most this much)"),
     Param("MAX_NEW_TOKENS", int, 12, "greedy decoding length cap, fixed, never the gold length (seed: 12)"),
@@ -132,7 +133,7 @@ CELLS = [
             if FRESH:
                 move_aside(ckpt)
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            r = W.train(lms, train_items, cfg, ckpt, progress=PROGRESS)
+            r = W.train(lms, train_items, cfg, ckpt, progress=PROGRESS, micro_batch=MICRO_BATCH)
             trained[m] = r
             tail = r.history[-10:]
             print(f"M={m:3d}: {len(r.history)} steps (resumed from {r.resumed_from_step}); loss {r.history[0]['loss']:.3f} -> "

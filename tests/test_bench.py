@@ -134,6 +134,19 @@ def test_exp08_bench_runs_both_chunkings_and_they_agree(smollm2):
 
 
 @pytest.mark.slow
+def test_exp12_bench_times_per_example_and_batched_training_and_they_agree(smollm2):
+    from lib.tools import bench_wire
+
+    res = bench_wire.bench_wire([smollm2], n=2, batch_size=2, repeats=1)
+    assert res["agreement_ok"] and res["grad_rel_diff"] <= 1e-9 and res["loss_rel_diff"] <= 1e-9  # float64
+    assert 0 < res["grad_rel_diff_float32"] < 1e-2  # float32 rounding: measured, not zero, small
+    assert smollm2.model.dtype == torch.float32  # the float64 check put the model back
+    assert set(res["examples_per_s"]) == {"per_example", "batched"} and res["steps"] == 1
+    assert res["useful_flops"] > 0 and 0 < res["batched_fraction_of_peak"] < 1
+    assert "ratio" in bench_wire.report(res)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("design", ["exp11", "exp07eval"])
 def test_phase_a_bench_times_both_paths_and_they_agree(smollm2, design):
     from lib.tools import bench_phase_a

@@ -186,6 +186,48 @@ def test_joint_step_trains_encoder_and_both_adapters_only(two, encoder):
         torch.testing.assert_close(p1.grad, p2.grad, atol=1e-6, rtol=1e-5, msg=n1)
 
 
+@pytest.mark.parametrize("k_tokens", [0, 2])
+def test_micro_batches_give_the_batch_losses_and_gradient(k_tokens):
+    """Each model's forward and backward over 1 or 3 examples at a time (``losses(micro_batch=...)``) gives the
+    whole batch's losses and gradient: exact in float64 (answers of unequal length, KD on, so a micro-batch
+    weighted by its own token count instead of the batch's would fail), to rounding in float32."""
+    models = lms()
+    for lm in models:
+        lm.model.double()
+    its = [make_wire_items(lm.tokenizer, samples(5), "prompt") for lm in models]
+    assert len({len(i.answer_ids) for i in its[0]}) > 1
+    c = cfg(encoder="bytes", kd_weight=0.5, k_tokens=k_tokens, batch_size=5)
+    results = {}
+    for micro in (0, 1, 3):
+        torch.manual_seed(0)
+        w = W.build(models, c).double()
+        out = W.losses(models, w, its, backward=True, micro_batch=micro)
+        results[micro] = (out, {n: p.grad.clone() for n, p in w.named_parameters()})
+    ref_out, ref_grad = results[0]
+    for micro in (1, 3):
+        out, grad = results[micro]
+        for k in ("loss", "ce", "kd", "nll", "first_acc"):
+            torch.testing.assert_close(out[k].double(), ref_out[k].double(), atol=1e-12, rtol=1e-10, msg=f"{micro} {k}")
+        for j in range(2):
+            for k in ("loss", "ce", "kd", "nll"):
+                torch.testing.assert_close(out["per_model"][j][k], ref_out["per_model"][j][k], atol=1e-12, rtol=1e-10)
+        for n in ref_grad:
+            torch.testing.assert_close(grad[n], ref_grad[n], atol=1e-12, rtol=1e-9, msg=f"{micro} {n}")
+
+
+def test_micro_batched_training_follows_the_batch_trajectory(two):
+    its = items(two)
+    c = cfg(encoder="bytes", epochs=2, batch_size=4)
+    a = W.train(two, its, c)
+    b = W.train(two, its, c, micro_batch=1)
+    for ha, hb in zip(a.history, b.history, strict=True):
+        assert ha.keys() == hb.keys()
+        for k in ha:
+            assert hb[k] == pytest.approx(ha[k], rel=1e-4, abs=1e-6), k
+    with pytest.raises(ValueError, match="micro_batch"):
+        W.train(two, its, c, micro_batch=-1)
+
+
 # ----------------------------------------------------------------------------- (v) exact resume
 def test_training_resume_after_interrupt_is_bit_identical(two, tmp_path):
     its = items(two)

@@ -8,6 +8,7 @@
     python -m lib.tools.bench --design exp08 --n 16                                       # lib/tools/bench_reach.py
     python -m lib.tools.bench --design exp11 --n 16                                       # lib/tools/bench_phase_a.py
     python -m lib.tools.bench --design exp07eval --model gemma-3-270m --n 16             # lib/tools/bench_phase_a.py
+    python -m lib.tools.bench --design exp12train --n 16      # lib/tools/bench_wire.py (SmolLM2 + Qwen2.5-0.5B)
     python -m lib.tools.bench --design exp01 --load-in-4bit --no-memory       # CUDA: bitsandbytes nf4
 
 The reference loop does what the seed notebooks did, with this repo's correct kernels (so its
@@ -276,9 +277,12 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m lib.tools.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--design", default="both", choices=DESIGNS + ("both", "many8", "exp07train", "gen", "exp08", "exp11", "exp07eval"),
+    ap.add_argument("--design", default="both", choices=DESIGNS + ("both", "many8", "exp07train", "gen", "exp08", "exp11", "exp07eval", "exp12train"),
                     help="many8: lib/tools/bench_memory.py; exp07train: lib/tools/bench_train.py; gen: lib/tools/bench_gen.py; "
-                         "exp08: lib/tools/bench_reach.py; exp11, exp07eval: lib/tools/bench_phase_a.py")
+                         "exp08: lib/tools/bench_reach.py; exp11, exp07eval: lib/tools/bench_phase_a.py; "
+                         "exp12train: lib/tools/bench_wire.py")
+    ap.add_argument("--models", default="smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct",
+                    help="exp12train: the frozen LMs that read the latent, comma-separated")
     ap.add_argument("--cutoff", type=int, default=None, help="exp07train: value cutoff (default: the seed's 16/34 ratio)")
     ap.add_argument("--examples-per-forward", type=int, nargs="+", default=[2, 4],
                     help="exp07train: the batched path's examples per forward, one timed path each")
@@ -296,8 +300,18 @@ def main(argv=None) -> int:
         return _probe_main(args)
     if args.load_in_4bit and not args.no_memory:
         ap.error("--load-in-4bit needs --no-memory (the memory probes load the model in its dtype)")
-    lm = load_model(args.model, dtype=args.dtype, load_in_4bit=args.load_in_4bit)
     out = Path(args.out)
+    if args.design == "exp12train":
+        from lib.tools import bench_wire
+
+        lms = [load_model(m.strip(), dtype=args.dtype, load_in_4bit=args.load_in_4bit) for m in args.models.split(",")]
+        res = bench_wire.bench_wire(lms, args.n or 16, repeats=args.repeats)
+        print(bench_wire.report(res), flush=True)
+        res["load_in_4bit"] = args.load_in_4bit
+        res["provenance"] = provenance(seeds={"seed": 0})
+        write_json_atomic(out / f"exp12train_{'+'.join(lm.name for lm in lms)}.json", res)
+        return 0 if res["agreement_ok"] else 1
+    lm = load_model(args.model, dtype=args.dtype, load_in_4bit=args.load_in_4bit)
     ok = True
     for design in (DESIGNS if args.design == "both" else (args.design,)):
         n = args.n or {"exp01": 10, "matched13": 4, "many8": 12, "exp07train": 8, "gen": 16, "exp08": 16, "exp11": 16, "exp07eval": 16}[design]

@@ -38,8 +38,10 @@ def check_models(lms, items_by_model) -> None:
         raise ValueError("no items")
 
 
-def model_loss(model, bos_id, prefix: torch.Tensor, items: list, cfg: WireConfig) -> dict:
-    """One model's loss from its calibrated prefixes (B, M, d_model)."""
+def _terms(model, bos_id, prefix: torch.Tensor, items: list, cfg: WireConfig) -> dict:
+    """Per loss position (answer position t < ``k_tokens``; every t when 0): the NLL (differentiable), the CE
+    weight (``first_weight`` at t = 0, else 1), whether it is a first position and the greedy token hits it;
+    with ``kd_weight`` > 0 the KL(teacher || student) at temperature T summed over the vocabulary."""
     anchors, answers = [it.anchor_ids for it in items], [it.answer_ids for it in items]
     sb = assemble(model, bos_id, list(prefix), anchors, answers)
     logits, targets, first = answer_logits(model, sb), sb.targets, sb.first
@@ -49,10 +51,8 @@ def model_loss(model, bos_id, prefix: torch.Tensor, items: list, cfg: WireConfig
         sel = t < cfg.k_tokens
         logits, targets, first = logits[sel], targets[sel], first[sel]
     nll = F.cross_entropy(logits, targets, reduction="none")
-    w = torch.where(first, torch.full_like(nll, cfg.first_weight), torch.ones_like(nll))
-    ce = (w * nll).sum() / w.sum()
-    out = {"ce": ce, "nll": nll.mean().detach(), "first_acc": (logits[first].argmax(-1) == targets[first]).float().mean()}
-    total = ce
+    out = {"nll": nll, "w": torch.where(first, torch.full_like(nll, cfg.first_weight), torch.ones_like(nll)),
+           "hits": logits[first].argmax(-1) == targets[first]}
     if cfg.kd_weight > 0:
         with torch.no_grad():
             tb = assemble(model, bos_id, [it.context_ids for it in items], anchors, answers)
@@ -62,17 +62,35 @@ def model_loss(model, bos_id, prefix: torch.Tensor, items: list, cfg: WireConfig
         if sel is not None:
             t_logits = t_logits[sel]
         T = cfg.kd_temp
-        kd = F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(t_logits / T, -1), log_target=True,
-                      reduction="none").sum(-1).mean() * T * T
-        out["kd"] = kd
-        total = total + cfg.kd_weight * kd
+        out["kd"] = F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(t_logits / T, -1), log_target=True,
+                             reduction="none").sum(-1)
+    return out
+
+
+def model_loss(model, bos_id, prefix: torch.Tensor, items: list, cfg: WireConfig) -> dict:
+    """One model's loss from its calibrated prefixes (B, M, d_model)."""
+    t = _terms(model, bos_id, prefix, items, cfg)
+    ce = (t["w"] * t["nll"]).sum() / t["w"].sum()
+    out = {"ce": ce, "nll": t["nll"].mean().detach(), "first_acc": t["hits"].float().mean()}
+    total = ce
+    if cfg.kd_weight > 0:
+        out["kd"] = t["kd"].mean() * cfg.kd_temp * cfg.kd_temp
+        total = total + cfg.kd_weight * out["kd"]
     out["loss"] = total
     return out
 
 
-def losses(lms, wire: Wire, batch_by_model: list[list], *, backward: bool = False) -> dict:
+def losses(lms, wire: Wire, batch_by_model: list[list], *, backward: bool = False, micro_batch: int = 0) -> dict:
     """The step's losses: per model (``"<i>/<name>"`` keys) and their means; ``backward`` accumulates the
-    gradient of the mean, one model at a time."""
+    gradient of the mean, one model at a time.
+
+    micro_batch: > 0 and below the batch size runs each model's forward and backward over that many examples
+    at a time (``_losses_micro``: the same losses and gradient, to float rounding; memory for large batches);
+    0 runs the whole batch in one forward per model."""
+    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 0:
+        raise ValueError(f"micro_batch must be an int >= 0 (0: the whole batch), got {micro_batch!r}")
+    if 0 < micro_batch < len(batch_by_model[0]):
+        return _losses_micro(lms, wire, batch_by_model, micro_batch, backward)
     z = wire.latent(lms[wire.cfg.encoder_source], batch_by_model)
     n, per = len(lms), []
     for j, (lm, items) in enumerate(zip(lms, batch_by_model, strict=True)):
@@ -80,6 +98,53 @@ def losses(lms, wire: Wire, batch_by_model: list[list], *, backward: bool = Fals
         if backward:
             (out["loss"] / n).backward(retain_graph=j < n - 1)
         per.append({k: v.detach() for k, v in out.items()})
+    mean = {k: sum(p[k] for p in per) / n for k in per[0]}
+    return {**mean, "per_model": per}
+
+
+def _positions(items: list, cfg: WireConfig) -> tuple[float, int]:
+    """The batch's CE weight total and number of loss positions (``model_loss``'s denominators), from the
+    answers' lengths alone: position t is a loss position when ``t < k_tokens`` (every t when 0), weighted
+    ``first_weight`` at t = 0 and 1 elsewhere."""
+    n = [min(len(it.answer_ids), cfg.k_tokens) if cfg.k_tokens else len(it.answer_ids) for it in items]
+    if any(x < 1 for x in n):
+        raise ValueError("an answer is empty; expected at least the EOS token")
+    return float(sum(cfg.first_weight + (x - 1) for x in n)), sum(n)
+
+
+def _losses_micro(lms, wire: Wire, batch_by_model: list[list], micro: int, backward: bool) -> dict:
+    """``losses`` with each model's forward and backward run ``micro`` examples at a time.
+
+    The latent and each model's prefixes are computed once for the whole batch; every micro-batch reads a
+    slice of a detached copy of the prefixes, and its loss is its share of the batch loss (numerators
+    over the batch's denominators, ``_positions``), so the per-slice gradients sum to the batch gradient.
+    That sum then flows back through the adapter and (after the last model) the encoder in one backward."""
+    z = wire.latent(lms[wire.cfg.encoder_source], batch_by_model)
+    cfg, n, per = wire.cfg, len(lms), []
+    for j, (lm, items) in enumerate(zip(lms, batch_by_model, strict=True)):
+        prefix = wire.adapters[j](z)
+        leaf = prefix.detach().requires_grad_(backward)
+        w_total, n_pos = _positions(items, cfg)
+        acc = {"ce": 0.0, "nll": 0.0, "first_hits": 0.0, "kd": 0.0}
+        for s in range(0, len(items), micro):
+            t = _terms(lm.model, lm.arch.bos_id, leaf[s:s + micro], items[s:s + micro], cfg)
+            part = {"ce": (t["w"] * t["nll"]).sum(), "nll": t["nll"].sum(), "first_hits": t["hits"].sum()}
+            if "kd" in t:
+                part["kd"] = t["kd"].sum() * cfg.kd_temp * cfg.kd_temp
+            loss = part["ce"] / w_total + (cfg.kd_weight * part["kd"] / n_pos if "kd" in part else 0.0)
+            if backward:
+                (loss / n).backward()
+            for k, v in part.items():
+                acc[k] = acc[k] + v.detach()
+        if backward:
+            prefix.backward(leaf.grad, retain_graph=j < n - 1)
+        out = {"ce": acc["ce"] / w_total, "nll": acc["nll"] / n_pos,
+               "first_acc": torch.as_tensor(float(acc["first_hits"]) / len(items))}
+        out["loss"] = out["ce"]
+        if cfg.kd_weight > 0:
+            out["kd"] = acc["kd"] / n_pos
+            out["loss"] = out["ce"] + cfg.kd_weight * out["kd"]
+        per.append({k: out[k] for k in ("ce", "nll", "first_acc", *(("kd",) if "kd" in out else ()), "loss")})
     mean = {k: sum(p[k] for p in per) / n for k in per[0]}
     return {**mean, "per_model": per}
 
@@ -133,13 +198,19 @@ def _row(step, epoch, lr, gn, out, names) -> dict:
 
 
 def train(lms, items_by_model, cfg: WireConfig, checkpoint=None, *, progress: bool = False,
-          stop_after: int | None = None) -> TrainedWire:
+          stop_after: int | None = None, micro_batch: int = 0) -> TrainedWire:
     """AdamW + linear warm-up over a seeded permutation per epoch, every model on the same examples;
     resumes from ``checkpoint`` (one file, written atomically every ``checkpoint_every`` steps and at the
-    end: wire (encoder + every adapter), optimizer, scheduler, RNG states, step, history, meta)."""
+    end: wire (encoder + every adapter), optimizer, scheduler, RNG states, step, history, meta).
+
+    micro_batch: examples per model forward within a step (``losses``; 0: the whole batch). It changes memory,
+    not the numbers (to float rounding), so it is not part of the run's identity: a checkpoint resumes under
+    any setting."""
     from tqdm.auto import tqdm
 
     check_models(lms, items_by_model)
+    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 0:
+        raise ValueError(f"micro_batch must be an int >= 0 (0: the whole batch), got {micro_batch!r}")
     for lm in lms:
         for p in lm.model.parameters():
             p.requires_grad_(False)
@@ -179,7 +250,8 @@ def train(lms, items_by_model, cfg: WireConfig, checkpoint=None, *, progress: bo
         epoch, pos = divmod(step, per_epoch)
         order = np.random.default_rng([cfg.seed, epoch]).permutation(n).tolist()
         idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
-        out = losses(lms, wire, [[its[j] for j in idx] for its in items_by_model], backward=True)
+        out = losses(lms, wire, [[its[j] for j in idx] for its in items_by_model], backward=True,
+                     micro_batch=micro_batch)
         gn = float(torch.nn.utils.clip_grad_norm_(wire.parameters(), cfg.clip))
         lr = opt.param_groups[0]["lr"]
         opt.step()
