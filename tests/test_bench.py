@@ -94,7 +94,9 @@ def test_exp07train_bench_agrees_and_reports(monkeypatch):
     # the control starts from another prefix: its final prefix differs (its losses may round to the same
     # values on a tiny model: measured 0.0 on one CPU, > 0 on another)
     assert res["max_abs_prefix_diff_by_path"]["control"] > 0
-    assert all(0 <= v <= 1e-5 for c in res["same_prefix_check"].values() for v in c.values())
+    assert res["same_prefix_check_dtype"] == "float64" and m.dtype == torch.float32  # checked in float64, restored
+    assert all(0 <= v <= 1e-9 for c in res["same_prefix_check"].values() for v in c.values())
+    assert all(0 <= v <= 1e-4 for c in res["same_prefix_check_float32"].values() for v in c.values())
     assert res["best_batched"] in ("batched_2", "batched_4") and set(res["peak_memory_bytes"]) == set(res["steps_per_s"])
     text = bench_train.report(res)
     assert "ratio" in text and "batched_4" in text
@@ -158,3 +160,29 @@ def test_phase_a_bench_times_both_paths_and_they_agree(smollm2, design):
     assert "ratio" in bench_phase_a.report(res)
     with pytest.raises(ValueError, match="unknown design"):
         bench_phase_a.bench_phase_a(smollm2, "exp99", n=1)
+
+
+def test_in_float64_keeps_the_norms_in_float64_and_restores_the_model():
+    """A model cast to float64 still computes transformers' RMSNorm at float32; ``in_float64`` keeps it in float64
+    (an exact float64 norm agrees to 1e-15, the float32 one does not) and puts dtype and norm back after."""
+    from transformers.models.gemma3 import modeling_gemma3
+    from transformers.models.llama import modeling_llama
+
+    from lib.tools.float64 import in_float64
+    from tiny import build
+
+    for kind, cls in (("llama", modeling_llama.LlamaRMSNorm), ("gemma3", modeling_gemma3.Gemma3RMSNorm)):
+        m = build(kind)
+        norm = next(x for x in m.modules() if isinstance(x, cls))
+        with torch.no_grad():
+            norm.weight.normal_()
+        x = torch.randn(3, norm.weight.shape[0], dtype=torch.float64) * 10
+        scale = norm.weight.double() + (1.0 if kind == "gemma3" else 0.0)
+        exact = x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() * scale
+        before = cls.forward
+        with in_float64([m]):
+            assert next(m.parameters()).dtype == torch.float64
+            torch.testing.assert_close(norm(x).detach(), exact, rtol=1e-13, atol=1e-13)
+        assert cls.forward is before and next(m.parameters()).dtype == torch.float32
+        m.double()
+        assert float((norm(x).detach() - exact).abs().max() / exact.abs().max()) > 1e-12  # transformers' own norm rounds at float32

@@ -148,6 +148,12 @@ def test_training_bench_block(tmp_path):
     assert ("Batched (`batched_4`, examples per forward): 2.00 steps/s, 2.50x the reference, 1.67x the fast path, 60% of "
             "peak; at the same prefix: NLL 1.0e-07, gradient 2.0e-06 relative; trajectory: max relative loss diff 3.0e-04 "
             "(control, initial prefix x (1 + 1e-6): 4.0e-04).") in text
+    r.update(same_prefix_check_dtype="float64", same_prefix_check={"batched_4": {"nll_rel_diff": 1e-15, "grad_rel_diff": 2e-12}},
+             same_prefix_check_float32={"batched_4": {"nll_rel_diff": 1e-7, "grad_rel_diff": 2e-4}})
+    path.write_text(json.dumps(r))
+    text = logblocks.render("results/bench/t.json", tmp_path)
+    assert ("at the same prefix in float64: NLL 1.0e-15, gradient 2.0e-12 relative (float32: NLL 1.0e-07, gradient 2.0e-04, "
+            "rounding); trajectory") in text
 
 
 def test_generation_and_exp08_bench_blocks(tmp_path):
@@ -174,6 +180,22 @@ def test_generation_and_exp08_bench_blocks(tmp_path):
     assert "batched prompts/s (batch 32)" in g and "| 1.00 | 2.50 | 2.50x | 900 -> 700 | 248 -> 60 | yes |" in g
     e = logblocks.render("exp08_m.json", tmp_path)
     assert "| 10.0 | 30.0 | 3.00x | 2.0e-07 | ok | 100.0 GFLOP/s | 55% (20%) |" in e
+
+
+def test_exp12_training_bench_block(tmp_path):
+    import json
+
+    from lib.report import logblocks
+
+    r = {"design": "exp12train", "model": "a,b", "dtype": "torch.float32", "device": "cpu", "threads": 2,
+         "dataset": "squad_v1.1", "n_examples": 16, "batch_size": 8, "steps": 2, "m": 16, "repeats": 2,
+         "examples_per_s": {"per_example": 0.5, "batched": 1.25}, "speedup": 2.5, "loss_rel_diff": 0.0,
+         "grad_rel_diff": 3e-16, "grad_rel_diff_float32": 6e-4, "agreement_ok": True, "matmul_peak_flops": 2e11,
+         "batched_fraction_of_peak": 0.42, "per_example_fraction_of_peak": 0.17, "provenance": {}}
+    (tmp_path / "exp12train_a+b.json").write_text(json.dumps(r))
+    text = logblocks.render("exp12train_a+b.json", tmp_path)
+    assert "exp12 training (two-model wire); models a,b" in text
+    assert "| 0.50 | 1.25 | 2.50x | 0.0e+00 / 3.0e-16 | ok | 6.0e-04 | 200.0 GFLOP/s | 42% (17%) |" in text
 
 
 def test_phase_a_bench_block(tmp_path):

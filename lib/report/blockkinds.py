@@ -27,7 +27,7 @@ def kind(r: dict) -> str | None:
         return "latent"
     if r.get("design") == "exp07train":
         return "bench_train"
-    if r.get("design") in ("gen", "exp08"):
+    if r.get("design") in ("gen", "exp08", "exp12train"):
         return "bench_" + r["design"]
     if r.get("design") in ("exp11", "exp07eval"):
         return "bench_phase_a"
@@ -251,6 +251,20 @@ def bench_exp08(run: str, r: dict) -> list[str]:
             f"({_f(100 * r['per_target_fraction_of_peak'], '.0f')}%) |"]
 
 
+def bench_exp12train(run: str, r: dict) -> list[str]:
+    """``python -m lib.tools.bench --design exp12train``: one example per model forward vs the step's batch."""
+    prov = r.get("provenance", {})
+    return [f"`{run}`; exp12 training (two-model wire); models {r['model']} ({r['dtype']}, {r['device']}, {r['threads']} "
+            f"threads); {r['n_examples']} {r['dataset']} examples in batches of {r['batch_size']} ({r['steps']} optimizer steps), "
+            f"M={r['m']}; best of {r['repeats']} interleaved repeats; commit {_commit(prov)}; {(prov.get('date') or '?')[:10]}.",
+            "", "| one per forward examples/s | batched examples/s | ratio | float64 loss / gradient diff | agreement | "
+            "float32 gradient diff | matmul peak | batched of peak (one per forward) |", "|---|---|---|---|---|---|---|---|",
+            f"| {_f(r['examples_per_s']['per_example'], '.2f')} | {_f(r['examples_per_s']['batched'], '.2f')} | "
+            f"{_f(r['speedup'], '.2f')}x | {_f(r['loss_rel_diff'], '.1e')} / {_f(r['grad_rel_diff'], '.1e')} | "
+            f"{'ok' if r['agreement_ok'] else 'FAILED'} | {_f(r['grad_rel_diff_float32'], '.1e')} | {_gflops(r['matmul_peak_flops'])} | "
+            f"{_f(100 * r['batched_fraction_of_peak'], '.0f')}% ({_f(100 * r['per_example_fraction_of_peak'], '.0f')}%) |"]
+
+
 def bench_phase_a(run: str, r: dict) -> list[str]:
     """``python -m lib.tools.bench --design exp11|exp07eval``: one item per Phase A forward vs several."""
     prov = r.get("provenance", {})
@@ -270,11 +284,16 @@ def _batched_line(r: dict) -> list[str]:
     b = r.get("best_batched")
     if not b:
         return []
+    f64 = r.get("same_prefix_check_dtype") == "float64"
+    f32 = r.get("same_prefix_check_float32", {}).get(b)
+    also = (f" (float32: NLL {_f(f32['nll_rel_diff'], '.1e')}, gradient {_f(f32['grad_rel_diff'], '.1e')}, rounding)"
+            if f32 else "")
     return ["", f"Batched (`{b}`, examples per forward): {_f(r['steps_per_s'][b], '.2f')} steps/s, "
                 f"{_f(r['batched_speedup'], '.2f')}x the reference, {_f(r['batched_vs_fast'], '.2f')}x the fast path, "
-                f"{_f(100 * r['batched_useful_fraction_of_peak'], '.0f')}% of peak; at the same prefix: NLL "
+                f"{_f(100 * r['batched_useful_fraction_of_peak'], '.0f')}% of peak; at the same prefix"
+                f"{' in float64' if f64 else ''}: NLL "
                 f"{_f(r['same_prefix_check'][b]['nll_rel_diff'], '.1e')}, gradient "
-                f"{_f(r['same_prefix_check'][b]['grad_rel_diff'], '.1e')} relative; trajectory: max relative loss diff "
+                f"{_f(r['same_prefix_check'][b]['grad_rel_diff'], '.1e')} relative{also}; trajectory: max relative loss diff "
                 f"{_f(r['max_rel_loss_diff_by_path'][b], '.1e')} (control, initial prefix x (1 + 1e-6): "
                 f"{_f(r['max_rel_loss_diff_by_path']['control'], '.1e')})."]
 

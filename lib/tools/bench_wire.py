@@ -58,23 +58,18 @@ def useful_flops(lms, items_by_model) -> float:
     return total
 
 
-def _grads(lms, items_by_model, cfg, micro: int, dtype=None):
-    """The loss and every wire parameter's gradient at the initial wire, the first step's examples; ``dtype``:
-    run the LMs and the wire in it (the LMs are put back in their own dtype after: float32 or bfloat16 ->
-    float64 -> back is exact)."""
-    from lib.studies.latent import wire as W
+def _grads(lms, items_by_model, cfg, micro: int, float64: bool = False):
+    """The loss and every wire parameter's gradient at the initial wire, the first step's examples; ``float64``:
+    the LMs and the wire in float64 (``lib.tools.float64.in_float64``: the models' norms too)."""
+    import contextlib
 
-    own = [lm.model.dtype for lm in lms]
-    try:
-        if dtype is not None:
-            for lm in lms:
-                lm.model.to(dtype)
-        w = W.build(lms, cfg).to(dtype or torch.float32)
+    from lib.studies.latent import wire as W
+    from lib.tools.float64 import in_float64
+
+    with in_float64([lm.model for lm in lms]) if float64 else contextlib.nullcontext():
+        w = W.build(lms, cfg).to(torch.float64 if float64 else torch.float32)
         out = W.losses(lms, w, [its[: cfg.batch_size] for its in items_by_model], backward=True, micro_batch=micro)
         return float(out["loss"]), {n: p.grad.detach().double().clone() for n, p in w.named_parameters()}
-    finally:
-        for lm, dt in zip(lms, own):
-            lm.model.to(dt)
 
 
 def _rel(a: dict, b: dict) -> float:
@@ -96,8 +91,8 @@ def bench_wire(lms, n: int = 16, batch_size: int = 8, repeats: int = 2, seed: in
     # agreement at the same wire, one example per forward vs the batch: in float64, where rounding cannot hide
     # a batching error (the float32 difference is reported beside it; the adapters' RMS calibration makes the
     # wire's gradient a difference of large terms, so float32 rounding alone reaches ~1e-3 relative)
-    l_ref, g_ref = _grads(lms, items_by_model, cfg, 1, torch.float64)
-    l_bat, g_bat = _grads(lms, items_by_model, cfg, 0, torch.float64)
+    l_ref, g_ref = _grads(lms, items_by_model, cfg, 1, float64=True)
+    l_bat, g_bat = _grads(lms, items_by_model, cfg, 0, float64=True)
     grad_rel, loss_rel = _rel(g_bat, g_ref), abs(l_bat - l_ref) / max(abs(l_ref), 1e-300)
     l32_ref, g32_ref = _grads(lms, items_by_model, cfg, 1)
     l32_bat, g32_bat = _grads(lms, items_by_model, cfg, 0)
