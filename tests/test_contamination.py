@@ -122,6 +122,16 @@ def test_hybrids_real_models(request, name):
         assert np.array_equal(by[(s.id, f"values_early_{n}")], by[(s.id, "values_only")])
         assert np.array_equal(by[(s.id, "values_late_0")], by[(s.id, "values_only")])
         assert np.array_equal(by[(s.id, "values_early_0")], by[(s.id, "bare")])
+    # prompt sharing on the real model: gold and distractor NLLs as when each candidate re-runs the query
+    a, b = samples
+    dis = {a.id: [(b.id, b.answer), ("x", "the year 1850")], b.id: [(a.id, a.answer), ("x", "the year 1850")]}
+    shared = C.score_samples(Engine(lm), samples, names, prefix, distractors=dis)
+    plain = C.score_samples(Engine(lm), samples, names, prefix, distractors=dis, share_prompt=False)
+    for x, y in zip(shared, plain, strict=True):
+        assert len(x["distractor_nlls"]) == 2
+        assert np.abs(np.array(x["token_nlls"]) - np.array(y["token_nlls"])).max() <= TOL
+        assert np.abs(np.array(x["distractor_nlls"]) - np.array(y["distractor_nlls"])).max() <= TOL
+        assert np.abs(np.array(x["token_nlls"]) - by[(x["sample_id"], x["condition"])]).max() <= TOL
 
 
 def test_layer0_values_do_not_depend_on_the_prefix_tiny():
@@ -197,3 +207,31 @@ def test_distractors_on_hybrid_caches_equal_scoring_them_as_the_answer():
             alone = C.score_prepared(Engine(lm), [replace(p, answer_ids=dids, distractor_ids=[])], [r["condition"]], prefix)
             assert abs(got - alone[0]["nll"]) <= TOL
         assert r["margin"] == pytest.approx(margin.candidate_stats(r["nll"], r["distractor_nlls"], 1e-5)["margin"], abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "qwen2"])
+def test_shared_prompts_equal_rerunning_the_prompt_per_answer(kind):
+    """Prompt sharing on hybrid caches (the query runs once per cache, each candidate feeds its last token + answer)
+    gives the NLLs of re-running the whole prompt per candidate, gold and distractors, every hybrid kind; the tiny
+    Gemma 3's sliding window (12) is crossed by the longer documents. q/k weights are scaled so a position off by
+    one changes the NLLs."""
+    from dataclasses import replace
+
+    m = build(kind)
+    with torch.no_grad():
+        for name, w in m.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                w.mul_(8)
+    lm = TinyLM(m)
+    n = lm.arch.n_layers
+    names = ["bare", "primed", "values_only", "keys_only", "values_early_1", f"values_late_{n - 1}"]
+    preps = [replace(p, distractor_ids=[[7, 8], p.answer_ids[:1] + [4], [9, 10, 11]], distractor_samples=["x", "y", "z"])
+             for p in _preps(4)]
+    shared_eng = Engine(lm)
+    shared = C.score_prepared(shared_eng, preps, names, [5, 6, 7], batch_size=8)
+    plain = C.score_prepared(Engine(lm), preps, names, [5, 6, 7], batch_size=8, share_prompt=False)
+    assert shared_eng.stats.prompt_extensions == len(preps) * len(names)
+    for a, b in zip(shared, plain, strict=True):
+        assert (a["sample_id"], a["condition"]) == (b["sample_id"], b["condition"])
+        assert np.abs(np.array(a["token_nlls"]) - np.array(b["token_nlls"])).max() <= 1e-5
+        assert np.abs(np.array(a["distractor_nlls"]) - np.array(b["distractor_nlls"])).max() <= 1e-5

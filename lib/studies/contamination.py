@@ -78,7 +78,7 @@ def prefix_ids(tokenizer, prefix: str) -> list[int]:
 
 
 def score_samples(engine, samples, names: list[str], prefix: list[int], *, batch_size: int = 32,
-                  distractors: dict | None = None) -> list[dict]:
+                  distractors: dict | None = None, share_prompt: bool = True) -> list[dict]:
     """Rows (one per sample x condition) for ``samples``; Phase A batched through ``engine``.
 
     ``distractors``: {sample id: [(other sample id, answer), ...]} (``priming.distractor_pairs``,
@@ -93,10 +93,11 @@ def score_samples(engine, samples, names: list[str], prefix: list[int], *, batch
         need = len(prefix) + len(p.prompt_ids["query"]) + max(map(len, [p.answer_ids, *p.distractor_ids]))
         p.doc_ids, cut = enc_mod.fit_document(p.doc_ids, lm.arch, need)
         p.flags["doc_truncated"] = p.flags["doc_truncated"] or cut
-    return score_prepared(engine, preps, names, prefix, batch_size=batch_size)
+    return score_prepared(engine, preps, names, prefix, batch_size=batch_size, share_prompt=share_prompt)
 
 
-def score_prepared(engine, preps, names: list[str], prefix: list[int], *, batch_size: int = 32) -> list[dict]:
+def score_prepared(engine, preps, names: list[str], prefix: list[int], *, batch_size: int = 32,
+                   share_prompt: bool = True) -> list[dict]:
     """Rows for ``priming.Prepared`` items (token ids only; the query prompt is scored).
 
     Samples go through in consecutive chunks whose caches (full primed, bare, primed) fit the
@@ -111,31 +112,49 @@ def score_prepared(engine, preps, names: list[str], prefix: list[int], *, batch_
             cur, used = [], 0
         cur.append(p)
         used += cost
-    return [row for chunk in chunks + [cur] if chunk for row in _score_chunk(engine, chunk, names, prefix, batch_size)]
+    return [row for chunk in chunks + [cur] if chunk
+            for row in _score_chunk(engine, chunk, names, prefix, batch_size, share_prompt)]
 
 
-def _score_chunk(engine, preps, names: list[str], prefix: list[int], batch_size: int) -> list[dict]:
+def _score_chunk(engine, preps, names: list[str], prefix: list[int], batch_size: int, share_prompt: bool = True) -> list[dict]:
     lm = engine.lm
     encs = [(tuple(p.doc_ids), ()) for p in preps] + [(tuple(p.doc_ids), tuple(prefix)) for p in preps]
     full = engine.encode_many(encs)
-    caches, prompts, answers, meta = [], [], [], []
+    pairs = []  # (prepared sample, condition, hybrid cache)
     for i, p in enumerate(preps):
         bare = enc_mod.shape(*full[i], lm.arch)
         primed = enc_mod.shape(*full[len(preps) + i], lm.arch)
-        for name in names:
-            cache = hybrid(name, bare, primed)
-            for cand in [p.answer_ids, *p.distractor_ids]:  # gold first, then distractors on the same cache
+        pairs += [(p, name, hybrid(name, bare, primed)) for name in names]
+    cands = lambda p: [p.answer_ids, *p.distractor_ids]  # noqa: E731  gold first, then distractors on the same cache
+    # prompt sharing (as the engine's): a hybrid cache that several answers continue runs prompt[:-1] once
+    # (scoring.extend, a new cache) and each answer feeds [last prompt token] + answer, so the last prompt
+    # token still predicts answer[0]; equal to re-running the prompt per answer to float32 noise (tested)
+    share = share_prompt and all(len(cands(p)) >= 2 and len(p.prompt_ids["query"]) >= 2 for p in preps)
+    nlls = []
+    if share:
+        per = max(1, batch_size // max(len(cands(p)) for p in preps))  # pairs per forward: about batch_size rows
+        for s in range(0, len(pairs), per):
+            sub = pairs[s:s + per]
+            ext = scoring.extend(engine.model, [c for _, _, c in sub], [list(p.prompt_ids["query"][:-1]) for p, _, _ in sub])
+            caches = [e for e, (p, _, _) in zip(ext, sub) for _ in cands(p)]
+            feed = [list(p.prompt_ids["query"][-1:]) for p, _, _ in sub for _ in cands(p)]
+            answers = [a for p, _, _ in sub for a in cands(p)]
+            nlls += scoring.score(engine.model, caches, feed, answers, batch_size=len(caches))
+            engine.stats.prompt_extensions += len(sub)
+            engine.stats.phase_b_items += len(caches)
+    else:
+        caches, prompts, answers = [], [], []
+        for p, _, cache in pairs:
+            for cand in cands(p):
                 caches.append(cache)
                 prompts.append(p.prompt_ids["query"])
                 answers.append(cand)
-            meta.append((p, name))
-    nlls = []
-    for s in range(0, len(caches), batch_size):
-        nlls += scoring.score(engine.model, caches[s:s + batch_size], prompts[s:s + batch_size], answers[s:s + batch_size],
-                              batch_size=batch_size)
-    engine.stats.phase_b_items += len(caches)
+        for s in range(0, len(caches), batch_size):
+            nlls += scoring.score(engine.model, caches[s:s + batch_size], prompts[s:s + batch_size], answers[s:s + batch_size],
+                                  batch_size=batch_size)
+        engine.stats.phase_b_items += len(caches)
     rows, k = [], 0
-    for p, name in meta:
+    for p, name, _ in pairs:
         tok, dn = nlls[k], [float(t.mean()) for t in nlls[k + 1:k + 1 + len(p.distractor_ids)]]
         k += 1 + len(p.distractor_ids)
         row = {"sample_id": p.sample_id, "condition": name, "n_doc_tokens": len(p.doc_ids),
@@ -149,7 +168,8 @@ def _score_chunk(engine, preps, names: list[str], prefix: list[int], batch_size:
 
 
 def run(engine, samples, store, names: list[str], prefix: list[int], *, wave: int = 8,
-        batch_size: int = 32, progress: bool = True, n_distractors: int = 0, seed: int = 42) -> list[dict]:
+        batch_size: int = 32, progress: bool = True, n_distractors: int = 0, seed: int = 42,
+        share_prompt: bool = True) -> list[dict]:
     """Score every sample not yet complete in ``store``, ``wave`` samples at a time (resumable);
     ``n_distractors`` answers of other samples ride along on every hybrid cache (``lib.kv.margin``)."""
     from lib.lab.runs import run_waves
@@ -157,7 +177,8 @@ def run(engine, samples, store, names: list[str], prefix: list[int], *, wave: in
     by = {s.id: s for s in samples}
     dis = priming.distractor_pairs(samples, n_distractors, seed)
     return run_waves(store, list(by), names, lambda ids: score_samples(engine, [by[i] for i in ids], names, prefix,
-                                                                        batch_size=batch_size, distractors=dis),
+                                                                        batch_size=batch_size, distractors=dis,
+                                                                        share_prompt=share_prompt),
                      wave=wave, progress=progress)
 
 
