@@ -162,6 +162,18 @@ def test_phase_a_bench_times_both_paths_and_they_agree(smollm2, design):
         bench_phase_a.bench_phase_a(smollm2, "exp99", n=1)
 
 
+@pytest.mark.slow
+def test_exp06_bench_times_per_candidate_and_shared_prompts_and_they_agree(smollm2, monkeypatch):
+    from lib.studies import contamination
+    from lib.tools import bench_phase_a
+
+    monkeypatch.setattr(contamination, "condition_names", lambda cutoffs: ["bare", "primed", "values_early_2"])  # cheap
+    res = bench_phase_a.bench_phase_a(smollm2, "exp06", n=2, repeats=1)
+    assert res["nll_agreement_ok"] and res["max_abs_nll_diff"] <= 1e-4 and res["rows"] == 2 * 3
+    assert res["path_labels"]["batched"] == "query once per cache" and res["useful_flops"] > 0
+    assert "query once per cache" in bench_phase_a.report(res)
+
+
 def test_in_float64_keeps_the_norms_in_float64_and_restores_the_model():
     """A model cast to float64 still computes transformers' RMSNorm at float32; ``in_float64`` keeps it in float64
     (an exact float64 norm agrees to 1e-15, the float32 one does not) and puts dtype and norm back after."""

@@ -212,3 +212,8 @@ def test_phase_a_bench_block(tmp_path):
     assert "exp11 prefix-LM scoring" in text and "| 4.00 | 6.50 | 1.62x | 3.0e-07 | ok | 100.0 GFLOP/s | 41% (25%) |" in text
     (tmp_path / "e7.json").write_text(json.dumps({**r, "design": "exp07eval", "nll_agreement_ok": False}))
     assert "exp07 evaluation" in logblocks.render("e7.json", tmp_path) and "| FAILED |" in logblocks.render("e7.json", tmp_path)
+    (tmp_path / "e6.json").write_text(json.dumps({**r, "design": "exp06", "path_labels": {
+        "reference": "query per candidate", "batched": "query once per cache", "short": "shared"}}))
+    e6 = logblocks.render("e6.json", tmp_path)
+    assert "exp06 hybrid-cache scoring" in e6
+    assert "| query per candidate rows/s | query once per cache rows/s | ratio |" in e6 and "shared of peak (query per candidate) |" in e6

@@ -29,7 +29,7 @@ def kind(r: dict) -> str | None:
         return "bench_train"
     if r.get("design") in ("gen", "exp08", "exp12train"):
         return "bench_" + r["design"]
-    if r.get("design") in ("exp11", "exp07eval"):
+    if r.get("design") in ("exp11", "exp07eval", "exp06"):
         return "bench_phase_a"
     if "design" in r and "speedup" in r:
         return "bench"
@@ -268,12 +268,13 @@ def bench_exp12train(run: str, r: dict) -> list[str]:
 def bench_phase_a(run: str, r: dict) -> list[str]:
     """``python -m lib.tools.bench --design exp11|exp07eval``: one item per Phase A forward vs several."""
     prov = r.get("provenance", {})
-    what = {"exp11": "exp11 prefix-LM scoring", "exp07eval": "exp07 evaluation"}[r["design"]]
+    what = {"exp11": "exp11 prefix-LM scoring", "exp07eval": "exp07 evaluation", "exp06": "exp06 hybrid-cache scoring"}[r["design"]]
+    lab = r.get("path_labels") or {"reference": "one per forward", "batched": f"{r['phase_a_batch']} per forward"}
     return [f"`{run}`; {what}; model {r['model']} ({r['dtype']}, {r['device']}, {r['threads']} threads); {r['rows']} rows "
             f"({r['n_samples']} {r['data']} samples, {r['n_distractors']} distractors each); best of {r['repeats']} interleaved "
             f"repeats; commit {_commit(prov)}; {(prov.get('date') or '?')[:10]}.", "",
-            f"| one per forward rows/s | {r['phase_a_batch']} per forward rows/s | ratio | max abs NLL diff (nats) | agreement | "
-            "matmul peak | batched of peak (one per forward) |", "|---|---|---|---|---|---|---|",
+            f"| {lab['reference']} rows/s | {lab['batched']} rows/s | ratio | max abs NLL diff (nats) | agreement | "
+            f"matmul peak | {lab.get('short', 'batched')} of peak ({lab['reference']}) |", "|---|---|---|---|---|---|---|",
             f"| {_f(r['rows_per_s']['reference'], '.2f')} | {_f(r['rows_per_s']['batched'], '.2f')} | {_f(r['speedup'], '.2f')}x | "
             f"{_f(r['max_abs_nll_diff'], '.1e')} | {'ok' if r['nll_agreement_ok'] else 'FAILED'} | {_gflops(r['matmul_peak_flops'])} | "
             f"{_f(100 * r['batched_fraction_of_peak'], '.0f')}% ({_f(100 * r['reference_fraction_of_peak'], '.0f')}%) |"]

@@ -8,6 +8,7 @@
     python -m lib.tools.bench --design exp08 --n 16                                       # lib/tools/bench_reach.py
     python -m lib.tools.bench --design exp11 --n 16                                       # lib/tools/bench_phase_a.py
     python -m lib.tools.bench --design exp07eval --model gemma-3-270m --n 16             # lib/tools/bench_phase_a.py
+    python -m lib.tools.bench --design exp06 --n 4                                        # lib/tools/bench_phase_a.py
     python -m lib.tools.bench --design exp12train --n 16      # lib/tools/bench_wire.py (SmolLM2 + Qwen2.5-0.5B)
     python -m lib.tools.bench --design exp01 --load-in-4bit --no-memory       # CUDA: bitsandbytes nf4
 
@@ -277,9 +278,9 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m lib.tools.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--design", default="both", choices=DESIGNS + ("both", "many8", "exp07train", "gen", "exp08", "exp11", "exp07eval", "exp12train"),
+    ap.add_argument("--design", default="both", choices=DESIGNS + ("both", "many8", "exp07train", "gen", "exp08", "exp11", "exp07eval", "exp06", "exp12train"),
                     help="many8: lib/tools/bench_memory.py; exp07train: lib/tools/bench_train.py; gen: lib/tools/bench_gen.py; "
-                         "exp08: lib/tools/bench_reach.py; exp11, exp07eval: lib/tools/bench_phase_a.py; "
+                         "exp08: lib/tools/bench_reach.py; exp11, exp07eval, exp06: lib/tools/bench_phase_a.py; "
                          "exp12train: lib/tools/bench_wire.py")
     ap.add_argument("--models", default="smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct",
                     help="exp12train: the frozen LMs that read the latent, comma-separated")
@@ -314,8 +315,8 @@ def main(argv=None) -> int:
     lm = load_model(args.model, dtype=args.dtype, load_in_4bit=args.load_in_4bit)
     ok = True
     for design in (DESIGNS if args.design == "both" else (args.design,)):
-        n = args.n or {"exp01": 10, "matched13": 4, "many8": 12, "exp07train": 8, "gen": 16, "exp08": 16, "exp11": 16, "exp07eval": 16}[design]
-        if design in ("exp11", "exp07eval"):
+        n = args.n or {"exp01": 10, "matched13": 4, "many8": 12, "exp07train": 8, "gen": 16, "exp08": 16, "exp11": 16, "exp07eval": 16, "exp06": 4}[design]
+        if design in ("exp11", "exp07eval", "exp06"):
             from lib.tools import bench_phase_a
 
             res = bench_phase_a.bench_phase_a(lm, design, n, repeats=args.repeats)

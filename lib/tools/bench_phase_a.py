@@ -1,8 +1,10 @@
 """exp07 evaluation and exp11 scoring: Phase A one item per forward (the reference) against
-``phase_a_batch`` right-padded items per forward, in one process on the same samples.
+``phase_a_batch`` right-padded items per forward, in one process on the same samples; exp06: the query
+re-run per answer candidate (the reference) against once per hybrid cache (``_exp06``).
 
     python -m lib.tools.bench --design exp11 --model smollm2-135m-instruct --n 16
     python -m lib.tools.bench --design exp07eval --model gemma-3-270m --n 16
+    python -m lib.tools.bench --design exp06 --model smollm2-135m-instruct --n 4
 
 exp11: ``prefixlm.score_items`` of the design's four conditions x two attention modes.
 exp07eval: ``soft.evaluate`` with the static prefix and two soft prefixes (the token embeddings of
@@ -67,7 +69,39 @@ def _exp07eval(lm, samples, seed):
     return work, flops, len(exs) * (2 + len(prefixes)), {"cutoff": cutoff, "n_layers": lm.arch.n_layers}
 
 
-DESIGNS = {"exp11": _exp11, "exp07eval": _exp07eval}
+def _exp06(lm, samples, seed):
+    """exp06's real-run design: every cutoff (2 x (n_layers - 1) hybrids + bare, primed, values_only, keys_only),
+    prefix static_fact, 4 distractors. The paths differ in Phase B only: each candidate re-runs the query
+    (``share_prompt=False``, the reference) vs the query once per hybrid cache (``share_prompt=True``).
+    Useful FLOPs: the bare and primed encodings once each, and per hybrid cache the query once and each
+    candidate's last query token + answer over it, logits at the answer positions."""
+    from lib.kv.engine import Engine
+    from lib.studies import contamination as C
+    from lib.studies import priming
+    from lib.tools.flops import forward_flops
+
+    names = C.condition_names(list(range(1, lm.arch.n_layers)))
+    prefix = C.prefix_ids(lm.tokenizer, "static_fact")
+    dis = priming.distractor_pairs(samples, 4, seed)
+    engine = Engine(lm)
+    preps = [priming.prepare(lm.tokenizer, lm.arch, s, s.query, s.id, dis.get(s.id, ())) for s in samples]
+    flops = 0.0
+    for pr in preps:
+        n = 1 + len(pr.doc_ids)
+        q = pr.prompt_ids["query"]
+        flops += forward_flops(lm, n, 0, 0) + forward_flops(lm, n + len(prefix), 0, 0)
+        per_cache = forward_flops(lm, len(q) - 1, n, 0) + sum(forward_flops(lm, 1 + len(a), n + len(q) - 1, len(a))
+                                                               for a in (pr.answer_ids, *pr.distractor_ids))
+        flops += len(names) * per_cache
+
+    def work(param):
+        return C.score_samples(engine, samples, names, prefix, distractors=dis, share_prompt=param != 1)
+    return work, flops, len(samples) * len(names), {"n_conditions": len(names), "n_layers": lm.arch.n_layers,
+                                                     "path_labels": {"reference": "query per candidate",
+                                                                     "batched": "query once per cache", "short": "shared"}}
+
+
+DESIGNS = {"exp11": _exp11, "exp07eval": _exp07eval, "exp06": _exp06}
 
 
 def bench_phase_a(lm, design: str, n: int = 16, phase_a_batch: int = 8, repeats: int = 2, seed: int = 42) -> dict:
@@ -99,11 +133,20 @@ def bench_phase_a(lm, design: str, n: int = 16, phase_a_batch: int = 8, repeats:
             **extra}
 
 
+def labels(res: dict) -> tuple[str, str]:
+    """The two paths' names: exp06 compares prompt sharing, the others Phase A batching."""
+    lab = res.get("path_labels")
+    if lab:
+        return lab["reference"], lab["batched"]
+    return "one item per Phase A forward", f"{res['phase_a_batch']} per forward"
+
+
 def report(res: dict) -> str:
+    ref, bat = labels(res)
     return "\n".join([
         f"[{res['design']}] {res['model']} on {res['device']} ({res['dtype']}, {res['threads']} threads): {res['rows']} rows "
         f"({res['n_samples']} {res['data']} samples, {res['n_distractors']} distractors each)",
-        f"  rows/s: one item per Phase A forward {res['rows_per_s']['reference']:.2f}, {res['phase_a_batch']} per forward "
+        f"  rows/s: {ref} {res['rows_per_s']['reference']:.2f}, {bat} "
         f"{res['rows_per_s']['batched']:.2f}, ratio {res['speedup']:.2f}x (best of {res['repeats']} interleaved repeats)",
         f"  agreement: max |dNLL| {res['max_abs_nll_diff']:.1e} nats ({'OK' if res['nll_agreement_ok'] else 'FAIL'}, "
         f"limit {res['agreement_limit_nats']:g})",
