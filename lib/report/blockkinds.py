@@ -271,7 +271,7 @@ def bench_phase_a(run: str, r: dict) -> list[str]:
     what = {"exp11": "exp11 prefix-LM scoring", "exp07eval": "exp07 evaluation", "exp06": "exp06 hybrid-cache scoring"}[r["design"]]
     lab = r.get("path_labels") or {"reference": "one per forward", "batched": f"{r['phase_a_batch']} per forward"}
     return [f"`{run}`; {what}; model {r['model']} ({r['dtype']}, {r['device']}, {r['threads']} threads); {r['rows']} rows "
-            f"({r['n_samples']} {r['data']} samples, {r['n_distractors']} distractors each); best of {r['repeats']} interleaved "
+            f"({r['n_samples']} {r['data']} samples, {r['n_distractors']:g} distractors each{'' if r['n_distractors'] == 4 else ' on average'}); best of {r['repeats']} interleaved "
             f"repeats; commit {_commit(prov)}; {(prov.get('date') or '?')[:10]}.", "",
             f"| {lab['reference']} rows/s | {lab['batched']} rows/s | ratio | max abs NLL diff (nats) | agreement | "
             f"matmul peak | {lab.get('short', 'batched')} of peak ({lab['reference']}) |", "|---|---|---|---|---|---|---|",
