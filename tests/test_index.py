@@ -34,6 +34,20 @@ def test_cross_model_grid_has_full_run_labels_n_and_cis():
         index._cross_model_grid(rows, "exp03")
 
 
+
+def test_exp06_best_cutoffs_share_one_column_and_name_their_cutoff():
+    from lib.report import plots
+
+    rows = [{"experiment": "exp06", "run": f"r{c}", "model": f"m{c}", "dataset": "d", "n": 8, "headline": [],
+             "effects": [{"label": "primed", "d": 0.1, "ci_low": 0.0, "ci_high": 0.2},
+                         {"label": f"best early cutoff {c}", "d": 0.3, "ci_low": 0.1, "ci_high": 0.5}]} for c in (2, 21)]
+    grid = index._cross_model_grid(rows, "exp06")
+    cols = {k for row in grid.values() for k in row}
+    assert cols == {"primed", "best early cutoff (chosen on these samples)"}
+    assert grid["m21 | d | r21 | N=8"]["best early cutoff (chosen on these samples)"]["note"] == "c=21"
+    assert plots._grid_cell(grid["m2 | d | r2 | N=8"]["best early cutoff (chosen on these samples)"])[1] == "c=2: +0.30\n[+0.10, +0.50]"
+
+
 def test_exp11_cross_model_figure_includes_bidirectional_vs_causal(tmp_path):
     _exp11(tmp_path, "sweeps/smoke/exp11__gemma-3-270m__synthetic", "gemma-3-270m", -2.14)
     _exp11(tmp_path, "exp11", "smollm2-135m-instruct", -0.22)

@@ -244,10 +244,23 @@ def _cross_model_grid(rows: list[dict], experiment: str, path=None, results_root
         key = f"{r['model']} | {r['dataset']} | {r['run']} | N={n if n not in (None, '') else '?'}"
         extras = _figure_extras(r, path, results_root)
         effects = extras if r["experiment"] in _EXTRAS_REPLACE and extras else list(r.get("effects", r["headline"])) + extras
-        grid[key] = {h["label"]: {"d": h["d"], "ci_low": h.get("ci_low"), "ci_high": h.get("ci_high")} for h in effects}
+        grid[key] = dict(_grid_entry(h) for h in effects)
     if not grid:
         raise ValueError(f"no results for experiment {experiment!r}; have {sorted({r['experiment'] for r in rows})}")
     return grid
+
+
+BEST_CUTOFF = re.compile(r"best early cutoff (\d+)$")
+
+
+def _grid_entry(h: dict) -> tuple[str, dict]:
+    """(column, cell) of one effect. exp06's best early cutoff is one column whatever the cutoff chosen; the cell
+    names the cutoff (its d is the chosen cutoff's own, on the samples it was chosen on)."""
+    cell = {"d": h["d"], "ci_low": h.get("ci_low"), "ci_high": h.get("ci_high")}
+    m = BEST_CUTOFF.match(h["label"] or "")
+    if m:
+        return "best early cutoff (chosen on these samples)", {**cell, "note": f"c={m.group(1)}"}
+    return h["label"], cell
 
 
 _EXTRAS_REPLACE = {"exp10"}  # experiments whose figure extras replace the index's headline effects

@@ -261,12 +261,13 @@ def _signed(x) -> str:
 
 def _grid_cell(v) -> tuple[float, str]:
     """(d for the colour, cell text) of a grid value: a number (d), or a mapping with ``d`` and
-    optionally ``ci_low``/``ci_high`` (then the text is ``"+0.42\\n[+0.31, +0.54]"``)."""
+    optionally ``ci_low``/``ci_high`` (then the text is ``"+0.42\\n[+0.31, +0.54]"``) and ``note``
+    (written before d, e.g. ``"c=2: +0.42"``)."""
     if isinstance(v, Mapping):
         if "d" not in v:
             raise ValueError(f"grid cell {dict(v)!r} lacks key 'd'")
         d = v["d"]
-        text = _signed(d)
+        text = (f"{v['note']}: " if v.get("note") else "") + _signed(d)
         if "ci_low" in v or "ci_high" in v:
             text += f"\n[{_signed(v.get('ci_low'))}, {_signed(v.get('ci_high'))}]"
     else:
