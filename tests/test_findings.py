@@ -215,6 +215,8 @@ def test_exp06_headlines_read_values_early_at_the_seeds_depth_ratio(tmp_path):
     assert early[0]["row"]["mean_delta"] == pytest.approx(1.4)
     assert [(m["verdict"], m["agrees"]) for m in found["exp25_values_only"]["lab"]] == [("better", "no")]
     assert [(m["verdict"], m["agrees"]) for m in found["exp25_full_priming_fails"]["lab"]] == [("better", "no")]
+    assert findings.agrees("worse", "not better") and findings.agrees("null", "not better")
+    assert not findings.agrees("better", "not better") and not findings.agrees("worse", "null")
     # CUTOFFS a subset (4,8,14): the layer count comes from the recorded arch, not from the largest cutoff (+1 = 15)
     r["summary"]["cutoff_curve"] = {"early": [{"cutoff": c} for c in (4, 8, 14)], "late": []}
     r["summary"]["comparisons"] = [x for x in comps if x["cond"] in ("values_early_4", "values_early_8", "values_early_14")]

@@ -29,7 +29,7 @@ class Headline:
     seed: str            # seed document and section
     claim: str           # the seed's statement, in our words
     seed_figure: str     # model, data, figure as the seed reports it
-    seed_verdict: str    # "better" / "worse" / "null": the condition vs its reference in the seed
+    seed_verdict: str    # "better" / "worse" / "null" / "not better" (null or worse agree): the condition vs its reference in the seed
     sources: tuple       # ((experiment, where[, expected verdict]), ...): where = ("cmp", ref, cond) |
     #                      ("cmp_margin", ref, cond) (judged on d(margin)) | ("hard_semantic", cond) | ("reach",) (exp08's
     #                      part 4 transition) | ("wire",) (exp12's latent vs text and budget, per model) | ("cutoff",)
@@ -95,7 +95,8 @@ HEADLINES = (
              run_to_do="exp06 on squad_v1.1 per model"),
     Headline("exp25_full_priming_fails", "exp25_soft_surrogates_gemma3.md (motivation)", "full-cache priming (primed keys and "
              "values at every layer, prefix dropped) fails, which the seed attributes to late-layer key interference",
-             "Gemma 3 4B-IT: stated, no figure (read as no gain)", "null", (("exp06", ("cmp", "bare", "primed")),),
+             "Gemma 3 4B-IT: stated, no figure (read as no gain: null or worse agree)", "not better",
+             (("exp06", ("cmp", "bare", "primed")),),
              run_to_do="exp06 on squad_v1.1 per model"),
     Headline("correction_keywords_entropy", "seed project's later correction", "keyword-prefix gains are entropy: d(nll) > 0 while "
              "d(margin) is about 0", "stated, no figure (nll: better; margin: null)", "better",
@@ -203,7 +204,12 @@ def _entry(h: Headline, exp: str, where: tuple, r: dict, summary: dict, source: 
     v = verdicts.verdict({"primary_test": summary.get("primary_test") or "t", **row})
     return [{"what": _what(exp, where), "run": r["run"], "model": r["model"], "dataset": r["dataset"],
              "n": row.get("n", r["n"]), "row": row, "verdict": v,
-             "agrees": "undecided" if v == "test-dependent" else ("yes" if v == h.expected(str(r["model"]), source) else "no")}]
+             "agrees": "undecided" if v == "test-dependent" else ("yes" if agrees(v, h.expected(str(r["model"]), source)) else "no")}]
+
+
+def agrees(verdict: str, expected: str) -> bool:
+    """The lab's verdict against the seed's: equal, or for "not better" (a claim that something fails to help) null or worse."""
+    return verdict == expected or (expected == "not better" and verdict in ("null", "worse"))
 
 
 # the seed's cutoff: primed values at layers 0-15 of Gemma 3 4B's 34 (exp25_soft_surrogates_gemma3.md, Exp 21)
