@@ -147,3 +147,24 @@ def test_exp09_block_shows_encoder_effects_per_decoder_mode():
     assert "Encoder prefix vs bare, query in the decoder:" in body and "Encoder prefix vs bare, no query in the decoder:" in body
     assert "| first_sentence__q vs bare__q | -0.0044" in body and "Length control (decoder" in body
     assert body.count("Structural fraction (random__") == 2  # one per decoder mode
+
+
+@pytest.mark.parametrize("benefits, expected, absent", [
+    ((0.1582, 0.2123), "", ("opposite signs", "both hurt")),                 # both help: the ratio reads as is
+    ((-0.0176, -0.1235), "both hurt", ("opposite signs",)),                    # both hurt: a fraction of a harm
+    ((0.05, -0.12), "opposite signs", ("both hurt",)),                         # the ratio is meaningless
+])
+def test_structural_fraction_caveat_follows_the_signs(tmp_path, benefits, expected, absent):
+    """The caveat under the structural fraction names what the signs of the two benefits say, and only then:
+    a caveat about opposite signs printed under two benefits of the same sign misreads the run."""
+    run = tmp_path / "results" / "exp03_x"
+    run.mkdir(parents=True)
+    s, f = benefits
+    sf = {"structural": "random_tokens", "full": "oracle_matched", "mean_benefit_structural": s, "mean_benefit_full": f,
+          "fraction_of_mean_benefit": s / f, "d_structural": s, "d_full": f, "fraction_of_d": s / f}
+    (run / "results.json").write_text(json.dumps({"config": {"MODEL": "m"}, "summary": {"comparisons": [],
+                                                                                      "structural_fraction": sf}}))
+    line = next(x for x in logblocks.render("results/exp03_x", tmp_path).splitlines() if x.startswith("Structural fraction"))
+    assert expected in line
+    for a in absent:
+        assert a not in line

@@ -154,7 +154,7 @@ def _extras(s: dict) -> list[str]:
     for f in fractions:
         out += ["", f"Structural fraction ({f['structural']} vs {f['full']}): {_f(f['fraction_of_mean_benefit'], '.2f')} of "
                 f"the mean benefit ({_f(f['mean_benefit_structural'], '+.4f')} vs {_f(f['mean_benefit_full'], '+.4f')} "
-                f"nats), {_f(f['fraction_of_d'], '.2f')} of d; opposite signs make the ratio meaningless."]
+                f"nats), {_f(f['fraction_of_d'], '.2f')} of d{_fraction_caveat(f)}."]
     for fam, b in (s.get("best_cutoff") or {}).items():
         out += ["", f"Best {fam} cutoff {b['cutoff']} (bootstrap 95% range {b['cutoff_ci'][0]:.0f}-{b['cutoff_ci'][1]:.0f}): "
                 f"mean delta {_ci(b, 'mean_delta', 'mean_delta_ci')} nats ({_ci(b, 'pct_of_ref', 'pct_ci', '+.2f')}% of "
@@ -219,6 +219,18 @@ def _mci(r: dict) -> str:
 
 def _dci(r: dict) -> str:
     return f"{_f(r.get('d'), '+.3f')} [{_f(r.get('ci_low'), '+.3f')}, {_f(r.get('ci_high'), '+.3f')}]" if r else ""
+
+
+def _fraction_caveat(f: dict) -> str:
+    """What the signs of the two benefits say about the structural fraction: nothing when both help."""
+    s, full = f.get("mean_benefit_structural"), f.get("mean_benefit_full")
+    if s is None or full is None or s != s or full != full:
+        return ""
+    if (s > 0) != (full > 0) and s != 0:
+        return "; the two benefits have opposite signs, so the ratio is meaningless"
+    if s < 0 and full < 0:
+        return "; both hurt, so this is the share of the full prefix's harm a content-free prefix already does"
+    return ""
 
 
 def render(run: str, results_root: Path | None = None) -> str:
