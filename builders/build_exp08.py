@@ -87,7 +87,7 @@ CELLS = [
     """),
     md("## Real sequences\nThe first N_REAL windows are part 1's targets; the next N_FIT give the statistics for parts 2 and 4."),
     code("""
-        texts = R.load_texts(TEXT, N_TEXTS, seed=SEED)
+        texts, DATA = R.load_texts_recorded(TEXT, N_TEXTS, seed=SEED)  # DATA: source, file sha256, texts' hash
         ids, window_stats = R.token_windows(lm.tokenizer, texts, SEQ_LEN, N_REAL + N_FIT, per_text=WINDOWS_PER_TEXT)
         norm_check = reader.norm_check(ids[:8])
         real = reader.of_ids(ids[:N_REAL])
@@ -178,7 +178,7 @@ CELLS = [
                                     "median_relative_mse": v["relative_mse"]["median"]} for k, v in parts.items()},
                    "by_label": {"3": RR.by_label(parts["3"]), "4": RR.by_label(parts["4"])}, "per_pair": per_pair}
         out = write_results_json(ROOT / OUT_DIR, config=CONFIG, summary=summary, provenance=provenance(seeds={"seed": SEED}),
-                                 extra={"shared": SHARED, "steps_run": STEPS_ALL, "extension": fit1.extension,
+                                 extra={"data": DATA, "shared": SHARED, "steps_run": STEPS_ALL, "extension": fit1.extension,
                                         "seconds": timings, "store": resumed, "figures": [f.name for f in figs]})
         write_per_item_csv(ROOT / OUT_DIR, RR.per_target_rows(parts))
         print(out)

@@ -217,3 +217,19 @@ def test_phase_a_bench_block(tmp_path):
     e6 = logblocks.render("e6.json", tmp_path)
     assert "exp06 hybrid-cache scoring" in e6
     assert "| query per candidate rows/s | query once per cache rows/s | ratio |" in e6 and "shared of peak (query per candidate) |" in e6
+
+
+def test_exp08_block_names_the_text_file(tmp_path):
+    """A real-text exp08 run says which file its texts came from (package, sha256) and hashes the texts used; an
+    older run without that record says so rather than printing nothing."""
+    run = tmp_path / "results" / "exp08_x"
+    _part(run / "part1_real", "1", 0.1)
+    base = {"config": {"MODEL": "m", "TEXT": "wiki"}, "provenance": {"commit": "abc"}, "steps_run": 20,
+            "summary": {"headline": {}, "interpretation": []}}
+    data = {"name": "wiki", "n_texts": 293, "content_sha256": "cd" * 32,
+            "provenance": {"registry": "pypi", "package": "gensim==4.4.0", "sha256": "ab" * 32}}
+    (run / "results.json").write_text(json.dumps({**base, "data": data}))
+    first = logblocks.render("results/exp08_x", tmp_path).splitlines()[0]
+    assert "text wiki (gensim==4.4.0, file sha256 abababababab, 293 texts sha256 cdcdcdcdcdcd); real text" in first
+    (run / "results.json").write_text(json.dumps(base))
+    assert "text wiki (source not recorded); real text" in logblocks.render("results/exp08_x", tmp_path).splitlines()[0]

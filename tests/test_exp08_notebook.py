@@ -58,3 +58,8 @@ def test_exp08_smoke_run_writes_every_file(tmp_path):
     m1 = json.loads((tmp_path / "part1_real" / "metrics.json").read_text())
     assert len(m1["summary"]["targets"]) == 2 and len(m1["summary"]["cosine_by_position"]["mean"]) == 20
     assert m1["provenance"]["commit"] and m1["summary"]["threshold"]["reach_frac"] == 0.01
+    # which texts: the source and a hash of the texts read; the log renders it as an exp08 block
+    assert r["data"]["name"] == "synthetic" and r["data"]["n_texts"] == 80 and len(r["data"]["content_sha256"]) == 64
+    from lib.report import blockkinds
+
+    assert blockkinds.kind(r) == "reachability"

@@ -112,6 +112,22 @@ def test_bad_input_raises_value_error_naming_the_value(llama):
         R.load_texts("nope.csv", 3)
 
 
+def test_load_texts_recorded_names_the_file_and_the_texts(tmp_path):
+    """A results.json says which texts exp08 read: the source, the file's sha256 and a hash of the texts used,
+    which changes when the texts do."""
+    import hashlib
+
+    f = tmp_path / "prose.txt"
+    f.write_text("first line\n\nsecond line\nthird line\n")
+    texts, data = R.load_texts_recorded(str(f), 2)
+    assert texts == ["first line", "second line"] == R.load_texts(str(f), 2)
+    assert data["name"] == str(f) and data["n_texts"] == 2
+    assert data["provenance"] == {"local": str(f), "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+    assert data["content_sha256"] != R.load_texts_recorded(str(f), 3)[1]["content_sha256"]
+    syn = R.load_texts_recorded("synthetic", 3, seed=1)[1]
+    assert syn["provenance"]["synthetic"] and syn["provenance"]["seed"] == 1
+
+
 def test_token_windows_are_distinct_and_counted():
     class Tok:
         def __call__(self, text):

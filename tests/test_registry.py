@@ -271,6 +271,7 @@ def test_prose_from_wiki_markup_and_brown_tags(prepared):
     for junk in ("{{", "[[", "'''", "<ref", "cite", "File:", "== History"):
         assert junk not in text
     assert "borrowed by the Etruscans" in text and prov["package"] == "gensim==4.4.0"
+    prov_wiki = prov
     brown, prov = realdata.load_prose("brown")
     assert [d["id"] for d in brown] == ["brown-ca01", "brown-cb02"]
     assert brown[0]["text"] == 'The jury said "no evidence", and it didn\'t stop.'
@@ -281,6 +282,10 @@ def test_prose_from_wiki_markup_and_brown_tags(prepared):
     paragraphs = reachability.load_texts("wiki", 10)
     assert len(paragraphs) == 2 and paragraphs[1].startswith("The letter was borrowed")
     assert reachability.load_texts("brown", 1) == [brown[0]["text"]]
+    texts, data = reachability.load_texts_recorded("wiki", 10)  # exp08 records which file its texts came from
+    assert texts == paragraphs and data["name"] == "wiki" and data["n_texts"] == 2
+    assert data["provenance"]["package"] == "gensim==4.4.0" and data["provenance"]["sha256"] == prov_wiki["sha256"]
+    assert len(data["content_sha256"]) == 64
 
 
 def test_article_split_is_disjoint(prepared):

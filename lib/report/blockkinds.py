@@ -21,7 +21,8 @@ _f, _commit = blockfmt.num, blockfmt.commit
 
 def kind(r: dict) -> str | None:
     """"reachability", "latent", "bench" or None (an ordinary comparisons run)."""
-    if "interpretation" in r and ("headline" in r or "headline" in r.get("summary", {})):
+    s = r.get("summary") or {}
+    if ("interpretation" in r or "interpretation" in s) and ("headline" in r or "headline" in s):  # exp08 (old, new layout)
         return "reachability"
     if "by_condition" in r.get("summary", {}) or "verdicts" in r.get("summary", {}) and "by_model" in r["summary"]:
         return "latent"
@@ -55,6 +56,15 @@ def reachability(run: str, folder: Path, r: dict) -> list[str]:
         raise FileNotFoundError(f"{folder}: no part*/metrics.json (exp08 writes one per part)")
     text = cfg.get("TEXT", "?")
     kind_ = "pipeline check (synthetic text)" if text == "synthetic" else "real text"
+    data = r.get("data") or {}
+    src = data.get("provenance") or {}
+    if src:
+        bits = [src.get("package") or src.get("local") or src.get("hub") or src.get("synthetic") or "?"]
+        bits += [f"file sha256 {src['sha256'][:12]}"] if src.get("sha256") else []
+        bits += [f"{data.get('n_texts', '?')} texts sha256 {data['content_sha256'][:12]}"] if data.get("content_sha256") else []
+        text = f"{text} ({', '.join(bits)})"
+    elif text != "synthetic":
+        text = f"{text} (source not recorded)"
     ext = r.get("extension") or s.get("extension") or {}
     out = [f"`{run}/results.json` and `part*/metrics.json`; model {cfg.get('MODEL', '?')} ({cfg.get('DTYPE', '?')}); "
            f"text {text}; {kind_}; residual {cfg.get('RESIDUAL', '?')}; lr {cfg.get('LR', '?')}; "

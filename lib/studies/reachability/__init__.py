@@ -24,6 +24,7 @@ Summaries and the interpretation table live in ``lib.studies.reachability.report
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from lib.studies.reachability.optim import ExtendRule, Fit, best_rows, check_pos
 from lib.studies.reachability.store import ChunkStore, PartMismatch, store_config
 
 __all__ = ["ResidualReader", "RealStats", "ExtendRule", "Fit", "ChunkStore", "PartMismatch", "best_rows", "check_pos_int",
-           "choose_pairs", "init_prompts", "interpolate", "load_texts", "matched_gaussian", "optimize", "parse_floats",
+           "choose_pairs", "init_prompts", "interpolate", "load_texts", "load_texts_recorded", "matched_gaussian", "optimize", "parse_floats",
            "raw_gaussian", "replace_dims", "store_config", "token_windows"]
 
 RESIDUALS = ("hidden_states", "pre_norm")
@@ -130,18 +131,27 @@ def load_texts(text: str, n: int, seed: int = 0) -> list[str]:
     articles), "brown" (offline Brown corpus documents), "synthetic" (``lib.data.synthetic_qa``
     passages: a pipeline check) or a local .txt file (one text per line). "wiki" and "brown" need
     ``python -m lib.data prepare`` once (``lib.data.realdata.load_prose``)."""
+    return load_texts_recorded(text, n, seed)[0]
+
+
+def load_texts_recorded(text: str, n: int, seed: int = 0) -> tuple[list[str], dict]:
+    """``load_texts`` and the record a results.json keeps of them: ``{name, n_texts, provenance,
+    content_sha256}``. The provenance names the registry package and the file's pinned sha256 (wiki,
+    brown), the hub set and its ``datasets`` fingerprint (wikitext), the generator and seed (synthetic)
+    or the local file and its sha256; ``content_sha256`` hashes the texts actually used."""
     check_pos_int("n", n)
     if text in ("wiki", "brown"):
         from lib.data import realdata
 
-        docs, _ = realdata.load_prose(text)
-        if text == "brown":
-            return [d["text"] for d in docs][:n]
-        return realdata.round_robin([d["text"].split("\n\n") for d in docs])[:n]
-    if text == "wikitext":
+        docs, prov = realdata.load_prose(text)
+        out = ([d["text"] for d in docs][:n] if text == "brown"
+               else realdata.round_robin([d["text"].split("\n\n") for d in docs])[:n])
+    elif text == "wikitext":
         from datasets import load_dataset
 
         rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="train")
+        prov = {"hub": "wikitext", "config": "wikitext-2-raw-v1", "split": "train",
+                "datasets_fingerprint": getattr(rows, "_fingerprint", None)}
         out = []
         for r in rows:
             t = r["text"].strip()
@@ -149,15 +159,20 @@ def load_texts(text: str, n: int, seed: int = 0) -> list[str]:
                 out.append(t)
                 if len(out) >= n:
                     break
-        return out
-    if text == "synthetic":
+    elif text == "synthetic":
         from lib.data import synthetic_qa
 
-        return [s.passage for s in synthetic_qa(n, seed=seed)]
-    path = Path(text).expanduser()
-    if path.suffix == ".txt" and path.is_file():
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()][:n]
-    raise ValueError(f"text source {text!r} not supported; choices: {TEXTS} or a path to an existing .txt file")
+        prov = {"synthetic": "lib.data.synthetic_qa", "seed": seed}
+        out = [s.passage for s in synthetic_qa(n, seed=seed)]
+    else:
+        path = Path(text).expanduser()
+        if not (path.suffix == ".txt" and path.is_file()):
+            raise ValueError(f"text source {text!r} not supported; choices: {TEXTS} or a path to an existing .txt file")
+        data = path.read_bytes()
+        prov = {"local": str(text), "sha256": hashlib.sha256(data).hexdigest()}
+        out = [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()][:n]
+    digest = hashlib.sha256("\n\x00".join(out).encode("utf-8")).hexdigest()
+    return out, {"name": text, "n_texts": len(out), "provenance": prov, "content_sha256": digest}
 
 
 def token_windows(tokenizer, texts: list[str], seq_len: int, n: int, per_text: int = 1) -> tuple[torch.Tensor, dict]:
