@@ -24,7 +24,7 @@ def kind(r: dict) -> str | None:
     s = r.get("summary") or {}
     if ("interpretation" in r or "interpretation" in s) and ("headline" in r or "headline" in s):  # exp08 (old, new layout)
         return "reachability"
-    if "by_condition" in r.get("summary", {}) or "verdicts" in r.get("summary", {}) and "by_model" in r["summary"]:
+    if "by_condition" in s or ("verdicts" in s and "by_model" in s):  # exp12
         return "latent"
     if r.get("design") == "exp07train":
         return "bench_train"
