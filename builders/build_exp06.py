@@ -14,7 +14,7 @@ PARAMS = [
     *[replace(p, default=True) if p.name == "LOAD_IN_4BIT" else p
       for p in common.model_params("google/gemma-3-4b-it", "bfloat16", "ms_marco", 300)],
     Param("PREFIX", str, "static_fact", "the priming prefix: a key of lib.data.surrogates.STATIC or a literal text"),
-    Param("CUTOFFS", str, "all", "layer cutoffs c for values_early/values_late: all (1..n_layers-1) or e.g. 4,8,12"),
+    Param("CUTOFFS", str, "all", "layer cutoffs c for values_early/values_late: all (1..n_layers-1), none (fixed hybrids only) or e.g. 4,8,12"),
     *common.RUNTIME,
     common.DISTRACTORS,
     Param("OUT_DIR", str, "results/exp06", "results folder, relative to the repo root"),
@@ -28,7 +28,9 @@ CELLS = [
         encoded bare and primed (prefix `static_fact` by default, dropped, document re-positioned);
         hybrid caches mix their per-layer keys and values: `values_only` (primed values everywhere,
         bare keys), `keys_only`, `values_early_<c>` (primed values at layers < c), `values_late_<c>`
-        (layers >= c), and `primed` (full priming). Per condition d vs bare with CI and Holm p; the cutoff
+        (layers >= c), and `primed` (full priming). `values_first_token` / `values_except_first` split
+        values_only by position: the first document token follows the anchor in the bare run but the
+        prefix in the primed one, a difference that is not the prefix's content. Per condition d vs bare with CI and Holm p; the cutoff
         curve; the best cutoff with a bootstrap CI and a split-half estimate that is free of selection
         bias. Positive d means a LOWER answer NLL than bare. Defaults: Gemma 3 4B-IT in 4-bit,
         MS MARCO v1.1, N=300; `SMOKE=True` runs the bundled SmolLM2 on synthetic QA.
@@ -65,10 +67,15 @@ CELLS = [
         by = {r["cond"]: r for r in summary["comparisons"]}
         show.table([by[n] for n in contamination.FIXED[1:]], title="fixed hybrids vs bare")
         show.discrimination(summary)
+        first = contamination.first_token_share(nll, n_boot=N_BOOT, seed=SEED, atol=atol)
+        summary.update(first_token=first)
+        print(f"first document token: {first['mean_delta_part']:+.4f} of values_only's {first['mean_delta_whole']:+.4f} nats, "
+              f"share {first['share']:.2f} {[round(x, 2) for x in first['share_ci']]}")
         curve = contamination.cutoff_curve(summary["comparisons"], cutoffs)
-        best = {fam: contamination.best_cutoff(nll, cutoffs, fam, n_boot=N_BOOT, seed=SEED, atol=atol) for fam in ("early", "late")}
-        summary.update(cutoff_curve=curve, best_cutoff=best)
-        for fam in ("early", "late"):
+        best = {fam: contamination.best_cutoff(nll, cutoffs, fam, n_boot=N_BOOT, seed=SEED, atol=atol)
+                for fam in ("early", "late")} if cutoffs else {}
+        summary.update(cutoff_curve=curve if cutoffs else None, best_cutoff=best)
+        for fam in ("early", "late") if cutoffs else ():
             show.table(curve[fam], keys=("cutoff",), title=f"primed values at the {fam} layers up to each cutoff, vs bare")
         for fam, b in best.items():
             print(f"best {fam} cutoff {b['cutoff']} (bootstrap 95% range {b['cutoff_ci']}): delta {b['mean_delta']:+.4f} nats "
@@ -81,9 +88,10 @@ CELLS = [
 
         title = f"exp06 {MODEL} {DATASET} N={len(ids)} prefix={PREFIX}"
         figs = [plots.plot_effects([by[n] for n in contamination.FIXED[1:]], ROOT / OUT_DIR / "effects.png", title=title),
-                plots.plot_length_curves({f"values_{fam}": [{**p, "length": p["cutoff"]} for p in pts] for fam, pts in curve.items()},
-                                         ROOT / OUT_DIR / "cutoff_curve.png", title=title, xlabel="layer cutoff c", log_x=False),
                 plots.plot_mean_nll({n: nll[n] for n in contamination.FIXED}, ROOT / OUT_DIR / "mean_nll.png", title=title)]
+        if cutoffs:
+            figs.append(plots.plot_length_curves({f"values_{fam}": [{**p, "length": p["cutoff"]} for p in pts] for fam, pts in curve.items()},
+                                                 ROOT / OUT_DIR / "cutoff_curve.png", title=title, xlabel="layer cutoff c", log_x=False))
         if summary["hardness"]:
             figs.append(plots.plot_hardness_heatmap([h for h in summary["hardness"] if h["cond"] in contamination.FIXED],
                                                     ROOT / OUT_DIR / "hardness_heatmap.png", title=title))

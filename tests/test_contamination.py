@@ -102,6 +102,31 @@ def test_best_cutoff_finds_the_planted_optimum_and_reports_an_honest_split_half(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2", "gemma3", "qwen2"])
+def test_first_token_hybrids_real_models(request, name):
+    """On the bundled models (real anchors: Gemma's tokenizer BOS, SmolLM2's prepended BOS, Qwen's eos
+    anchor): the two position hybrids partition values_only's entries exactly, and the anchor's values are
+    the same in the bare and the primed cache (position 0 sees only itself)."""
+    from lib.kv import cache as kv
+    from lib.kv.encode import encode, tokenize
+    from lib.data import synthetic_qa
+
+    lm = request.getfixturevalue(name)
+    s = synthetic_qa(1, 3)[0]
+    doc, prefix = tokenize(lm.tokenizer, s.passage), C.prefix_ids(lm.tokenizer, "static_fact")
+    with torch.no_grad():
+        bare, primed = encode(lm.model, lm.arch, doc), encode(lm.model, lm.arch, doc, prefix)
+    a = 0 if lm.arch.bos_id is None else 1
+    assert a == 1
+    first = C.hybrid("values_first_token", bare, primed, n_anchor=a)
+    both = kv.splice(C.hybrid("values_except_first", bare, primed, n_anchor=a), first, range(lm.arch.n_layers), entries=[a])
+    for i in range(lm.arch.n_layers):
+        assert torch.equal(both.values[i], primed.values[i])
+        assert torch.allclose(bare.values[i][:, :, 0], primed.values[i][:, :, 0], atol=1e-4, rtol=1e-4)
+    assert max(float((primed.values[i][:, :, a] - bare.values[i][:, :, a]).abs().max()) for i in range(lm.arch.n_layers)) > 1e-3
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["smollm2", "gemma3"])
 def test_hybrids_real_models(request, name):
     from lib.studies import conditions
@@ -235,3 +260,73 @@ def test_shared_prompts_equal_rerunning_the_prompt_per_answer(kind):
         assert (a["sample_id"], a["condition"]) == (b["sample_id"], b["condition"])
         assert np.abs(np.array(a["token_nlls"]) - np.array(b["token_nlls"])).max() <= 1e-5
         assert np.abs(np.array(a["distractor_nlls"]) - np.array(b["distractor_nlls"])).max() <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_first_token_hybrids_split_values_only_exactly_tiny(kind):
+    """values_first_token (primed values of the first document entry only) and values_except_first (every other
+    document entry) partition values_only's spliced entries: composed, they are values_only bit for bit; each
+    differs from bare only at its own entries; the anchor (position 0) is never touched."""
+    from lib.kv import cache as kv
+    from lib.kv.encode import encode
+
+    m = build(kind)
+    arch = arch_of(m)
+    doc, prefix = list(range(10, 30)), [5, 6, 7]
+    bare, primed = encode(m, arch, doc), encode(m, arch, doc, prefix)
+    a = 0 if arch.bos_id is None else 1
+    first = C.hybrid("values_first_token", bare, primed, n_anchor=a)
+    rest = C.hybrid("values_except_first", bare, primed, n_anchor=a)
+    only = C.hybrid("values_only", bare, primed)
+    both = kv.splice(rest, first, range(arch.n_layers), entries=[a])
+    for i in range(arch.n_layers):
+        assert torch.equal(both.values[i], only.values[i])
+        assert first.keys[i] is bare.keys[i] and rest.keys[i] is bare.keys[i]
+        assert torch.equal(first.values[i][:, :, a], primed.values[i][:, :, a])
+        keep = [j for j in range(bare.length) if j != a]
+        assert torch.equal(first.values[i][:, :, keep], bare.values[i][:, :, keep])
+        assert torch.equal(rest.values[i][:, :, a], bare.values[i][:, :, a])
+        assert torch.equal(rest.values[i][:, :, a + 1:], primed.values[i][:, :, a + 1:])
+    assert not torch.equal(first.values[2], bare.values[2]) and not torch.equal(rest.values[2], bare.values[2])
+
+
+def test_splice_entries_errors_and_identities():
+    from lib.kv import cache as kv
+    from lib.kv.encode import encode
+
+    m = build("llama")
+    arch = arch_of(m)
+    bare, primed = encode(m, arch, list(range(10, 20))), encode(m, arch, list(range(10, 20)), [5, 6])
+    full = kv.splice(bare, primed, range(arch.n_layers), entries=range(bare.length))
+    assert all(torch.equal(x, y) for x, y in zip(full.values, primed.values))
+    none = kv.splice(bare, primed, range(arch.n_layers), entries=[])
+    assert all(torch.equal(x, y) for x, y in zip(none.values, bare.values))
+    with pytest.raises(ValueError, match=r"entry indices \[11\] out of range \[0, 11\)"):
+        kv.splice(bare, primed, [0], entries=[11])
+    with pytest.raises(ValueError, match="n_anchor"):
+        C.hybrid("values_first_token", bare, primed, n_anchor=2)
+
+
+def test_cutoffs_none_gives_only_the_fixed_hybrids():
+    assert C.parse_cutoffs("none", 6) == []
+    assert C.condition_names([]) == list(C.FIXED)
+    assert {"values_first_token", "values_except_first"} <= set(C.FIXED)
+
+
+def test_first_token_share_recovers_a_planted_share():
+    """Simulated: values_only's delta = 0.3 nats, of which the first token carries 0.24 (share 0.8); the share's
+    bootstrap CI covers 0.8 and excludes 0.5; with the part's effect absent the CI covers 0."""
+    rng = np.random.default_rng(3)
+    n = 400
+    bare = rng.normal(2.5, 0.6, n)
+    nll = {"bare": bare, "values_only": bare + 0.3 + rng.normal(0, 0.15, n),
+           "values_first_token": bare + 0.24 + rng.normal(0, 0.15, n)}
+    r = C.first_token_share(nll, n_boot=500, seed=0)
+    assert r["part"] == "values_first_token" and r["whole"] == "values_only"
+    assert r["mean_delta_part"] == pytest.approx(-0.24, abs=0.03) and r["mean_delta_whole"] == pytest.approx(-0.3, abs=0.03)
+    assert r["share_ci"][0] < 0.8 < r["share_ci"][1] and r["share_ci"][0] > 0.5
+    assert r["share"] == pytest.approx(r["mean_delta_part"] / r["mean_delta_whole"])
+    null = {**nll, "values_first_token": bare + rng.normal(0, 0.15, n)}
+    z = C.first_token_share(null, n_boot=500, seed=0)
+    assert z["share_ci"][0] < 0 < z["share_ci"][1]
+    assert C.first_token_share({"bare": bare, "values_only": bare}) is None  # the runs before the position hybrids

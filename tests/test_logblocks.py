@@ -168,3 +168,15 @@ def test_structural_fraction_caveat_follows_the_signs(tmp_path, benefits, expect
     assert expected in line
     for a in absent:
         assert a not in line
+
+
+@pytest.mark.parametrize("part, whole, opposite", [(-2.5, -2.9, False), (0.01, -0.013, True)])
+def test_exp06_block_shows_the_first_token_share(tmp_path, part, whole, opposite):
+    run = tmp_path / "results" / "exp06_x"
+    run.mkdir(parents=True)
+    ft = {"part": "values_first_token", "whole": "values_only", "ref": "bare", "n": 128, "mean_delta_part": part,
+          "mean_delta_whole": whole, "share": part / whole, "share_ci": [0.7, 0.95], "d_part": -0.8, "d_whole": -0.9}
+    (run / "results.json").write_text(json.dumps({"config": {"MODEL": "m"}, "summary": {"comparisons": [], "first_token": ft}}))
+    line = next(x for x in logblocks.render("results/exp06_x", tmp_path).splitlines() if x.startswith("First document token"))
+    assert f"{part:+.4f} of values_only's {whole:+.4f} nats, share {part / whole:.2f} [0.70, 0.95]; d -0.800 vs -0.900" in line
+    assert ("opposite signs" in line) == opposite

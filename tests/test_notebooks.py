@@ -216,17 +216,30 @@ def test_exp06_smoke_run_writes_every_statistic(tmp_path):
     r = _smoke("experiments/exp06/exp06_value_contamination.ipynb", tmp_path, N_SAMPLES=8, CUTOFFS="5,15,25",
                N_DISTRACTORS=1)
     s = r["summary"]
-    assert r["config"]["hybrids"] == ["bare", "primed", "values_only", "keys_only", "values_early_5", "values_early_15",
-                                      "values_early_25", "values_late_5", "values_late_15", "values_late_25"]
+    assert r["config"]["hybrids"] == ["bare", "primed", "values_only", "keys_only", "values_first_token", "values_except_first",
+                                      "values_early_5", "values_early_15", "values_early_25", "values_late_5", "values_late_15",
+                                      "values_late_25"]
+    ft = s["first_token"]
+    assert ft["part"] == "values_first_token" and ft["n"] == 8 and len(ft["share_ci"]) == 2
     assert [p["cutoff"] for p in s["cutoff_curve"]["early"]] == [5, 15, 25]
     for fam in ("early", "late"):
         b = s["best_cutoff"][fam]
         assert b["cutoff"] in (5, 15, 25) and len(b["d_ci"]) == 2 and len(b["split_half"]) == 2
     assert {c["cond"] for c in s["comparisons"]} == set(r["config"]["hybrids"][1:])
-    assert len(_rows(tmp_path)) == 8 * 10
-    assert s["discrimination"]["n_distractors"] == [1] and len(s["discrimination"]["comparisons"]) == 9
+    assert len(_rows(tmp_path)) == 8 * 12
+    assert s["discrimination"]["n_distractors"] == [1] and len(s["discrimination"]["comparisons"]) == 11
     for name in ("effects.png", "cutoff_curve.png", "mean_nll.png"):
         assert (tmp_path / name).is_file()
+
+
+@pytest.mark.slow
+def test_exp06_smoke_run_with_the_fixed_hybrids_only(tmp_path):
+    """CUTOFFS=none: the six fixed hybrids, no cutoff curve or best cutoff (a cheap run of the position split)."""
+    r = _smoke("experiments/exp06/exp06_value_contamination.ipynb", tmp_path, N_SAMPLES=4, CUTOFFS="none")
+    s = r["summary"]
+    assert r["config"]["hybrids"] == ["bare", "primed", "values_only", "keys_only", "values_first_token", "values_except_first"]
+    assert s["cutoff_curve"] is None and s["best_cutoff"] == {} and s["first_token"]["n"] == 4
+    assert len(_rows(tmp_path)) == 4 * 6 and not (tmp_path / "cutoff_curve.png").exists()
 
 
 @pytest.mark.slow

@@ -140,12 +140,14 @@ def compact(dc: DocCache, keep: torch.Tensor | list[int], ropes: tuple[LayerRope
 
 
 def splice(
-    base: DocCache, donor: DocCache, layers, *, keys: bool = False, values: bool = True
+    base: DocCache, donor: DocCache, layers, *, keys: bool = False, values: bool = True, entries=None
 ) -> DocCache:
     """Hybrid cache: ``base`` everywhere, except that at ``layers`` the keys and/or values come from ``donor``.
 
     Both caches must hold the same entries at the same positions (e.g. a bare and a primed cache of
-    the same document after ``compact``).
+    the same document after ``compact``). ``entries``: only these cache entries (indices along the
+    sequence) come from ``donor`` at ``layers``; None = all of them (the spliced tensors are then
+    ``donor``'s own, not copies).
     """
     if not (keys or values):
         raise ValueError("splice needs keys=True and/or values=True")
@@ -161,9 +163,20 @@ def splice(
     if bad:
         raise ValueError(f"layer indices {bad} out of range [0, {base.n_layers})")
     cs = set(chosen)
-    ks = tuple(donor.keys[i] if (keys and i in cs) else base.keys[i] for i in range(base.n_layers))
-    vs = tuple(donor.values[i] if (values and i in cs) else base.values[i] for i in range(base.n_layers))
+    pick = lambda b, d: d  # noqa: E731
     meta = {**base.meta, "spliced_layers": chosen, "spliced": ("keys+values" if keys and values else "keys" if keys else "values")}
+    if entries is not None:
+        idx = sorted(set(int(j) for j in entries))
+        bad = [j for j in idx if not 0 <= j < base.length]
+        if bad:
+            raise ValueError(f"entry indices {bad} out of range [0, {base.length})")
+        mask = torch.zeros(base.length, dtype=torch.bool, device=base.positions.device)
+        mask[idx] = True
+        mask = mask.view(1, 1, -1, 1)
+        pick = lambda b, d: torch.where(mask.to(b.device), d, b)  # noqa: E731
+        meta["spliced_entries"] = idx
+    ks = tuple(pick(base.keys[i], donor.keys[i]) if (keys and i in cs) else base.keys[i] for i in range(base.n_layers))
+    vs = tuple(pick(base.values[i], donor.values[i]) if (values and i in cs) else base.values[i] for i in range(base.n_layers))
     return DocCache(ks, vs, base.positions, meta)
 
 

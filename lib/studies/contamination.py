@@ -10,6 +10,12 @@ same positions, so any mix of their per-layer keys and values is a valid cache (
   keys_only            primed keys at every layer, bare values
   values_early_<c>     primed values at layers < c, bare elsewhere (c = 0 is bare)
   values_late_<c>      primed values at layers >= c, bare elsewhere (c = 0 is values_only)
+  values_first_token   primed values of the first document entry only (every layer), bare elsewhere
+  values_except_first  primed values of every document entry but the first (every layer)
+
+The last two split values_only by position: the first document token sits right after the anchor in
+the bare run and after the prefix in the primed one, so its state differs for a reason other than
+the prefix's content (on some models that token carries most of values_only's effect).
 
 All conditions of a sample score the same query prompt and answer ids. Phase B runs batched across
 the hybrids (they share prompt and answer lengths).
@@ -26,13 +32,16 @@ from lib.report import stats
 from lib.data import surrogates
 from lib.kv.noise import clean_delta
 
-FIXED = ("bare", "primed", "values_only", "keys_only")
+FIXED = ("bare", "primed", "values_only", "keys_only", "values_first_token", "values_except_first")
 
 
 def parse_cutoffs(spec: str, n_layers: int) -> list[int]:
-    """``"all"`` -> 1..n_layers-1; else comma-separated ints in [1, n_layers-1] (sorted, unique)."""
+    """``"all"`` -> 1..n_layers-1; ``"none"`` -> [] (the fixed hybrids only); else comma-separated ints in
+    [1, n_layers-1] (sorted, unique)."""
     if str(spec).strip() == "all":
         return list(range(1, n_layers))
+    if str(spec).strip() == "none":
+        return []
     out = []
     for x in str(spec).split(","):
         x = x.strip()
@@ -42,7 +51,7 @@ def parse_cutoffs(spec: str, n_layers: int) -> list[int]:
             raise ValueError(f"cutoff {x!r} must be an integer in [1, {n_layers - 1}] for a {n_layers}-layer model (CUTOFFS={spec!r})")
         out.append(int(x))
     if not out:
-        raise ValueError(f"CUTOFFS={spec!r} gives no cutoff; use 'all' or e.g. '4,8,12'")
+        raise ValueError(f"CUTOFFS={spec!r} gives no cutoff; use 'all', 'none' or e.g. '4,8,12'")
     return sorted(set(out))
 
 
@@ -50,9 +59,15 @@ def condition_names(cutoffs: list[int]) -> list[str]:
     return [*FIXED, *[f"values_early_{c}" for c in cutoffs], *[f"values_late_{c}" for c in cutoffs]]
 
 
-def hybrid(name: str, bare: kv.DocCache, primed: kv.DocCache) -> kv.DocCache:
-    """The cache of condition ``name`` (see the module docstring)."""
+def hybrid(name: str, bare: kv.DocCache, primed: kv.DocCache, *, n_anchor: int = 1) -> kv.DocCache:
+    """The cache of condition ``name`` (see the module docstring); ``n_anchor``: entries before the
+    document (1 with an anchor token, 0 without), so entry ``n_anchor`` is the first document token."""
     n = bare.n_layers
+    if name in ("values_first_token", "values_except_first"):
+        if n_anchor not in (0, 1) or bare.length <= n_anchor:
+            raise ValueError(f"n_anchor={n_anchor!r} must be 0 or 1 and leave a document entry (cache length {bare.length})")
+        entries = [n_anchor] if name == "values_first_token" else range(n_anchor + 1, bare.length)
+        return kv.splice(bare, primed, range(n), values=True, entries=entries)
     if name == "bare":
         return bare
     if name == "primed":
@@ -124,7 +139,8 @@ def _score_chunk(engine, preps, names: list[str], prefix: list[int], batch_size:
     for i, p in enumerate(preps):
         bare = enc_mod.shape(*full[i], lm.arch)
         primed = enc_mod.shape(*full[len(preps) + i], lm.arch)
-        pairs += [(p, name, hybrid(name, bare, primed)) for name in names]
+        n_anchor = full[i][1].n_anchor
+        pairs += [(p, name, hybrid(name, bare, primed, n_anchor=n_anchor)) for name in names]
     cands = lambda p: [p.answer_ids, *p.distractor_ids]  # noqa: E731  gold first, then distractors on the same cache
     # prompt sharing (as the engine's): a hybrid cache that several answers continue runs prompt[:-1] once
     # (scoring.extend, a new cache) and each answer feeds [last prompt token] + answer, so the last prompt
@@ -239,3 +255,35 @@ def best_cutoff(nll: dict[str, np.ndarray], cutoffs: list[int], family: str = "e
             "cutoff_ci": [float(lo), float(hi)],
             "cutoff_share": {str(c): float((boot == i).mean()) for i, c in enumerate(cutoffs)},
             "split_half": split, "split_half_d": float(np.mean([s["d_on_other_half"] for s in split]))}
+
+
+def first_token_share(nll: dict[str, np.ndarray], *, ref: str = "bare", n_boot: int = 2000, seed: int = 0,
+                      atol: float | None = None) -> dict | None:
+    """How much of ``values_only``'s effect vs ``ref`` the first document token's values alone carry.
+
+    ``share`` = mean delta of ``values_first_token`` / mean delta of ``values_only`` (deltas ``ref`` - condition,
+    nats; deltas within the dtype's noise tolerance ``atol`` count as 0), with a paired bootstrap CI over
+    samples (``share_ci``). Near 1: the position artifact (the first document token sits after the anchor in
+    the bare run, after the prefix in the primed one) carries the effect; near 0: the rest of the document
+    does. None when the run has no ``values_first_token`` (runs before the position hybrids existed).
+    """
+    part, whole = "values_first_token", "values_only"
+    if part not in nll or whole not in nll:
+        return None
+    ref_v = np.asarray(nll[ref], dtype=np.float64)
+    dp, dw = clean_delta(ref_v, nll[part], atol), clean_delta(ref_v, nll[whole], atol)
+    n = len(ref_v)
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_boot):
+        i = rng.integers(0, n, n)
+        w = dw[i].mean()
+        if w != 0:
+            boot.append(dp[i].mean() / w)
+    lo, hi = (np.percentile(boot, [2.5, 97.5]) if boot else (float("nan"), float("nan")))
+    w = float(dw.mean())
+    return {"part": part, "whole": whole, "ref": ref, "n": n,
+            "mean_delta_part": float(dp.mean()), "mean_delta_whole": w,
+            "share": float(dp.mean() / w) if w != 0 else float("nan"), "share_ci": [float(lo), float(hi)],
+            "d_part": stats.cohens_d_paired(ref_v, np.asarray(nll[part], dtype=np.float64)),
+            "d_whole": stats.cohens_d_paired(ref_v, np.asarray(nll[whole], dtype=np.float64))}

@@ -153,9 +153,10 @@ def _derived(exp: str, old: dict, nll: dict, names: list[str], cfg: dict, kw: di
         from lib.studies import contamination
 
         cutoffs = sorted({int(n.rsplit("_", 1)[1]) for n in names if n.startswith("values_early_")})
-        out["cutoff_curve"] = contamination.cutoff_curve(comps, cutoffs)
+        out["first_token"] = contamination.first_token_share(nll, n_boot=n_boot, seed=seed, atol=atol)
+        out["cutoff_curve"] = contamination.cutoff_curve(comps, cutoffs) if cutoffs else None
         out["best_cutoff"] = {fam: contamination.best_cutoff(nll, cutoffs, fam, n_boot=n_boot, seed=seed, atol=atol)
-                              for fam in ("early", "late")}
+                              for fam in ("early", "late")} if cutoffs else {}
     elif exp == "exp07" and old.get("pairwise"):
         pairs = [(r["ref"], r["cond"]) for r in old["pairwise"]]
         out["pairwise"] = stats.compare_conditions(nll, None, pairs=pairs, n_boot=n_boot, seed=seed, atol=atol,
