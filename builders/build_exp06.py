@@ -67,10 +67,12 @@ CELLS = [
         by = {r["cond"]: r for r in summary["comparisons"]}
         show.table([by[n] for n in contamination.FIXED[1:]], title="fixed hybrids vs bare")
         show.discrimination(summary)
-        first = contamination.first_token_share(nll, n_boot=N_BOOT, seed=SEED, atol=atol)
-        summary.update(first_token=first)
-        print(f"first document token: {first['mean_delta_part']:+.4f} of values_only's {first['mean_delta_whole']:+.4f} nats, "
-              f"share {first['share']:.2f} {[round(x, 2) for x in first['share_ci']]}")
+        summary.update(first_token=contamination.first_token_share(nll, n_boot=N_BOOT, seed=SEED, atol=atol),
+                       first_token_primed=contamination.first_token_share(nll, part="primed_first_token", whole="primed",
+                                                                          n_boot=N_BOOT, seed=SEED, atol=atol))
+        for f in (summary["first_token"], summary["first_token_primed"]):
+            print(f"first document token: {f['part']} {f['mean_delta_part']:+.4f} of {f['whole']}'s {f['mean_delta_whole']:+.4f} "
+                  f"nats, share {f['share']:.2f} {[round(x, 2) for x in f['share_ci']]}")
         curve = contamination.cutoff_curve(summary["comparisons"], cutoffs)
         best = {fam: contamination.best_cutoff(nll, cutoffs, fam, n_boot=N_BOOT, seed=SEED, atol=atol)
                 for fam in ("early", "late")} if cutoffs else {}

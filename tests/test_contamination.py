@@ -120,8 +120,11 @@ def test_first_token_hybrids_real_models(request, name):
     assert a == 1
     first = C.hybrid("values_first_token", bare, primed, n_anchor=a)
     both = kv.splice(C.hybrid("values_except_first", bare, primed, n_anchor=a), first, range(lm.arch.n_layers), entries=[a])
+    pboth = kv.splice(C.hybrid("primed_except_first", bare, primed, n_anchor=a),
+                      C.hybrid("primed_first_token", bare, primed, n_anchor=a), range(lm.arch.n_layers), keys=True, entries=[a])
     for i in range(lm.arch.n_layers):
         assert torch.equal(both.values[i], primed.values[i])
+        assert torch.equal(pboth.keys[i], primed.keys[i]) and torch.equal(pboth.values[i], primed.values[i])
         assert torch.allclose(bare.values[i][:, :, 0], primed.values[i][:, :, 0], atol=1e-4, rtol=1e-4)
     assert max(float((primed.values[i][:, :, a] - bare.values[i][:, :, a]).abs().max()) for i in range(lm.arch.n_layers)) > 1e-3
 
@@ -288,6 +291,15 @@ def test_first_token_hybrids_split_values_only_exactly_tiny(kind):
         assert torch.equal(rest.values[i][:, :, a], bare.values[i][:, :, a])
         assert torch.equal(rest.values[i][:, :, a + 1:], primed.values[i][:, :, a + 1:])
     assert not torch.equal(first.values[2], bare.values[2]) and not torch.equal(rest.values[2], bare.values[2])
+    # the same split of full priming: keys and values of the first entry / of the others
+    pf = C.hybrid("primed_first_token", bare, primed, n_anchor=a)
+    pr = C.hybrid("primed_except_first", bare, primed, n_anchor=a)
+    whole = kv.splice(pr, pf, range(arch.n_layers), keys=True, entries=[a])
+    for i in range(arch.n_layers):
+        assert torch.equal(whole.keys[i], primed.keys[i]) and torch.equal(whole.values[i], primed.values[i])
+        assert torch.equal(pf.keys[i][:, :, a], primed.keys[i][:, :, a]) and torch.equal(pr.keys[i][:, :, a], bare.keys[i][:, :, a])
+        assert torch.equal(pf.values[i][:, :, a + 1:], bare.values[i][:, :, a + 1:])
+        assert torch.equal(pr.keys[i][:, :, a + 1:], primed.keys[i][:, :, a + 1:])
 
 
 def test_splice_entries_errors_and_identities():
@@ -310,7 +322,8 @@ def test_splice_entries_errors_and_identities():
 def test_cutoffs_none_gives_only_the_fixed_hybrids():
     assert C.parse_cutoffs("none", 6) == []
     assert C.condition_names([]) == list(C.FIXED)
-    assert {"values_first_token", "values_except_first"} <= set(C.FIXED)
+    assert set(C.POSITION_SPLIT) == {"values_first_token", "values_except_first", "primed_first_token", "primed_except_first"}
+    assert set(C.POSITION_SPLIT) < set(C.FIXED)
 
 
 def test_first_token_share_recovers_a_planted_share():

@@ -176,7 +176,12 @@ def test_exp06_block_shows_the_first_token_share(tmp_path, part, whole, opposite
     run.mkdir(parents=True)
     ft = {"part": "values_first_token", "whole": "values_only", "ref": "bare", "n": 128, "mean_delta_part": part,
           "mean_delta_whole": whole, "share": part / whole, "share_ci": [0.7, 0.95], "d_part": -0.8, "d_whole": -0.9}
-    (run / "results.json").write_text(json.dumps({"config": {"MODEL": "m"}, "summary": {"comparisons": [], "first_token": ft}}))
-    line = next(x for x in logblocks.render("results/exp06_x", tmp_path).splitlines() if x.startswith("First document token"))
-    assert f"{part:+.4f} of values_only's {whole:+.4f} nats, share {part / whole:.2f} [0.70, 0.95]; d -0.800 vs -0.900" in line
-    assert ("opposite signs" in line) == opposite
+    ftp = {**ft, "part": "primed_first_token", "whole": "primed", "mean_delta_part": -0.1, "mean_delta_whole": -0.4,
+           "share": 0.25}
+    (run / "results.json").write_text(json.dumps({"config": {"MODEL": "m"}, "summary": {"comparisons": [], "first_token": ft,
+                                                                                      "first_token_primed": ftp}}))
+    lines = [x for x in logblocks.render("results/exp06_x", tmp_path).splitlines() if x.startswith("First document token")]
+    assert len(lines) == 2 and "(values_first_token: the values of" in lines[0] and "(primed_first_token: the keys and values" in lines[1]
+    assert f"{part:+.4f} of values_only's {whole:+.4f} nats, share {part / whole:.2f} [0.70, 0.95]; d -0.800 vs -0.900" in lines[0]
+    assert ("opposite signs" in lines[0]) == opposite
+    assert "-0.1000 of primed's -0.4000 nats, share 0.25" in lines[1] and "opposite" not in lines[1]

@@ -217,7 +217,7 @@ def test_exp06_smoke_run_writes_every_statistic(tmp_path):
                N_DISTRACTORS=1)
     s = r["summary"]
     assert r["config"]["hybrids"] == ["bare", "primed", "values_only", "keys_only", "values_first_token", "values_except_first",
-                                      "values_early_5", "values_early_15", "values_early_25", "values_late_5", "values_late_15",
+                                      "primed_first_token", "primed_except_first", "values_early_5", "values_early_15", "values_early_25", "values_late_5", "values_late_15",
                                       "values_late_25"]
     ft = s["first_token"]
     assert ft["part"] == "values_first_token" and ft["n"] == 8 and len(ft["share_ci"]) == 2
@@ -226,20 +226,23 @@ def test_exp06_smoke_run_writes_every_statistic(tmp_path):
         b = s["best_cutoff"][fam]
         assert b["cutoff"] in (5, 15, 25) and len(b["d_ci"]) == 2 and len(b["split_half"]) == 2
     assert {c["cond"] for c in s["comparisons"]} == set(r["config"]["hybrids"][1:])
-    assert len(_rows(tmp_path)) == 8 * 12
-    assert s["discrimination"]["n_distractors"] == [1] and len(s["discrimination"]["comparisons"]) == 11
+    assert len(_rows(tmp_path)) == 8 * 14
+    assert s["discrimination"]["n_distractors"] == [1] and len(s["discrimination"]["comparisons"]) == 13
     for name in ("effects.png", "cutoff_curve.png", "mean_nll.png"):
         assert (tmp_path / name).is_file()
 
 
 @pytest.mark.slow
 def test_exp06_smoke_run_with_the_fixed_hybrids_only(tmp_path):
-    """CUTOFFS=none: the six fixed hybrids, no cutoff curve or best cutoff (a cheap run of the position split)."""
+    """CUTOFFS=none: the eight fixed hybrids, no cutoff curve or best cutoff (a cheap run of the position split)."""
+    from lib.studies import contamination
+
     r = _smoke("experiments/exp06/exp06_value_contamination.ipynb", tmp_path, N_SAMPLES=4, CUTOFFS="none")
     s = r["summary"]
-    assert r["config"]["hybrids"] == ["bare", "primed", "values_only", "keys_only", "values_first_token", "values_except_first"]
+    assert r["config"]["hybrids"] == list(contamination.FIXED) and len(contamination.FIXED) == 8
     assert s["cutoff_curve"] is None and s["best_cutoff"] == {} and s["first_token"]["n"] == 4
-    assert len(_rows(tmp_path)) == 4 * 6 and not (tmp_path / "cutoff_curve.png").exists()
+    assert s["first_token_primed"]["part"] == "primed_first_token" and s["first_token_primed"]["whole"] == "primed"
+    assert len(_rows(tmp_path)) == 4 * 8 and not (tmp_path / "cutoff_curve.png").exists()
 
 
 @pytest.mark.slow

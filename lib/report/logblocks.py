@@ -155,10 +155,12 @@ def _extras(s: dict) -> list[str]:
         out += ["", f"Structural fraction ({f['structural']} vs {f['full']}): {_f(f['fraction_of_mean_benefit'], '.2f')} of "
                 f"the mean benefit ({_f(f['mean_benefit_structural'], '+.4f')} vs {_f(f['mean_benefit_full'], '+.4f')} "
                 f"nats), {_f(f['fraction_of_d'], '.2f')} of d{_fraction_caveat(f)}."]
-    ft = s.get("first_token")
-    if ft:
-        out += ["", f"First document token (values of that one entry primed, every layer): {_f(ft['mean_delta_part'], '+.4f')} "
-                f"of values_only's {_f(ft['mean_delta_whole'], '+.4f')} nats, share {_f(ft['share'], '.2f')} "
+    for ft in (s.get("first_token"), s.get("first_token_primed")):
+        if not ft:
+            continue
+        what = "values" if ft["part"].startswith("values_") else "keys and values"
+        out += ["", f"First document token ({ft['part']}: the {what} of that one entry primed, every layer): "
+                f"{_f(ft['mean_delta_part'], '+.4f')} of {ft['whole']}'s {_f(ft['mean_delta_whole'], '+.4f')} nats, share {_f(ft['share'], '.2f')} "
                 f"[{_f(ft['share_ci'][0], '.2f')}, {_f(ft['share_ci'][1], '.2f')}]; d {_f(ft['d_part'], '+.3f')} vs "
                 f"{_f(ft['d_whole'], '+.3f')}"
                 + ("; the two deltas have opposite signs, so the share is not a part of the whole"

@@ -12,8 +12,10 @@ same positions, so any mix of their per-layer keys and values is a valid cache (
   values_late_<c>      primed values at layers >= c, bare elsewhere (c = 0 is values_only)
   values_first_token   primed values of the first document entry only (every layer), bare elsewhere
   values_except_first  primed values of every document entry but the first (every layer)
+  primed_first_token   primed keys and values of the first document entry only, bare elsewhere
+  primed_except_first  primed keys and values of every document entry but the first
 
-The last two split values_only by position: the first document token sits right after the anchor in
+The last four split values_only and primed by position: the first document token sits right after the anchor in
 the bare run and after the prefix in the primed one, so its state differs for a reason other than
 the prefix's content (on some models that token carries most of values_only's effect).
 
@@ -32,7 +34,9 @@ from lib.report import stats
 from lib.data import surrogates
 from lib.kv.noise import clean_delta
 
-FIXED = ("bare", "primed", "values_only", "keys_only", "values_first_token", "values_except_first")
+FIXED = ("bare", "primed", "values_only", "keys_only", "values_first_token", "values_except_first", "primed_first_token",
+         "primed_except_first")
+POSITION_SPLIT = FIXED[4:]
 
 
 def parse_cutoffs(spec: str, n_layers: int) -> list[int]:
@@ -63,11 +67,11 @@ def hybrid(name: str, bare: kv.DocCache, primed: kv.DocCache, *, n_anchor: int =
     """The cache of condition ``name`` (see the module docstring); ``n_anchor``: entries before the
     document (1 with an anchor token, 0 without), so entry ``n_anchor`` is the first document token."""
     n = bare.n_layers
-    if name in ("values_first_token", "values_except_first"):
+    if name in POSITION_SPLIT:
         if n_anchor not in (0, 1) or bare.length <= n_anchor:
             raise ValueError(f"n_anchor={n_anchor!r} must be 0 or 1 and leave a document entry (cache length {bare.length})")
-        entries = [n_anchor] if name == "values_first_token" else range(n_anchor + 1, bare.length)
-        return kv.splice(bare, primed, range(n), values=True, entries=entries)
+        entries = [n_anchor] if name.endswith("_first_token") else range(n_anchor + 1, bare.length)
+        return kv.splice(bare, primed, range(n), keys=name.startswith("primed_"), values=True, entries=entries)
     if name == "bare":
         return bare
     if name == "primed":
@@ -257,17 +261,17 @@ def best_cutoff(nll: dict[str, np.ndarray], cutoffs: list[int], family: str = "e
             "split_half": split, "split_half_d": float(np.mean([s["d_on_other_half"] for s in split]))}
 
 
-def first_token_share(nll: dict[str, np.ndarray], *, ref: str = "bare", n_boot: int = 2000, seed: int = 0,
-                      atol: float | None = None) -> dict | None:
-    """How much of ``values_only``'s effect vs ``ref`` the first document token's values alone carry.
+def first_token_share(nll: dict[str, np.ndarray], *, part: str = "values_first_token", whole: str = "values_only",
+                      ref: str = "bare", n_boot: int = 2000, seed: int = 0, atol: float | None = None) -> dict | None:
+    """How much of ``whole``'s effect vs ``ref`` the first document token alone carries (``values_only`` and its
+    first-token values by default; ``primed`` and ``primed_first_token`` for full priming).
 
-    ``share`` = mean delta of ``values_first_token`` / mean delta of ``values_only`` (deltas ``ref`` - condition,
+    ``share`` = mean delta of ``part`` / mean delta of ``whole`` (deltas ``ref`` - condition,
     nats; deltas within the dtype's noise tolerance ``atol`` count as 0), with a paired bootstrap CI over
     samples (``share_ci``). Near 1: the position artifact (the first document token sits after the anchor in
     the bare run, after the prefix in the primed one) carries the effect; near 0: the rest of the document
-    does. None when the run has no ``values_first_token`` (runs before the position hybrids existed).
+    does. None when the run lacks either condition (runs before the position hybrids existed).
     """
-    part, whole = "values_first_token", "values_only"
     if part not in nll or whole not in nll:
         return None
     ref_v = np.asarray(nll[ref], dtype=np.float64)

@@ -154,6 +154,8 @@ def _derived(exp: str, old: dict, nll: dict, names: list[str], cfg: dict, kw: di
 
         cutoffs = sorted({int(n.rsplit("_", 1)[1]) for n in names if n.startswith("values_early_")})
         out["first_token"] = contamination.first_token_share(nll, n_boot=n_boot, seed=seed, atol=atol)
+        out["first_token_primed"] = contamination.first_token_share(nll, part="primed_first_token", whole="primed",
+                                                                    n_boot=n_boot, seed=seed, atol=atol)
         out["cutoff_curve"] = contamination.cutoff_curve(comps, cutoffs) if cutoffs else None
         out["best_cutoff"] = {fam: contamination.best_cutoff(nll, cutoffs, fam, n_boot=n_boot, seed=seed, atol=atol)
                               for fam in ("early", "late")} if cutoffs else {}
