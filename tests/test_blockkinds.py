@@ -233,3 +233,20 @@ def test_exp08_block_names_the_text_file(tmp_path):
     assert "text wiki (gensim==4.4.0, file sha256 abababababab, 293 texts sha256 cdcdcdcdcdcd); real text" in first
     (run / "results.json").write_text(json.dumps(base))
     assert "text wiki (source not recorded); real text" in logblocks.render("results/exp08_x", tmp_path).splitlines()[0]
+
+
+def test_sinks_block_names_the_model_anchor_and_per_layer_masses():
+    from lib.report import blockkinds, logblocks  # noqa: F401
+
+    layers = [{"layer": i, "anchor": 0.01, "first_doc": 0.1, "other_doc_mean": 0.005, "prompt": 0.4,
+               "value_change_first_doc": 2.0, "value_change_other_doc": 0.3} for i in range(2)]
+    r = {"design": "sinks", "config": {"MODEL": "q", "dtype": "torch.float32", "bos_source": "bos_token", "PREFIX": "static_fact"},
+         "data": {"name": "squad_v1.1", "provenance": {"sha256": "a" * 64}, "content_sha256": "b" * 64},
+         "provenance": {"commit": "c" * 40, "date": "2026-12-03T00:00"}, "command": "python -m lib.tools.sinks --model q",
+         "summary": {"n_samples": 32, "layers": layers, "mean_first_doc_over_other": 20.0, "layers_first_doc_above_anchor": 2,
+                     "mean_value_change_first_doc": 2.0, "mean_value_change_other_doc": 0.3}}
+    assert blockkinds.kind(r) == "sinks"
+    text = "\n".join(blockkinds.sinks("results/diagnostics/sinks_q.json", r))
+    assert "anchor: bos_token" in text and "N=32" in text and "file sha256 aaaaaaaaaaaa" in text
+    assert "| 1 | 0.010 | 0.100 | 0.0050 | 0.400 | 20.0 | 2.00 | 0.30 |" in text
+    assert "20.0x an average other document token's attention" in text and "in 2 of 2 layers" in text

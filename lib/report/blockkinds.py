@@ -20,7 +20,7 @@ _f, _commit = blockfmt.num, blockfmt.commit
 
 
 def kind(r: dict) -> str | None:
-    """"reachability", "latent", "bench" or None (an ordinary comparisons run)."""
+    """"reachability", "latent", "sinks", "bench..." or None (an ordinary comparisons run)."""
     s = r.get("summary") or {}
     if ("interpretation" in r or "interpretation" in s) and ("headline" in r or "headline" in s):  # exp08 (old, new layout)
         return "reachability"
@@ -28,6 +28,8 @@ def kind(r: dict) -> str | None:
         return "latent"
     if r.get("design") == "exp07train":
         return "bench_train"
+    if r.get("design") == "sinks":
+        return "sinks"
     if r.get("design") in ("gen", "exp08", "exp12train"):
         return "bench_" + r["design"]
     if r.get("design") in ("exp11", "exp07eval", "exp06"):
@@ -350,4 +352,28 @@ def bench(run: str, r: dict) -> list[str]:
         out += ["", f"Memory run: n={r['memory_n']} samples under mem_budget_gb {r.get('mem_budget_gb')} (+{r.get('overhead_gb')} "
                 f"GiB overhead): peak {_f(_mem(mem.get('engine_at_memory_n')), '.2f')} GiB above the warm model "
                 f"(the warm-up, {_f(_warm(mem), '.2f')} GiB, counted with the model)."]
+    return out
+
+
+def sinks(run: str, r: dict) -> list[str]:
+    """``python -m lib.tools.sinks``: where the query prompt's attention goes, per layer, and how much priming moves
+    the first document token's values against the others'."""
+    cfg, prov, data, s = r["config"], r.get("provenance", {}), r.get("data", {}), r["summary"]
+    sha = ((data.get("provenance") or {}).get("sha256") or "?")[:12]
+    head = (f"`{run}`; model {cfg['MODEL']} ({cfg['dtype']}, anchor: {cfg['bos_source']}); data {data.get('name', '?')} "
+            f"N={s['n_samples']}; real data; file sha256 {sha}; samples sha256 {(data.get('content_sha256') or '?')[:12]}; "
+            f"prefix {cfg['PREFIX']}; commit {_commit(prov)}; {(prov.get('date') or '?')[:10]}; `{r.get('command', '')}`.")
+    out = [head, "", "Attention of the query prompt (mean over heads and prompt positions) and value change under priming "
+           "(|v_primed - v_bare| / |v_bare|, mean over heads):", "",
+           "| layer | anchor | first doc token | other doc token (mean) | prompt | first / other | value change, first | "
+           "value change, other |", "|---|---|---|---|---|---|---|---|"]
+    for x in s["layers"]:
+        ratio = x["first_doc"] / x["other_doc_mean"] if x["other_doc_mean"] > 0 else float("nan")
+        out.append(f"| {x['layer']} | {_f(x['anchor'], '.3f')} | {_f(x['first_doc'], '.3f')} | {_f(x['other_doc_mean'], '.4f')} | "
+                   f"{_f(x['prompt'], '.3f')} | {_f(ratio, '.1f')} | {_f(x['value_change_first_doc'], '.2f')} | "
+                   f"{_f(x['value_change_other_doc'], '.2f')} |")
+    out += ["", f"The first document token draws {_f(s['mean_first_doc_over_other'], '.1f')}x an average other document "
+            f"token's attention (mean over layers) and more than the anchor in {s['layers_first_doc_above_anchor']} of "
+            f"{len(s['layers'])} layers; priming changes its values by {_f(s['mean_value_change_first_doc'], '.2f')} of their "
+            f"norm against {_f(s['mean_value_change_other_doc'], '.2f')} for the other tokens (mean over layers)."]
     return out

@@ -253,7 +253,7 @@ def render(run: str, results_root: Path | None = None) -> str:
         raise FileNotFoundError(f"RUN-BLOCK names {run!r} but {path} does not exist")
     r = json.loads(path.read_text())
     k = blockkinds.kind(r)
-    if k in ("bench_gen", "bench_exp08", "bench_exp12train", "bench_phase_a"):
+    if k in ("bench_gen", "bench_exp08", "bench_exp12train", "bench_phase_a", "sinks"):
         return "\n".join(getattr(blockkinds, k)(run, r)) + "\n"
     if k == "bench_train":
         return "\n".join(blockkinds.bench_train(run, r)) + "\n"
