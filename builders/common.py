@@ -66,9 +66,21 @@ LOAD_MODEL = code("""
 """)
 
 
-def model_and_data(detail: bool = False) -> list:
+ANCHOR = Param("ANCHOR", str, "", "position-0 anchor token instead of the model's BOS policy (one token, e.g. <|im_start|>); "
+               "empty: the policy")
+LOAD_MODEL_ANCHOR = code("""
+    from lib.kv.models import load_model
+
+    lm = load_model(MODEL, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT, anchor=ANCHOR or None)
+    print(lm.source, lm.device, lm.dtype)
+    print(lm.arch)
+""")
+
+
+def model_and_data(detail: bool = False, anchor: bool = False) -> list:
     """Model and data cells: ``load_model`` and ``load_samples`` with the ``model_params`` knobs (and SEED).
-    ``detail`` (exp01) also prints the data source and the first sample."""
+    ``detail`` (exp01) also prints the data source and the first sample; ``anchor``: the notebook has the
+    ``ANCHOR`` knob (``load_model(anchor=...)``)."""
     source, first = (" ({data.source})", "print(samples[0])") if detail else ("", "")
     load_data = code(dedent("""
         from lib.data import load_samples
@@ -79,7 +91,7 @@ def model_and_data(detail: bool = False) -> list:
         data_info = data.info()
         print(f"{len(samples)} samples from {data.name}/{data.split}%s; rows skipped: {data.skip_counts()}")
     """) % source + first)
-    return [md("## Model"), LOAD_MODEL, md("## Data"), load_data]
+    return [md("## Model"), LOAD_MODEL_ANCHOR if anchor else LOAD_MODEL, md("## Data"), load_data]
 
 
 MODEL_AND_DATA = model_and_data()

@@ -236,3 +236,29 @@ def test_second_load_is_fast(name, smollm2, gemma3, qwen2):
     assert time.time() - t0 < 15
     known = {"smollm2-135m-instruct": smollm2, "gemma-3-270m": gemma3, "qwen2.5-coder-0.5b-instruct": qwen2}
     assert loaded.arch.to_dict() == known[name].arch.to_dict()
+
+
+def test_anchor_override_replaces_the_policy_and_rejects_multi_token_anchors():
+    from lib.kv.models import with_anchor
+
+    tok = tiny_tokenizer(adds_bos=False, bos_token="<bos>", eos_token="<eos>")
+    info = arch_info(tiny_llama(), tok)
+    a = with_anchor(info, tok, "<eos>")
+    assert (a.bos_id, a.bos_source) == (1, "override") and a.n_layers == info.n_layers
+    with pytest.raises(ValueError, match=r"anchor '<eos><bos>' tokenizes to 2 tokens"):
+        with_anchor(info, tok, "<eos><bos>")
+    with pytest.raises(ValueError, match="anchor '' "):
+        with_anchor(info, tok, "")
+
+
+@pytest.mark.slow
+def test_anchor_override_on_qwen_encodes_with_the_new_anchor(qwen2):
+    """Real model: the override reaches Phase A (the cache's entry 0 is the new anchor's key) and changes the
+    bare NLL, and the model's own policy is untouched by it."""
+    from lib.kv.encode import build_inputs
+    from lib.kv.models import with_anchor
+
+    arch = with_anchor(qwen2.arch, qwen2.tokenizer, "<|im_start|>")
+    assert arch.bos_id == qwen2.tokenizer.convert_tokens_to_ids("<|im_start|>") and arch.bos_source == "override"
+    assert qwen2.arch.bos_source == "bos_token" and qwen2.arch.bos_id != arch.bos_id
+    assert build_inputs(arch, [10, 11]).input_ids == [arch.bos_id, 10, 11]

@@ -234,11 +234,13 @@ def test_exp06_smoke_run_writes_every_statistic(tmp_path):
 
 @pytest.mark.slow
 def test_exp06_smoke_run_with_the_fixed_hybrids_only(tmp_path):
-    """CUTOFFS=none: the eight fixed hybrids, no cutoff curve or best cutoff (a cheap run of the position split)."""
+    """CUTOFFS=none: the eight fixed hybrids (with an anchor override, recorded in the config), no cutoff curve or best cutoff."""
     from lib.studies import contamination
 
-    r = _smoke("experiments/exp06/exp06_value_contamination.ipynb", tmp_path, N_SAMPLES=4, CUTOFFS="none")
+    r = _smoke("experiments/exp06/exp06_value_contamination.ipynb", tmp_path, N_SAMPLES=4, CUTOFFS="none",
+               ANCHOR="<|endoftext|>")
     s = r["summary"]
+    assert r["config"]["ANCHOR"] == "<|endoftext|>" and r["config"]["bos"] == {"id": 0, "source": "override"}
     assert r["config"]["hybrids"] == list(contamination.FIXED) and len(contamination.FIXED) == 8
     assert s["cutoff_curve"] is None and s["best_cutoff"] == {} and s["first_token"]["n"] == 4
     assert s["first_token_primed"]["part"] == "primed_first_token" and s["first_token_primed"]["whole"] == "primed"

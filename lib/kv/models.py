@@ -18,7 +18,10 @@ Conventions
   "tokenizer"  the tokenizer adds BOS itself (Gemma);
   "bos_token"  the tokenizer defines a bos_token but does not add it: we prepend it;
   "eos_token"  no bos_token: we prepend eos as the anchor;
-  "none"       neither exists: no anchor (bos_id is None).
+  "none"       neither exists: no anchor (bos_id is None);
+  "override"   a run chose the anchor token itself (``load_model(anchor=...)``, ``with_anchor``): Qwen2.5's
+               policy anchor <|endoftext|> draws almost no attention, so its query sinks on the first
+               document token instead (results/diagnostics/sinks_*.json); "<|im_start|>" takes the sink.
 - Defaults: device "cuda" if available else "cpu"; dtype float32 on CPU, bfloat16 on CUDA.
 """
 from __future__ import annotations
@@ -27,7 +30,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -39,7 +42,7 @@ from lib.kv.bundled import (  # noqa: F401  (re-exported: models.BUNDLED, models
 from lib.kv.rope import attention_layout, text_config  # noqa: F401  (re-exported: models.text_config)
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
-BOS_SOURCES = ("tokenizer", "bos_token", "eos_token", "none")
+BOS_SOURCES = ("tokenizer", "bos_token", "eos_token", "none", "override")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
@@ -191,9 +194,20 @@ def resolve_source(name: str) -> tuple[str, str]:
     raise ValueError(f"model {name!r}: {what}; bundled: {sorted(BUNDLED)}.{_did_you_mean(name, BUNDLED)}")
 
 
+def with_anchor(arch: ArchInfo, tokenizer, anchor: str) -> ArchInfo:
+    """``arch`` with ``anchor`` (text that is exactly one token, e.g. "<|im_start|>") as the position-0 anchor
+    instead of the BOS policy's token (``bos_source`` "override")."""
+    ids = tokenizer(anchor, add_special_tokens=False)["input_ids"] if anchor else []
+    if len(ids) != 1:
+        raise ValueError(f"anchor {anchor!r} tokenizes to {len(ids)} tokens {ids}; expected exactly one token "
+                         "(a special token such as '<|im_start|>', or a single word)")
+    return replace(arch, bos_id=int(ids[0]), bos_source="override")
+
+
 def load_model(name: str, *, dtype: str | torch.dtype | None = None, device: str | None = None,
-               load_in_4bit: bool = False, attn_implementation: str = "sdpa") -> LoadedModel:
-    """Load ``name`` (bundled name, local folder or hub id) in eval mode with its ArchInfo."""
+               load_in_4bit: bool = False, attn_implementation: str = "sdpa", anchor: str | None = None) -> LoadedModel:
+    """Load ``name`` (bundled name, local folder or hub id) in eval mode with its ArchInfo; ``anchor``: the
+    position-0 token instead of the BOS policy's (``with_anchor``)."""
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation {attn_implementation!r} not supported; choices: "
                          f"{ATTN_IMPLEMENTATIONS}.{_did_you_mean(attn_implementation, ATTN_IMPLEMENTATIONS)}")
@@ -225,7 +239,10 @@ def load_model(name: str, *, dtype: str | torch.dtype | None = None, device: str
         tokenizer.pad_token = tokenizer.eos_token  # pad is only ever used under an attention mask
     identity = model_identity(name, kind, path, model, torch_dtype, load_in_4bit)
     LOADED.append(identity)
-    return LoadedModel(model=model, tokenizer=tokenizer, arch=arch_info(model, tokenizer, name),
+    arch = arch_info(model, tokenizer, name)
+    if anchor:
+        arch = with_anchor(arch, tokenizer, anchor)
+    return LoadedModel(model=model, tokenizer=tokenizer, arch=arch,
                        name=name, source=f"{kind}:{path}", device=next(model.parameters()).device,
                        dtype=torch_dtype, identity=identity)
 

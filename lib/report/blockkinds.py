@@ -360,7 +360,8 @@ def sinks(run: str, r: dict) -> list[str]:
     the first document token's values against the others'."""
     cfg, prov, data, s = r["config"], r.get("provenance", {}), r.get("data", {}), r["summary"]
     sha = ((data.get("provenance") or {}).get("sha256") or "?")[:12]
-    head = (f"`{run}`; model {cfg['MODEL']} ({cfg['dtype']}, anchor: {cfg['bos_source']}); data {data.get('name', '?')} "
+    anchor = cfg["bos_source"] + (f" {cfg['anchor']!r}" if cfg.get("anchor") else "")
+    head = (f"`{run}`; model {cfg['MODEL']} ({cfg['dtype']}, anchor: {anchor}); data {data.get('name', '?')} "
             f"N={s['n_samples']}; real data; file sha256 {sha}; samples sha256 {(data.get('content_sha256') or '?')[:12]}; "
             f"prefix {cfg['PREFIX']}; commit {_commit(prov)}; {(prov.get('date') or '?')[:10]}; `{r.get('command', '')}`.")
     out = [head, "", "Attention of the query prompt (mean over heads and prompt positions) and value change under priming "

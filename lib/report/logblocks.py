@@ -41,6 +41,8 @@ def _identity(run: str, r: dict) -> str:
             f"data {name} N={data.get('n_samples') or r.get('summary', {}).get('n_samples', '?')}", kind]
     if "sides" in data:
         bits.append(", ".join(f"{k} N={v.get('n_samples', '?')} ({v.get('split', '?')})" for k, v in data["sides"].items()))
+    if cfg.get("ANCHOR"):
+        bits.append(f"anchor {cfg['ANCHOR']!r} (id {(cfg.get('bos') or {}).get('id', '?')}, instead of the model's BOS policy)")
     if sha:
         bits.append(f"file sha256 {sha[:12]}")
     if "sides" in data:

@@ -91,17 +91,22 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--prefix", default="static_fact", help="exp06's PREFIX (a lib.data.surrogates.STATIC key or a text)")
-    ap.add_argument("--out", default=None, help="JSON path (default results/diagnostics/sinks_<model>.json)")
+    ap.add_argument("--anchor", default="", help="position-0 anchor token instead of the model's BOS policy (e.g. <|im_start|>)")
+    ap.add_argument("--out", default=None, help="JSON path (default results/diagnostics/sinks_<model>[_anchor-<id>].json)")
     a = ap.parse_args(argv)
-    lm = load_model(a.model, attn_implementation="eager")
+    lm = load_model(a.model, attn_implementation="eager", anchor=a.anchor or None)
     data = load_samples(a.dataset, a.n, seed=a.seed)
     prefix = contamination.prefix_ids(lm.tokenizer, a.prefix)
     summary = profile(lm, data.samples, prefix)
-    out = Path(a.out or Path(__file__).resolve().parents[2] / "results" / "diagnostics" / f"sinks_{a.model}.json")
+    tag = f"_anchor-{lm.arch.bos_id}" if a.anchor else ""
+    out = Path(a.out or Path(__file__).resolve().parents[2] / "results" / "diagnostics" / f"sinks_{a.model}{tag}.json")
     result = {"design": "sinks", "config": {"MODEL": a.model, "dtype": str(lm.dtype), "DATASET": a.dataset, "N_SAMPLES": a.n,
-                                            "SEED": a.seed, "PREFIX": a.prefix, "bos_source": lm.arch.bos_source},
+                                            "SEED": a.seed, "PREFIX": a.prefix, "bos_source": lm.arch.bos_source,
+                                            "anchor_id": lm.arch.bos_id,
+                                            "anchor": None if lm.arch.bos_id is None else lm.tokenizer.decode([lm.arch.bos_id])},
               "data": data.info(), "provenance": records.provenance(seeds={"seed": a.seed}), "summary": summary,
-              "command": f"python -m lib.tools.sinks --model {a.model} --dataset {a.dataset} --n {a.n} --seed {a.seed}"}
+              "command": f"python -m lib.tools.sinks --model {a.model} --dataset {a.dataset} --n {a.n} --seed {a.seed}"
+                         + (f" --anchor '{a.anchor}'" if a.anchor else "")}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, result)
     print(f"{a.model}: first doc token / other doc token attention x{summary['mean_first_doc_over_other']:.1f}, "
