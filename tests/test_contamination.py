@@ -265,8 +265,8 @@ def test_shared_prompts_equal_rerunning_the_prompt_per_answer(kind):
         assert np.abs(np.array(a["distractor_nlls"]) - np.array(b["distractor_nlls"])).max() <= 1e-5
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_first_token_hybrids_split_values_only_exactly_tiny(kind):
+@pytest.mark.parametrize("kind, bos", [("llama", 1), ("qwen2", 1), ("llama", None)])
+def test_first_token_hybrids_split_values_only_exactly_tiny(kind, bos):
     """values_first_token (primed values of the first document entry only) and values_except_first (every other
     document entry) partition values_only's spliced entries: composed, they are values_only bit for bit; each
     differs from bare only at its own entries; the anchor (position 0) is never touched."""
@@ -274,10 +274,11 @@ def test_first_token_hybrids_split_values_only_exactly_tiny(kind):
     from lib.kv.encode import encode
 
     m = build(kind)
-    arch = arch_of(m)
+    arch = arch_of(m, bos_id=bos)
     doc, prefix = list(range(10, 30)), [5, 6, 7]
     bare, primed = encode(m, arch, doc), encode(m, arch, doc, prefix)
     a = 0 if arch.bos_id is None else 1
+    assert bare.length == len(doc) + a
     first = C.hybrid("values_first_token", bare, primed, n_anchor=a)
     rest = C.hybrid("values_except_first", bare, primed, n_anchor=a)
     only = C.hybrid("values_only", bare, primed)
@@ -289,6 +290,7 @@ def test_first_token_hybrids_split_values_only_exactly_tiny(kind):
         keep = [j for j in range(bare.length) if j != a]
         assert torch.equal(first.values[i][:, :, keep], bare.values[i][:, :, keep])
         assert torch.equal(rest.values[i][:, :, a], bare.values[i][:, :, a])
+        assert torch.equal(rest.values[i][:, :, :a], bare.values[i][:, :, :a])  # the anchor entry is never spliced
         assert torch.equal(rest.values[i][:, :, a + 1:], primed.values[i][:, :, a + 1:])
     assert not torch.equal(first.values[2], bare.values[2]) and not torch.equal(rest.values[2], bare.values[2])
     # the same split of full priming: keys and values of the first entry / of the others
