@@ -13,6 +13,7 @@ PARAMS = [
     Param("MODEL", str, "mistralai/Mistral-7B-Instruct-v0.2", "hub id, local folder, or bundled name (smollm2-135m-instruct, gemma-3-270m)"),
     Param("LOAD_IN_4BIT", bool, True, "bitsandbytes nf4 (CUDA only)"),
     Param("DTYPE", str, "auto", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16"),
+    common.ANCHOR,
     Param("DATASET", str, "ms_marco_seed", "hub: ms_marco_seed (the seed's selection: train, passages[0], answers[0], "
           "2-30-word answers), ms_marco (the selected passage, well-formed answers, validation), squad_v2, triviaqa, hotpotqa; "
           "offline registry: squad_v1.1, squad_shifts_nyt, coqa, drop, ...; synthetic (pipeline check)"),

@@ -14,7 +14,6 @@ PARAMS = [
     *[replace(p, default=True) if p.name == "LOAD_IN_4BIT" else p
       for p in common.model_params("google/gemma-3-4b-it", "bfloat16", "ms_marco", 300)],
     Param("PREFIX", str, "static_fact", "the priming prefix: a key of lib.data.surrogates.STATIC or a literal text"),
-    common.ANCHOR,
     Param("CUTOFFS", str, "all", "layer cutoffs c for values_early/values_late: all (1..n_layers-1), none (fixed hybrids only) or e.g. 4,8,12"),
     *common.RUNTIME,
     common.DISTRACTORS,
@@ -38,7 +37,7 @@ CELLS = [
     """),
     parameters(PARAMS),
     setup(PARAMS, SMOKE),
-    *common.model_and_data(anchor=True),
+    *common.MODEL_AND_DATA,
     md("## Conditions"),
     code("""
         from lib.studies import contamination

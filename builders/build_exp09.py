@@ -12,7 +12,7 @@ OUT = common.notebook_path("exp09_encdec_enrichment")
 PARAMS = [
     Param("MODEL", str, "google/t5gemma-2-4b-4b", "hub id or folder of an encoder-decoder (the seed's T5Gemma 2 4B-4B; google/flan-t5-base/large/xl, facebook/bart-large), or random-t5-tiny / random-bart-tiny"),
     Param("DTYPE", str, "auto", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16"),
-    *[p for p in common.model_params("", "auto", "ms_marco", 500) if p.name not in ("MODEL", "LOAD_IN_4BIT", "DTYPE")],
+    *[p for p in common.model_params("", "auto", "ms_marco", 500) if p.name not in ("MODEL", "LOAD_IN_4BIT", "DTYPE", "ANCHOR")],
     Param("ENC_CONDITIONS", str, "bare,oracle,random,kw5,kw10,template,first_sentence,wrongdoc_sentence,shuffled_sentence,shuffled_wrongdoc",
           "encoder-side conditions (bare first; the last four: the truncation-wound 2x2); each prefix is hidden from the decoder"),
     Param("LENGTH_CONTROL", bool, True, "add bare__rq and oracle__rq (Q random decoder tokens): the 2x3 design and its length x encoder interactions"),

@@ -15,7 +15,7 @@ PARAMS = [
     Param("LOAD_IN_4BIT", bool, False, "bitsandbytes nf4 for the decoder-only model (CUDA only)"),
     Param("DTYPE", str, "bfloat16", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16"),
     Param("ENCDEC_MODEL", str, "google/t5gemma-2-4b-4b", "encoder-decoder model: hub id or folder (the seed's T5Gemma 2 4B-4B; google/flan-t5-xl, ...), or random-t5-tiny / random-bart-tiny"),
-    *[p for p in common.model_params("", "auto", "ms_marco", 200) if p.name not in ("MODEL", "LOAD_IN_4BIT", "DTYPE")],
+    *[p for p in common.model_params("", "auto", "ms_marco", 200) if p.name not in ("MODEL", "LOAD_IN_4BIT", "DTYPE", "ANCHOR")],
     common.DISTRACTORS,
     Param("LENGTHS", str, "0,256,512,1024,2048,4096", "document lengths in tokens (0: the natural passage); padded per FILLER"),
     Param("FILLER", str, "unrelated", "what pads a document: unrelated (the seed's: other samples' passages) or article (the "

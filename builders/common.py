@@ -41,11 +41,16 @@ TAIL = [
 ]
 
 
+ANCHOR = Param("ANCHOR", str, "", "position-0 anchor token instead of the model's BOS policy (one token, e.g. <|im_start|>, "
+               "which Qwen2.5 sinks on where it ignores its policy anchor <|endoftext|>); empty: the policy")
+
+
 def model_params(model: str, dtype: str, dataset: str, n: int) -> list[Param]:
     return [
         Param("MODEL", str, model, "hub id, local folder, or bundled name (smollm2-135m-instruct, gemma-3-270m)"),
         Param("LOAD_IN_4BIT", bool, False, "bitsandbytes nf4 (CUDA only)"),
         Param("DTYPE", str, dtype, "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16"),
+        ANCHOR,
         Param("DATASET", str, dataset, "hub: ms_marco, ms_marco_seed, squad_v2, triviaqa, hotpotqa, neural_bridge; offline registry: squad_v1.1, squad_shifts_nyt, coqa, drop, ...; synthetic (pipeline check)"),
         Param("DATA_SOURCE", str, "", "empty: the hub copy (hub sets) or the verified registry copy; or a local file in the set's schema"),
         Param("SPLIT", str, "", "empty: the loader's default split"),
@@ -60,27 +65,15 @@ SMOKE = {"MODEL": "smollm2-135m-instruct", "DTYPE": "auto", "DATASET": "syntheti
 LOAD_MODEL = code("""
     from lib.kv.models import load_model
 
-    lm = load_model(MODEL, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT)
-    print(lm.source, lm.device, lm.dtype)
-    print(lm.arch)
-""")
-
-
-ANCHOR = Param("ANCHOR", str, "", "position-0 anchor token instead of the model's BOS policy (one token, e.g. <|im_start|>); "
-               "empty: the policy")
-LOAD_MODEL_ANCHOR = code("""
-    from lib.kv.models import load_model
-
     lm = load_model(MODEL, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT, anchor=ANCHOR or None)
     print(lm.source, lm.device, lm.dtype)
     print(lm.arch)
 """)
 
 
-def model_and_data(detail: bool = False, anchor: bool = False) -> list:
+def model_and_data(detail: bool = False) -> list:
     """Model and data cells: ``load_model`` and ``load_samples`` with the ``model_params`` knobs (and SEED).
-    ``detail`` (exp01) also prints the data source and the first sample; ``anchor``: the notebook has the
-    ``ANCHOR`` knob (``load_model(anchor=...)``)."""
+    ``detail`` (exp01) also prints the data source and the first sample."""
     source, first = (" ({data.source})", "print(samples[0])") if detail else ("", "")
     load_data = code(dedent("""
         from lib.data import load_samples
@@ -91,7 +84,7 @@ def model_and_data(detail: bool = False, anchor: bool = False) -> list:
         data_info = data.info()
         print(f"{len(samples)} samples from {data.name}/{data.split}%s; rows skipped: {data.skip_counts()}")
     """) % source + first)
-    return [md("## Model"), LOAD_MODEL_ANCHOR if anchor else LOAD_MODEL, md("## Data"), load_data]
+    return [md("## Model"), LOAD_MODEL, md("## Data"), load_data]
 
 
 MODEL_AND_DATA = model_and_data()
