@@ -28,9 +28,10 @@ CELLS = [
         encoded bare and primed (prefix `static_fact` by default, dropped, document re-positioned);
         hybrid caches mix their per-layer keys and values: `values_only` (primed values everywhere,
         bare keys), `keys_only`, `values_early_<c>` (primed values at layers < c), `values_late_<c>`
-        (layers >= c), and `primed` (full priming). `values_first_token` / `values_except_first` split
-        values_only by position: the first document token follows the anchor in the bare run but the
-        prefix in the primed one, a difference that is not the prefix's content. Per condition d vs bare with CI and Holm p; the cutoff
+        (layers >= c), and `primed` (full priming). `values_first_token` / `values_except_first` and
+        `primed_first_token` / `primed_except_first` split values_only and primed by position: the first
+        document token follows the anchor in the bare run but the prefix in the primed one, a difference
+        that is not the prefix's content. Per condition d vs bare with CI and Holm p; the cutoff
         curve; the best cutoff with a bootstrap CI and a split-half estimate that is free of selection
         bias. Positive d means a LOWER answer NLL than bare. Defaults: Gemma 3 4B-IT in 4-bit,
         MS MARCO v1.1, N=300; `SMOKE=True` runs the bundled SmolLM2 on synthetic QA.

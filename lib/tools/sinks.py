@@ -57,17 +57,17 @@ def value_change(bare, primed, n_anchor: int) -> np.ndarray:
 
 def profile(lm, samples, prefix_ids: list[int]) -> dict:
     """Per-layer means over ``samples`` of ``attention_mass`` and ``value_change`` (see the module docstring)."""
-    from lib.kv.encode import encode
+    from lib.kv.encode import build_inputs, encode
     from lib.studies import priming
 
     att, val = [], []
     for s in samples:
         p = priming.prepare(lm.tokenizer, lm.arch, s, s.query, s.id)
-        anchor = [] if lm.arch.bos_id is None else [int(lm.arch.bos_id)]
-        att.append(attention_mass(lm.model, anchor + list(p.doc_ids) + list(p.prompt_ids["query"]), len(anchor), len(p.doc_ids)))
+        enc = build_inputs(lm.arch, p.doc_ids)  # [anchor] + document, the anchor policy's own placement
+        att.append(attention_mass(lm.model, enc.input_ids + list(p.prompt_ids["query"]), enc.n_anchor, enc.n_doc))
         with torch.no_grad():
             bare, primed = encode(lm.model, lm.arch, p.doc_ids), encode(lm.model, lm.arch, p.doc_ids, prefix_ids)
-        val.append(value_change(bare, primed, len(anchor)))
+        val.append(value_change(bare, primed, enc.n_anchor))
     a, v = np.mean(att, axis=0), np.mean(val, axis=0)
     layers = [{"layer": i, **{f: float(a[i, j]) for j, f in enumerate(FIELDS)},
                "value_change_first_doc": float(v[i, 0]), "value_change_other_doc": float(v[i, 1])} for i in range(len(a))]
