@@ -67,8 +67,9 @@ def test_out_dirs_pin_jobs_to_earlier_runs_which_count_as_done_when_their_config
 
 def test_real_grid_expands_adopts_the_earlier_exp01_runs_and_selects_by_id():
     jobs = sweep.expand(sweep.load_grid(ROOT / "sweeps" / "real.toml"))
-    exp01 = [j for j in jobs if j.job_id.startswith("exp01__")]
+    exp01 = [j for j in jobs if j.job_id.startswith("exp01__") and "__ANCHOR-" not in j.job_id]
     assert len(exp01) == 3 and all(sweep.is_done(j) for j in exp01)  # the N=300 runs, pinned by out_dirs
+    assert all(j.folder().name.startswith("exp01_squad_") for j in exp01)
     assert {j.job_id.split("__")[0] for j in jobs} >= {"exp01", "exp02", "exp03", "exp04", "exp05", "exp06", "exp07", "exp08",
                                                         "exp10", "exp11"}
     assert [j.job_id for j in sweep.select(jobs, "^exp02__gemma")] == ["exp02__gemma-3-270m__squad_v1.1"]
