@@ -345,3 +345,29 @@ def test_first_token_share_recovers_a_planted_share():
     z = C.first_token_share(null, n_boot=500, seed=0)
     assert z["share_ci"][0] < 0 < z["share_ci"][1]
     assert C.first_token_share({"bare": bare, "values_only": bare}) is None  # the runs before the position hybrids
+
+
+@pytest.mark.parametrize("bos", [1, None])
+def test_position_split_reads_the_anchor_length_from_the_cache(bos):
+    """Without ``n_anchor`` the split takes the anchor length from the caches' meta (0 for a model with no
+    anchor, so the first document token is entry 0, not entry 1); a disagreeing n_anchor or a cache without
+    the field is an error, not a silent split at the wrong entry."""
+    from lib.kv import cache as kv
+    from lib.kv.encode import encode
+
+    m = build("llama")
+    arch = arch_of(m, bos_id=bos)
+    bare, primed = encode(m, arch, list(range(10, 22))), encode(m, arch, list(range(10, 22)), [5, 6, 7])
+    a = 0 if bos is None else 1
+    first = C.hybrid("values_first_token", bare, primed)
+    for i in range(arch.n_layers):
+        assert torch.equal(first.values[i][:, :, a], primed.values[i][:, :, a])
+        keep = [j for j in range(bare.length) if j != a]
+        assert torch.equal(first.values[i][:, :, keep], bare.values[i][:, :, keep])
+    with pytest.raises(ValueError, match=f"n_anchor={1 - a} disagrees with the caches' n_anchor={a}"):
+        C.hybrid("values_except_first", bare, primed, n_anchor=1 - a)
+    sb, sp = (kv.DocCache(c.keys, c.values, c.positions, {}) for c in (bare, primed))
+    with pytest.raises(ValueError, match="records no n_anchor"):
+        C.hybrid("primed_first_token", sb, sp)
+    assert torch.equal(C.hybrid("primed_first_token", sb, sp, n_anchor=a).keys[0], C.hybrid("primed_first_token", bare, primed).keys[0])
+    assert torch.equal(C.hybrid("primed_first_token", sb, primed).keys[0], C.hybrid("primed_first_token", bare, primed).keys[0])

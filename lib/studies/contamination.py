@@ -63,11 +63,30 @@ def condition_names(cutoffs: list[int]) -> list[str]:
     return [*FIXED, *[f"values_early_{c}" for c in cutoffs], *[f"values_late_{c}" for c in cutoffs]]
 
 
-def hybrid(name: str, bare: kv.DocCache, primed: kv.DocCache, *, n_anchor: int = 1) -> kv.DocCache:
-    """The cache of condition ``name`` (see the module docstring); ``n_anchor``: entries before the
-    document (1 with an anchor token, 0 without), so entry ``n_anchor`` is the first document token."""
+def _anchor_length(bare: kv.DocCache, primed: kv.DocCache, n_anchor: int | None) -> int:
+    """Entries before the document: the caches' recorded ``n_anchor`` (``encode`` and the engine write it);
+    an explicit ``n_anchor`` must agree with it, and is required only for a cache that records none."""
+    recorded = {c.meta["n_anchor"] for c in (bare, primed) if "n_anchor" in c.meta}
+    if len(recorded) > 1:
+        raise ValueError(f"the bare and primed caches record different anchor lengths: {sorted(recorded)}")
+    if recorded:
+        (rec,) = recorded
+        if n_anchor is not None and n_anchor != rec:
+            raise ValueError(f"n_anchor={n_anchor!r} disagrees with the caches' n_anchor={rec}")
+        return rec
+    if n_anchor is None:
+        raise ValueError("the cache records no n_anchor (meta) and none was given: pass n_anchor= "
+                         "(1 with an anchor token, 0 without)")
+    return n_anchor
+
+
+def hybrid(name: str, bare: kv.DocCache, primed: kv.DocCache, *, n_anchor: int | None = None) -> kv.DocCache:
+    """The cache of condition ``name`` (see the module docstring). The position split needs the number of
+    entries before the document (1 with an anchor token, 0 without; entry ``n_anchor`` is the first
+    document token): it is read from the caches' meta; ``n_anchor`` is for caches that record none."""
     n = bare.n_layers
     if name in POSITION_SPLIT:
+        n_anchor = _anchor_length(bare, primed, n_anchor)
         if n_anchor not in (0, 1) or bare.length <= n_anchor:
             raise ValueError(f"n_anchor={n_anchor!r} must be 0 or 1 and leave a document entry (cache length {bare.length})")
         entries = [n_anchor] if name.endswith("_first_token") else range(n_anchor + 1, bare.length)
@@ -143,8 +162,7 @@ def _score_chunk(engine, preps, names: list[str], prefix: list[int], batch_size:
     for i, p in enumerate(preps):
         bare = enc_mod.shape(*full[i], lm.arch)
         primed = enc_mod.shape(*full[len(preps) + i], lm.arch)
-        n_anchor = full[i][1].n_anchor
-        pairs += [(p, name, hybrid(name, bare, primed, n_anchor=n_anchor)) for name in names]
+        pairs += [(p, name, hybrid(name, bare, primed, n_anchor=full[i][1].n_anchor)) for name in names]
     cands = lambda p: [p.answer_ids, *p.distractor_ids]  # noqa: E731  gold first, then distractors on the same cache
     # prompt sharing (as the engine's): a hybrid cache that several answers continue runs prompt[:-1] once
     # (scoring.extend, a new cache) and each answer feeds [last prompt token] + answer, so the last prompt
