@@ -14,6 +14,7 @@ PARAMS = [
     Param("DEC_MODEL", str, "google/gemma-3-12b-it", "decoder-only model: hub id, folder, or bundled name"),
     Param("LOAD_IN_4BIT", bool, False, "bitsandbytes nf4 for the decoder-only model (CUDA only)"),
     Param("DTYPE", str, "bfloat16", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16"),
+    common.ANCHOR,
     Param("ENCDEC_MODEL", str, "google/t5gemma-2-4b-4b", "encoder-decoder model: hub id or folder (the seed's T5Gemma 2 4B-4B; google/flan-t5-xl, ...), or random-t5-tiny / random-bart-tiny"),
     *[p for p in common.model_params("", "auto", "ms_marco", 200) if p.name not in ("MODEL", "LOAD_IN_4BIT", "DTYPE", "ANCHOR")],
     common.DISTRACTORS,
@@ -77,8 +78,8 @@ CELLS = [
         from lib.lab.runs import RunStore
 
         if "decoder" in paths:
-            lm = load_model(DEC_MODEL, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT)
-            print(lm.source, lm.arch.sliding_window, lm.arch.max_positions)
+            lm = load_model(DEC_MODEL, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT, anchor=ANCHOR or None)
+            print(lm.source, lm.arch.sliding_window, lm.arch.max_positions, "| anchor", lm.arch.bos_source, lm.arch.bos_id)
             items = doclen.decoder_items(lm, samples, lengths, seed=SEED, n_distractors=N_DISTRACTORS, article_fillers=own)
             names = [doclen.name(c, L) for L in lengths for c in doclen.CONDS]
             store = RunStore(ROOT / OUT_DIR / "_store_decoder", {**store_config(CONFIG, lm, conditions=()), "path": "decoder"}, fresh=FRESH)
@@ -88,6 +89,7 @@ CELLS = [
             actual = doclen.mean_fill(rows, lengths, "n_doc_tokens")
             cv = doclen.curves(nll, lengths, n_boot=N_BOOT, seed=SEED, atol=noise_atol(lm.dtype), primary_test=PRIMARY_TEST)
             summary["paths"]["decoder"] = {"noise_atol": noise_atol(lm.dtype), "model": lm.source, "dtype": str(lm.dtype), "mean_doc_tokens": actual,
+                                           "bos": {"id": lm.arch.bos_id, "source": lm.arch.bos_source},
                                            "mean_article_fillers": doclen.mean_fill(rows, lengths, "article_fillers"), "curves": cv,
                                            "mean_nll": {n: float(v.mean()) for n, v in nll.items()},
                                            **discrimination_summary(rows, ids, names, pairs=doclen.curve_pairs(lengths),

@@ -14,6 +14,8 @@ PARAMS = [
           "comma-separated frozen readers (the seed's pair); one name is the single-model case"),
     Param("LOAD_IN_4BIT", bool, False, "bitsandbytes nf4 (CUDA only; the seed ran without)"),
     Param("DTYPE", str, "bfloat16", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16"),
+    Param("ANCHORS", str, "", "position-0 anchor per model, comma-separated in MODELS order (an empty entry: that model's "
+          "BOS policy; e.g. ',<|im_start|>'); empty: every model's policy"),
     Param("DATASET", str, "squad_v1.1", "squad_v1.1 (the seed's) or synthetic"),
     Param("DATA_SOURCE", str, "", "empty: the hub copy (rajpurkar/squad); or a local .jsonl/.json/.parquet in its schema"),
     Param("TRAIN_SPLIT", str, "train", "split for training (synthetic: seed SEED); articles (in both splits): disjoint "
@@ -87,7 +89,8 @@ CELLS = [
         from lib.studies.latent import wire_model as WM
 
         names = WM.parse_models(MODELS)
-        lms = [load_model(n, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT) for n in names]
+        anchors = WM.parse_anchors(ANCHORS, names)
+        lms = [load_model(n, dtype=None if DTYPE == "auto" else DTYPE, load_in_4bit=LOAD_IN_4BIT, anchor=a) for n, a in zip(names, anchors)]
         for n, lm in zip(names, lms):
             print(n, lm.source, lm.device, lm.dtype, "| BOS policy", lm.arch.bos_source, "id", lm.arch.bos_id)
         source = WM.source_index(ENCODER_MODEL, names)

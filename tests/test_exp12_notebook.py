@@ -17,8 +17,9 @@ def test_exp12_defaults_are_the_experiment():
 def test_papermill_smoke_run(tmp_path):
     out = tmp_path / "run"
     res = smoke("experiments/exp12/exp12_latent_prefix.ipynb", out, executed=tmp_path / "executed.ipynb", timeout=300,
-                PROGRESS=False)
+                PROGRESS=False, ANCHORS="<|endoftext|>,")
     names = ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]
+    assert res["training"]["4"]["meta"]["bos_ids"] == [0, 151643]  # SmolLM2 reads the <|endoftext|> override, Qwen its policy
     assert res["config"]["MODELS"] == ",".join(names) and res["config"]["M_LIST"] == "4"
     assert res["provenance"]["commit"] and res["summary"]["pipeline_check_only"] is True
     by_model = res["summary"]["by_model"]

@@ -340,8 +340,9 @@ def test_exp10_smoke_run_both_paths(tmp_path):
     (tmp_path / "squad.json").write_text(json.dumps(short))
     r = _smoke("experiments/exp10/exp10_document_length.ipynb", tmp_path, N_SAMPLES=6, LENGTHS="0,300",
                DATASET="squad_v1.1", DATA_SOURCE=str(tmp_path / "squad.json"), FILLER="article",
-               LONG_SOURCE=str(tmp_path / "squad_long.json"))
+               LONG_SOURCE=str(tmp_path / "squad_long.json"), ANCHOR="<|endoftext|>")
     s = r["summary"]
+    assert r["config"]["ANCHOR"] == "<|endoftext|>" and s["paths"]["decoder"]["bos"] == {"id": 0, "source": "override"}
     assert r["config"]["dtype"] == "decoder torch.float32, encdec torch.float32"  # both paths' models named
     assert s["filler"] == "article"
     assert set(s["paths"]) == {"decoder", "encdec"} and s["paths"]["encdec"]["random_init"] is True

@@ -366,6 +366,15 @@ def test_bad_knobs_raise_naming_the_value(two):
         source_index("c", ["a", "b"])
 
 
+def test_parse_anchors_one_entry_per_model_or_none():
+    from lib.studies.latent.wire_model import parse_anchors
+    assert parse_anchors("", ["a", "b"]) == [None, None] and parse_anchors(None, ["a"]) == [None]
+    assert parse_anchors(",<|im_start|>", ["a", "b"]) == [None, "<|im_start|>"]
+    assert parse_anchors(" <|endoftext|> , ", ["a", "b"]) == ["<|endoftext|>", None]
+    with pytest.raises(ValueError, match=r"ANCHORS='<\|im_start\|>' has 1 entries for 2 models"):
+        parse_anchors("<|im_start|>", ["a", "b"])
+
+
 # ----------------------------------------------------------------------------- the bundled models
 @pytest.mark.slow
 def test_bundled_smollm2_and_qwen_train_one_step_and_evaluate(tmp_path):

@@ -99,6 +99,20 @@ def parse_models(spec) -> list[str]:
     return names
 
 
+def parse_anchors(spec, names: list[str]) -> list[str | None]:
+    """Per-model position-0 anchors for ``names``: ``""`` -> every model's BOS policy; else one comma-separated
+    entry per model in order, an empty entry keeping that model's policy (``",<|im_start|>"``: the second
+    model reads ``<|im_start|>``). Each given entry goes to ``load_model(anchor=)``."""
+    spec = "" if spec is None else str(spec)
+    if not spec.strip():
+        return [None] * len(names)
+    parts = [x.strip() for x in spec.split(",")]
+    if len(parts) != len(names):
+        raise ValueError(f"ANCHORS={spec!r} has {len(parts)} entries for {len(names)} models {names!r}; expected one per "
+                         "model in order (an empty entry keeps that model's BOS policy), or empty for all")
+    return [x or None for x in parts]
+
+
 def source_index(name: str, names: list[str]) -> int:
     """Index of the tokens encoder's source model (empty: the first)."""
     if not name:
