@@ -1,4 +1,5 @@
 """lib.kv.models: ArchInfo of tiny configs built in code and of the bundled real models; loading errors."""
+import warnings
 import json
 import time
 
@@ -249,6 +250,30 @@ def test_anchor_override_replaces_the_policy_and_rejects_multi_token_anchors():
         with_anchor(info, tok, "<eos><bos>")
     with pytest.raises(ValueError, match="anchor '' "):
         with_anchor(info, tok, "")
+
+
+def test_anchor_advice_names_the_sink_anchor_for_qwen2_policy_loads_only():
+    from dataclasses import replace
+    from lib.kv.models import anchor_advice, with_anchor
+
+    tok = tiny_tokenizer(adds_bos=False, bos_token="<bos>", eos_token="<eos>")
+    info = arch_info(tiny_llama(), tok)
+    assert info.model_type == "llama" and anchor_advice(info) is None
+    qwen = replace(info, model_type="qwen2")
+    msg = anchor_advice(qwen)
+    assert msg and "<|im_start|>" in msg and f"id {info.bos_id}" in msg and "ANCHOR" in msg
+    assert anchor_advice(with_anchor(qwen, tok, "<eos>")) is None  # a chosen anchor is the run's decision
+
+
+@pytest.mark.slow
+def test_load_model_warns_on_qwen_policy_anchor_only():
+    from lib.kv.models import load_model
+
+    with pytest.warns(UserWarning, match=r"not this model family's attention sink.*'<\|im_start\|>'"):
+        load_model("qwen2.5-coder-0.5b-instruct")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert load_model("qwen2.5-coder-0.5b-instruct", anchor="<|im_start|>").arch.bos_source == "override"
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -204,6 +205,21 @@ def with_anchor(arch: ArchInfo, tokenizer, anchor: str) -> ArchInfo:
     return replace(arch, bos_id=int(ids[0]), bos_source="override")
 
 
+# model types whose BOS-policy anchor was measured NOT to take the attention sink, with the anchor that does
+# (exp06's position split and results/diagnostics/sinks_*.json, on Qwen2.5-Coder-0.5B-Instruct only)
+SINK_ANCHOR = {"qwen2": "<|im_start|>"}
+
+
+def anchor_advice(arch: ArchInfo) -> str | None:
+    """A warning for a model loaded with a policy anchor known not to be its attention sink, else None."""
+    better = SINK_ANCHOR.get(arch.model_type)
+    if better is None or arch.bos_source == "override":
+        return None
+    return (f"{arch.name}: the BOS policy's anchor (id {arch.bos_id}, {arch.bos_source}) is not this model family's attention "
+            f"sink (measured on Qwen2.5-Coder-0.5B-Instruct: the query sinks on the first document token instead, which "
+            f"then carries most of a primed cache's effect); anchor={better!r} (notebooks: ANCHOR) puts the sink on the anchor")
+
+
 def load_model(name: str, *, dtype: str | torch.dtype | None = None, device: str | None = None,
                load_in_4bit: bool = False, attn_implementation: str = "sdpa", anchor: str | None = None) -> LoadedModel:
     """Load ``name`` (bundled name, local folder or hub id) in eval mode with its ArchInfo; ``anchor``: the
@@ -242,6 +258,9 @@ def load_model(name: str, *, dtype: str | torch.dtype | None = None, device: str
     arch = arch_info(model, tokenizer, name)
     if anchor:
         arch = with_anchor(arch, tokenizer, anchor)
+    advice = anchor_advice(arch)
+    if advice:
+        warnings.warn(advice, stacklevel=2)
     return LoadedModel(model=model, tokenizer=tokenizer, arch=arch,
                        name=name, source=f"{kind}:{path}", device=next(model.parameters()).device,
                        dtype=torch_dtype, identity=identity)
