@@ -17,11 +17,8 @@ layout with the passage ids as prefix).
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -85,20 +82,18 @@ class Trained:
     meta: dict = field(default_factory=dict)
 
 
-class Interrupted(RuntimeError):
-    """Raised by ``train(stop_after=...)`` to simulate a kill (tests)."""
+Interrupted = ckpt_io.Interrupted  # raised by ``train(stop_after=...)`` to simulate a kill (tests)
 
 
 def train(lm, items: list[Item], cfg: LatentConfig, checkpoint=None, *, anchor: str = ANCHOR,
           progress: bool = False, stop_after: int | None = None) -> Trained:
-    """AdamW + linear warm-up; epochs over a seeded permutation; resumes from ``checkpoint``.
+    """AdamW + linear warm-up; epochs over a seeded permutation; resumes from ``checkpoint``
+    (``lib.lab.ckpt.epoch_loop``).
 
     The checkpoint (one file, written atomically every ``checkpoint_every`` steps and at the end)
     holds the compressor, optimizer, scheduler, RNG states, step, history and ``meta`` (config,
     data fingerprint, model, anchor, BOS/EOS ids): everything ``load`` and evaluation need.
     """
-    from tqdm.auto import tqdm
-
     if not items:
         raise ValueError("no training items")
     model = lm.model
@@ -107,57 +102,20 @@ def train(lm, items: list[Item], cfg: LatentConfig, checkpoint=None, *, anchor: 
     meta = _meta(lm, cfg, items, anchor)
     torch.manual_seed(cfg.seed)
     comp = Compressor(cfg, model.get_input_embeddings().weight.shape[1], embedding_rms(model)).to(lm.device)
-    opt = torch.optim.AdamW(comp.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, ckpt_io.warmup(cfg.warmup_steps))
-    step, history = 0, []
-    ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt and ckpt.exists():
-        st = torch.load(ckpt, weights_only=False, map_location=lm.device)
-        if st["meta"] != meta:
-            diff = sorted(k for k in meta if st["meta"].get(k) != meta[k])
-            raise ValueError(f"checkpoint {ckpt} belongs to another run (differs in {diff}); use another path or FRESH")
-        comp.load_state_dict(st["compressor"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        ckpt_io.restore_rng(st["rng"])
-        step, history = st["step"], st["history"]
-    resumed = step
 
-    def save():
-        if ckpt:
-            ckpt_io.save_atomic(ckpt, {"meta": meta, "target_rms": comp.target_rms, "d_model": comp.d_model,
-                         "compressor": comp.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "step": step, "history": history,
-                         "rng": ckpt_io.rng_state()})
-
-    per_epoch = math.ceil(len(items) / cfg.batch_size)
-    total = cfg.epochs * per_epoch
-    bar = tqdm(total=total, initial=step, disable=not progress, desc=f"train M={cfg.m}")
-    done_here = 0
-    comp.train()
-    while step < total:
-        epoch, pos = divmod(step, per_epoch)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(items)).tolist()
-        batch = [items[j] for j in order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]]
-        out = losses(model, lm.arch.bos_id, comp, batch)
+    def step_fn(idx):
+        out = losses(model, lm.arch.bos_id, comp, [items[j] for j in idx])
         out["loss"].backward()
-        gn = float(torch.nn.utils.clip_grad_norm_(comp.parameters(), cfg.clip))
-        lr = opt.param_groups[0]["lr"]
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        done_here += 1
-        history.append({"opt_step": step, "epoch": epoch, "lr": lr, "grad_norm": gn, "prefix_norm": comp.target_rms,
-                        **{k: float(v.detach()) for k, v in out.items()}})
-        bar.update(1)
-        if step % cfg.checkpoint_every == 0 or step == total:
-            save()
-        if stop_after is not None and done_here >= stop_after and step < total:
-            bar.close()
-            raise Interrupted(f"stopped after {done_here} steps (step {step}/{total})")
-    bar.close()
-    comp.eval()
+        return out
+
+    def row_fn(step, epoch, lr, gn, out):
+        return {"opt_step": step, "epoch": epoch, "lr": lr, "grad_norm": gn, "prefix_norm": comp.target_rms,
+                **{k: float(v.detach()) for k, v in out.items()}}
+
+    history, resumed = ckpt_io.epoch_loop(
+        comp, cfg, len(items), step_fn, row_fn, checkpoint, meta, "compressor",
+        lambda: {"target_rms": comp.target_rms, "d_model": comp.d_model},
+        device=lm.device, progress=progress, desc=f"train M={cfg.m}", stop_after=stop_after)
     return Trained(comp, history, resumed, meta)
 
 

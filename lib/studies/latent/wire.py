@@ -12,11 +12,8 @@ before the next model's forward), the encoder's graph kept until the last. Only 
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -172,8 +169,7 @@ class TrainedWire:
     meta: dict = field(default_factory=dict)
 
 
-class Interrupted(RuntimeError):
-    """Raised by ``train(stop_after=...)`` to simulate a kill (tests)."""
+Interrupted = ckpt_io.Interrupted  # raised by ``train(stop_after=...)`` to simulate a kill (tests)
 
 
 def build(lms, cfg: WireConfig) -> Wire:
@@ -206,8 +202,6 @@ def train(lms, items_by_model, cfg: WireConfig, checkpoint=None, *, progress: bo
     micro_batch: examples per model forward within a step (``losses``; 0: the whole batch). It changes memory,
     not the numbers (to float rounding), so it is not part of the run's identity: a checkpoint resumes under
     any setting."""
-    from tqdm.auto import tqdm
-
     check_models(lms, items_by_model)
     if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 0:
         raise ValueError(f"micro_batch must be an int >= 0 (0: the whole batch), got {micro_batch!r}")
@@ -216,58 +210,16 @@ def train(lms, items_by_model, cfg: WireConfig, checkpoint=None, *, progress: bo
             p.requires_grad_(False)
     meta = _meta(lms, cfg, items_by_model)
     wire = build(lms, cfg)
-    opt = torch.optim.AdamW(wire.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, ckpt_io.warmup(cfg.warmup_steps))
-    step, history = 0, []
-    ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt and ckpt.exists():
-        st = torch.load(ckpt, weights_only=False, map_location=lms[0].device)
-        if st["meta"] != meta:
-            diff = sorted(k for k in meta if st["meta"].get(k) != meta[k])
-            raise ValueError(f"checkpoint {ckpt} belongs to another run (differs in {diff}); use another path or FRESH")
-        wire.load_state_dict(st["wire"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        ckpt_io.restore_rng(st["rng"])
-        step, history = st["step"], st["history"]
-    resumed = step
 
-    def save():
-        if ckpt:
-            ckpt_io.save_atomic(ckpt, {"meta": meta, "d_in": wire.encoder.proj.in_features if cfg.encoder == "tokens" else None,
-                                       "d_models": [a.d_model for a in wire.adapters],
-                                       "target_rms": [a.target_rms for a in wire.adapters], "wire": wire.state_dict(),
-                                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-                                       "history": history, "rng": ckpt_io.rng_state()})
+    def step_fn(idx):
+        return losses(lms, wire, [[its[j] for j in idx] for its in items_by_model], backward=True, micro_batch=micro_batch)
 
-    n = len(items_by_model[0])
-    per_epoch = math.ceil(n / cfg.batch_size)
-    total = cfg.epochs * per_epoch
-    bar = tqdm(total=total, initial=step, disable=not progress, desc=f"train wire M={cfg.m}")
-    done_here = 0
-    wire.train()
-    while step < total:
-        epoch, pos = divmod(step, per_epoch)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(n).tolist()
-        idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
-        out = losses(lms, wire, [[its[j] for j in idx] for its in items_by_model], backward=True,
-                     micro_batch=micro_batch)
-        gn = float(torch.nn.utils.clip_grad_norm_(wire.parameters(), cfg.clip))
-        lr = opt.param_groups[0]["lr"]
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        done_here += 1
-        history.append(_row(step, epoch, lr, gn, out, meta["models"]))
-        bar.update(1)
-        if step % cfg.checkpoint_every == 0 or step == total:
-            save()
-        if stop_after is not None and done_here >= stop_after and step < total:
-            bar.close()
-            raise Interrupted(f"stopped after {done_here} steps (step {step}/{total})")
-    bar.close()
-    wire.eval()
+    history, resumed = ckpt_io.epoch_loop(
+        wire, cfg, len(items_by_model[0]), step_fn, lambda step, epoch, lr, gn, out: _row(step, epoch, lr, gn, out, meta["models"]),
+        checkpoint, meta, "wire",
+        lambda: {"d_in": wire.encoder.proj.in_features if cfg.encoder == "tokens" else None,
+                 "d_models": [a.d_model for a in wire.adapters], "target_rms": [a.target_rms for a in wire.adapters]},
+        device=lms[0].device, progress=progress, desc=f"train wire M={cfg.m}", stop_after=stop_after)
     return TrainedWire(wire, history, resumed, meta)
 
 
