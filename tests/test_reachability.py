@@ -170,3 +170,19 @@ def test_interpretation_rows_follow_the_measured_numbers():
     assert md.count("\n") == 10 and math.isfinite(parts["4"]["relative_mse"]["median"])
     with pytest.raises(ValueError, match="2b"):
         RR.interpret({k: v for k, v in parts.items() if k != "2b"})
+
+
+def test_part1_probe_best_of_restarts_agrees_with_the_part_summary(tmp_path):
+    """The probe's per-step best-of-restarts figures end where ``report.summarize`` ends: the last reported step's
+    relative MSEs are the summary's, and its reached count is the summary's."""
+    from lib.studies.reachability.probe import part1_long
+
+    out = tmp_path / "p.json"
+    r = part1_long(text="synthetic", n_texts=40, n_targets=2, restarts=3, steps=4, report_steps=(0, 2, 4),
+                   reach_frac=0.5, out=out)
+    assert out.is_file() and r["data"]["name"] == "synthetic"
+    s = r["summary"]
+    assert np.allclose(r["best_relative_mse_at_step"]["4"], [t["relative_mse"] for t in s["targets"]], rtol=1e-6)
+    assert r["reached_at_step"]["4"] == sum(t["reached"] for t in s["targets"])
+    rel0 = np.array(r["relative_mse_at_step"]["0"])
+    assert rel0.shape == (6,) and np.allclose(rel0, 1.0)

@@ -6,12 +6,18 @@ alone for more steps, to check whether the design's step count is plausible.
 
 The defaults reproduce ``results/exp08_smollm2_probe/part1_long.json``: the first 3 real targets of
 ``results/exp08_smollm2`` (the same windows and seed), 800 steps. It used to be a script committed
-under results/; results/ holds results only.
+under results/; results/ holds results only. With ``--text wiki --n-texts 1000 --per-text 4`` the targets are
+part 1's in ``sweeps/real.toml``'s exp08 cell; ``--restarts`` and ``--report-steps`` give best-of-restarts
+relative MSEs and the number of targets reached at each reported step (``best_relative_mse_at_step``,
+``reached_at_step``; reached as in ``report.summarize``: best restart's MSE at that step <= reach_frac x the mean
+initial MSE).
 """
 from __future__ import annotations
 
 import argparse
 import time
+
+import numpy as np
 
 
 def part1_long(*, model: str = "smollm2-135m-instruct", text: str = "synthetic", n_texts: int = 600,
@@ -32,15 +38,22 @@ def part1_long(*, model: str = "smollm2-135m-instruct", text: str = "synthetic",
         raise ValueError(f"report_steps {bad} outside 0..steps ({steps})")
     lm = load_model(model, dtype="float32")
     reader = R.ResidualReader(lm.model)
-    ids, _ = R.token_windows(lm.tokenizer, R.load_texts(text, n_texts, seed=seed), seq_len, n_targets, per_text=per_text)
+    texts, data = R.load_texts_recorded(text, n_texts, seed=seed)
+    ids, windows = R.token_windows(lm.tokenizer, texts, seq_len, n_targets, per_text=per_text)
     t0 = time.time()
     fit = R.optimize(reader, reader.of_ids(ids), restarts=restarts, steps=steps, lr=lr, init_std=init_std, seed=seed)
     summary = RR.summarize(fit, reach_frac=reach_frac, curve_every=10)
-    rel = fit.curves / fit.curves[:, :1]
-    result = {"what": f"part 1 only, first {n_targets} real targets of results/exp08_smollm2 (same windows and seed), "
-                      f"{steps} steps",
+    rel = fit.curves / fit.curves[:, :1]                      # [targets x restarts, steps + 1], target-major
+    init = fit.curves[:, 0].reshape(n_targets, restarts).mean(1)   # summarize's initial MSE
+    best_rel = fit.curves.reshape(n_targets, restarts, -1).min(1) / init[:, None]  # [targets, steps + 1]: best restart at k
+    result = {"what": f"exp08 part 1 only: the first {n_targets} real windows of {text} (n_texts={n_texts}, "
+                      f"per_text={per_text}, seed {seed}: the notebook's part-1 targets under the same knobs), "
+                      f"{restarts} restart(s), {steps} steps",
               "seconds": time.time() - t0,
+              "data": data, "windows": windows,
               "relative_mse_at_step": {str(k): rel[:, k].tolist() for k in report_steps},
+              "best_relative_mse_at_step": {str(k): best_rel[:, k].tolist() for k in report_steps},
+              "reached_at_step": {str(k): int((best_rel[:, k] <= reach_frac).sum()) for k in report_steps},
               "summary": summary,
               "provenance": provenance(seeds={"seed": seed}, extra={
                   "command": "python -m lib.studies.reachability.probe part1-long",
@@ -68,8 +81,15 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--init-std", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report-steps", default="90,200,400,600,800",
+                   help="comma-separated steps at which relative MSEs are reported (those past --steps are dropped; "
+                        "the last step is always reported)")
     a = ap.parse_args(argv)
-    steps = tuple(k for k in (90, 200, 400, 600, 800) if k <= a.steps) or (a.steps,)
+    try:
+        asked = [int(k) for k in a.report_steps.split(",") if k.strip()]
+    except ValueError:
+        ap.error(f"--report-steps must be comma-separated ints, got {a.report_steps!r}")
+    steps = tuple(sorted({k for k in asked if 0 <= k <= a.steps} | {a.steps}))
     res = part1_long(model=a.model, text=a.text, n_texts=a.n_texts, seq_len=a.seq_len, n_targets=a.n_targets,
                      per_text=a.per_text, steps=a.steps, restarts=a.restarts, lr=a.lr, init_std=a.init_std,
                      seed=a.seed, report_steps=steps, out=a.out)
