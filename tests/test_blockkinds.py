@@ -250,3 +250,21 @@ def test_sinks_block_names_the_model_anchor_and_per_layer_masses():
     assert "anchor: bos_token" in text and "N=32" in text and "file sha256 aaaaaaaaaaaa" in text
     assert "| 1 | 0.010 | 0.100 | 0.0050 | 0.400 | 20.0 | 2.00 | 0.30 |" in text
     assert "20.0x an average other document token's attention" in text and "in 2 of 2 layers" in text
+
+
+def test_probe_block_old_layout_and_best_of_restarts_layout():
+    old = {"what": "w", "seconds": 5.0, "provenance": {"commit": "abc", "date": "2026-11-23"},
+           "relative_mse_at_step": {"90": [0.5, 0.25], "10": [0.9, 0.8]},
+           "summary": {"threshold": {"reach_frac": 0.01}, "targets": [{"reached": False}, {"reached": True}]}}
+    lines = blockkinds.probe("r.json", old)
+    assert blockkinds.kind(old) == "probe"
+    assert lines[2] == "| step | target 0 | target 1 |" and lines[4] == "| 10 | 0.900 | 0.800 |" and lines[5] == "| 90 | 0.500 | 0.250 |"
+    assert lines[-1] == "Reached (relative MSE <= 0.01) by the last step: 1 of 2."
+    new = dict(old, relative_mse_at_step={"10": [0.9] * 6, "90": [0.5] * 6},  # 2 targets x 3 restarts
+               best_relative_mse_at_step={"10": [0.7, 0.6], "90": [0.02, 0.005]}, reached_at_step={"10": 0, "90": 1},
+               summary={**old["summary"], "restarts": 3},
+               data={"name": "wiki", "n_texts": 1000, "provenance": {"package": "gensim==4.4.0", "sha256": "a53f4648dec4" + "0" * 52}})
+    lines = blockkinds.probe("r.json", new)
+    assert "Best of 3 restarts per target" in lines[2]
+    assert "| step | target 0 | target 1 | reached |" in lines and "| 90 | 0.020 | 0.005 | 1/2 |" in lines
+    assert "Data: wiki (gensim==4.4.0, sha256 a53f4648dec4…), 1000 texts." in lines

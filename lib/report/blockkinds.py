@@ -100,19 +100,35 @@ def reachability(run: str, folder: Path, r: dict) -> list[str]:
 
 
 def probe(run: str, r: dict) -> list[str]:
-    """exp08's long part-1 probe (``lib.studies.reachability.probe part1-long``): relative MSE by step."""
+    """exp08's long part-1 probe (``lib.studies.reachability.probe part1-long``): relative MSE by step; with
+    restarts (``best_relative_mse_at_step``), the best restart's per target and the targets reached at each step."""
     prov = r.get("provenance", {})
-    at = r["relative_mse_at_step"]
+    best = r.get("best_relative_mse_at_step")
+    at = best if best is not None else r["relative_mse_at_step"]
     n = len(next(iter(at.values())))
     reach = (r.get("summary") or {}).get("threshold", {}).get("reach_frac")
-    out = [f"`{run}`: {r.get('what', '?')}; {_f(float(r['seconds']) if 'seconds' in r else None, '.0f')} s; "
-           f"commit {_commit(prov)}; {(prov.get('date') or '?')[:10]}.", "",
-           "| step | " + " | ".join(f"target {i}" for i in range(n)) + " |", "|---|" + "---|" * n]
-    out += [f"| {step} | " + " | ".join(_f(v, '.3f') for v in vals) + " |"
-            for step, vals in sorted(at.items(), key=lambda kv: int(kv[0]))]
+    head = (f"`{run}`: {r.get('what', '?')}; {_f(float(r['seconds']) if 'seconds' in r else None, '.0f')} s; "
+            f"commit {_commit(prov)}; {(prov.get('date') or '?')[:10]}.")
+    if best is None:
+        out = [head, "", "| step | " + " | ".join(f"target {i}" for i in range(n)) + " |", "|---|" + "---|" * n]
+        out += [f"| {step} | " + " | ".join(_f(v, '.3f') for v in vals) + " |"
+                for step, vals in sorted(at.items(), key=lambda kv: int(kv[0]))]
+    else:
+        restarts = (r.get("summary") or {}).get("restarts", "?")
+        reached = r.get("reached_at_step", {})
+        out = [head, "", f"Best of {restarts} restarts per target: MSE at the step / the target's initial MSE "
+                         f"(mean over restarts); reached: relative MSE <= {reach}.", "",
+               "| step | " + " | ".join(f"target {i}" for i in range(n)) + " | reached |", "|---|" + "---|" * (n + 1)]
+        out += [f"| {step} | " + " | ".join(_f(v, '.3f') for v in vals) + f" | {reached.get(step, '?')}/{n} |"
+                for step, vals in sorted(at.items(), key=lambda kv: int(kv[0]))]
+        data = r.get("data") or {}
+        pv = data.get("provenance") or {}
+        if data:
+            out += ["", f"Data: {data.get('name', '?')} ({pv.get('package', pv.get('source', '?'))}, sha256 "
+                        f"{str(pv.get('sha256', '?'))[:12]}…), {data.get('n_texts', '?')} texts."]
     if reach is not None:
-        reached = sum(t["reached"] for t in r["summary"].get("targets", []))
-        out += ["", f"Reached (relative MSE <= {reach}) by the last step: {reached} of {n}."]
+        reached_n = sum(t["reached"] for t in r["summary"].get("targets", []))
+        out += ["", f"Reached (relative MSE <= {reach}) by the last step: {reached_n} of {n}."]
     return out
 
 
