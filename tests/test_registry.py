@@ -383,3 +383,20 @@ def test_a_one_article_file_uses_paragraphs_as_articles(tmp_path):
     assert len({c["article"] for c in one[:4]}) == 4  # the first 4 span 4 paragraphs
     many = list(realdata._squad(_squad_doc(n_articles=3, n_pars=2, n_q=2)))
     assert len({c["article"] for c in many}) == 3 and all(c["meta"]["article_unit"] == "title" for c in many)
+
+
+def test_one_unreachable_archive_does_not_stop_the_others(fixture_archives):
+    """`make data` on 2026-12-06: bigbench failed first and the prose archives were never tried. Every archive is
+    tried; the error names each one that failed, after the others are ready."""
+    archives, fetch, calls, cache = fixture_archives
+
+    def flaky(arc, dest):
+        if arc.key == "bigbench":
+            raise RuntimeError("could not fetch bigbench==1.0.0 from the pypi registry")
+        return fetch(arc, dest)
+
+    with pytest.raises(RuntimeError, match=r"1 of 3 archives not ready: bigbench: could not fetch bigbench==1.0.0"):
+        registry.prepare(cache=cache, archives=archives, fetch=flaky, log=lambda m: None)
+    assert calls == ["gensim", "brown"]
+    assert registry.path("gensim", "enwiki-shortened.xml.bz2", cache=cache, archives=archives).is_file()
+    assert not (cache / "bigbench").exists()

