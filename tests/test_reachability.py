@@ -186,3 +186,31 @@ def test_part1_probe_best_of_restarts_agrees_with_the_part_summary(tmp_path):
     assert r["reached_at_step"]["4"] == sum(t["reached"] for t in s["targets"])
     rel0 = np.array(r["relative_mse_at_step"]["0"])
     assert rel0.shape == (6,) and np.allclose(rel0, 1.0)
+
+
+def test_part1_probe_resumes_from_its_store_after_a_kill(tmp_path):
+    """A probe killed at a checkpoint and rerun with the same arguments ends with the uninterrupted run's numbers;
+    other arguments for the same store are refused."""
+    from lib.studies.reachability.probe import part1_long
+    from lib.studies.reachability.store import PartMismatch
+
+    kw = dict(text="synthetic", n_texts=40, n_targets=2, restarts=2, steps=6, report_steps=(3, 6), checkpoint_every=2)
+    whole = part1_long(**kw, store=False)
+
+    class Kill(Exception):
+        pass
+
+    def kill(part, chunk, step):
+        if step == 4:
+            raise Kill
+
+    out = tmp_path / "p.json"
+    with pytest.raises(Kill):
+        part1_long(**kw, out=out, on_checkpoint=kill)
+    assert (tmp_path / "_store_p").is_dir() and not out.exists()
+    again = part1_long(**kw, out=out)
+    assert again["store"] == {"chunks": 1, "resumed_chunks": 1}
+    assert again["relative_mse_at_step"] == whole["relative_mse_at_step"]
+    assert again["best_relative_mse_at_step"] == whole["best_relative_mse_at_step"]
+    with pytest.raises((PartMismatch, ValueError), match="lr"):
+        part1_long(**{**kw, "lr": 0.02}, out=out)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -23,15 +24,22 @@ import numpy as np
 def part1_long(*, model: str = "smollm2-135m-instruct", text: str = "synthetic", n_texts: int = 600,
                seq_len: int = 20, n_targets: int = 3, per_text: int = 4, steps: int = 800, restarts: int = 1,
                lr: float = 0.01, init_std: float = 1.0, seed: int = 0, reach_frac: float = 0.01,
-               report_steps: tuple[int, ...] = (90, 200, 400, 600, 800), out=None) -> dict:
+               report_steps: tuple[int, ...] = (90, 200, 400, 600, 800), out=None, store=None,
+               checkpoint_every: int = 200, progress: bool = False, on_checkpoint=None) -> dict:
     """Part 1 of exp08 on ``n_targets`` real residual targets for ``steps`` steps; the relative MSE
     (to step 0) of every target at ``report_steps``, ``reachability_report.summarize`` and
-    provenance. Written atomically to ``out`` when given."""
+    provenance. Written atomically to ``out`` when given.
+
+    ``store``: a folder for a ``ChunkStore`` (default with ``out``: ``_store_<out stem>`` beside it, git-ignored;
+    False: none). The optimization is checkpointed every ``checkpoint_every`` steps there, so a killed probe
+    rerun with the same arguments resumes with the same numbers; other arguments for that store are refused."""
     from lib.data.jsonio import write_json_atomic
     from lib.kv.models import load_model
     from lib.lab.records import provenance
     from lib.studies import reachability as R
     from lib.studies.reachability import report as RR
+    from lib.studies.reachability import store as RS
+    from tqdm.auto import tqdm
 
     bad = [k for k in report_steps if not 0 <= k <= steps]
     if bad:
@@ -40,8 +48,15 @@ def part1_long(*, model: str = "smollm2-135m-instruct", text: str = "synthetic",
     reader = R.ResidualReader(lm.model)
     texts, data = R.load_texts_recorded(text, n_texts, seed=seed)
     ids, windows = R.token_windows(lm.tokenizer, texts, seq_len, n_targets, per_text=per_text)
+    args = {"model": model, "text": text, "n_texts": n_texts, "seq_len": seq_len, "n_targets": n_targets,
+            "per_text": per_text, "steps": steps, "restarts": restarts, "lr": lr, "init_std": init_std, "seed": seed}
+    if store is None and out is not None:
+        store = Path(out).parent / f"_store_{Path(out).stem}"
+    chunks = RS.ChunkStore(store, RS.store_config(args, lm), every=checkpoint_every) if store else None
     t0 = time.time()
-    fit = R.optimize(reader, reader.of_ids(ids), restarts=restarts, steps=steps, lr=lr, init_std=init_std, seed=seed)
+    with tqdm(total=n_targets * restarts * steps, desc="part 1 prompt-steps", disable=not progress) as bar:
+        fit = R.optimize(reader, reader.of_ids(ids), restarts=restarts, steps=steps, lr=lr, init_std=init_std, seed=seed,
+                         store=chunks, part="1", progress=bar.update, on_checkpoint=on_checkpoint)
     summary = RR.summarize(fit, reach_frac=reach_frac, curve_every=10)
     rel = fit.curves / fit.curves[:, :1]                      # [targets x restarts, steps + 1], target-major
     init = fit.curves[:, 0].reshape(n_targets, restarts).mean(1)   # summarize's initial MSE
@@ -50,6 +65,7 @@ def part1_long(*, model: str = "smollm2-135m-instruct", text: str = "synthetic",
                       f"per_text={per_text}, seed {seed}: the notebook's part-1 targets under the same knobs), "
                       f"{restarts} restart(s), {steps} steps",
               "seconds": time.time() - t0,
+              "store": {"chunks": fit.chunks, "resumed_chunks": fit.resumed_chunks},
               "data": data, "windows": windows,
               "relative_mse_at_step": {str(k): rel[:, k].tolist() for k in report_steps},
               "best_relative_mse_at_step": {str(k): best_rel[:, k].tolist() for k in report_steps},
@@ -84,6 +100,10 @@ def main(argv=None) -> None:
     p.add_argument("--report-steps", default="90,200,400,600,800",
                    help="comma-separated steps at which relative MSEs are reported (those past --steps are dropped; "
                         "the last step is always reported)")
+    p.add_argument("--store", default=None, help="checkpoint folder (default: _store_<out stem> beside --out)")
+    p.add_argument("--no-store", action="store_true", help="no checkpoints (a kill loses the run)")
+    p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    p.add_argument("--progress", action="store_true", help="a progress bar on stderr")
     a = ap.parse_args(argv)
     try:
         asked = [int(k) for k in a.report_steps.split(",") if k.strip()]
@@ -92,8 +112,10 @@ def main(argv=None) -> None:
     steps = tuple(sorted({k for k in asked if 0 <= k <= a.steps} | {a.steps}))
     res = part1_long(model=a.model, text=a.text, n_texts=a.n_texts, seq_len=a.seq_len, n_targets=a.n_targets,
                      per_text=a.per_text, steps=a.steps, restarts=a.restarts, lr=a.lr, init_std=a.init_std,
-                     seed=a.seed, report_steps=steps, out=a.out)
-    print(res["seconds"], res["relative_mse_at_step"], res["summary"]["share_reached"])
+                     seed=a.seed, report_steps=steps, out=a.out, store=False if a.no_store else a.store,
+                     checkpoint_every=a.checkpoint_every, progress=a.progress)
+    print(f"{res['seconds']:.0f} s ({res['store']['resumed_chunks']} of {res['store']['chunks']} chunks resumed); "
+          f"targets reached by step: {res['reached_at_step']}; share reached {res['summary']['share_reached']:.2f}")
 
 
 if __name__ == "__main__":
