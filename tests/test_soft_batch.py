@@ -238,3 +238,27 @@ def test_batched_training_gradient_is_exact_in_float64_on_gemma3(monkeypatch):
     for a, b in zip(one, many):
         assert float((a - b).abs().max() / a.abs().max()) <= 1e-9
     assert float((prefix.grad - g_one).abs().max() / g_one.abs().max()) <= 1e-9
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_bare_caches_of_a_step_in_one_forward_equal_one_at_a_time(kind):
+    """``BareCaches.get_many``: the missing caches of a step in one batched forward, equal to ``bare_cache`` one
+    example at a time (float rounding); kept ones are reused, a repeated example (a step across an epoch
+    boundary) is served twice, and nothing is kept at budget 0."""
+    lm = TinyLM(build(kind))
+    exs = _exs(5)
+    assert len({len(e.doc_ids) for e in exs}) > 1
+    one = [soft.bare_cache(lm, e) for e in exs]
+    kept = soft.BareCaches(lm, 1.0)
+    got = kept.get_many([(0, exs[0]), (3, exs[3]), (1, exs[1])])
+    for c, i in zip(got, (0, 3, 1)):
+        assert c.length == one[i].length
+        for a, b in zip((*c.keys, *c.values), (*one[i].keys, *one[i].values)):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)  # rounding: measured <= 2e-6 on entries up to 3.2
+        assert torch.equal(c.positions, one[i].positions)
+    assert (kept.hits, kept.misses) == (0, 3)
+    again = kept.get_many([(3, exs[3]), (4, exs[4])])
+    assert again[0] is got[1] and (kept.hits, kept.misses) == (1, 4)
+    none = soft.BareCaches(lm, 0)
+    twice = none.get_many([(2, exs[2]), (4, exs[4]), (2, exs[2])])
+    assert twice[0] is twice[2] and none.kept == {} and none.misses == 3
