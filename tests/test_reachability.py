@@ -181,6 +181,8 @@ def test_part1_probe_best_of_restarts_agrees_with_the_part_summary(tmp_path):
     r = part1_long(text="synthetic", n_texts=40, n_targets=2, restarts=3, steps=4, report_steps=(0, 2, 4),
                    reach_frac=0.5, out=out)
     assert out.is_file() and r["data"]["name"] == "synthetic"
+    # the code state at the start is recorded beside the one at the end (a long probe may outlive several commits)
+    assert r["provenance"]["start"] is not None and r["provenance"]["code_changed_during_run"] is False
     s = r["summary"]
     assert np.allclose(r["best_relative_mse_at_step"]["4"], [t["relative_mse"] for t in s["targets"]], rtol=1e-6)
     assert r["reached_at_step"]["4"] == sum(t["reached"] for t in s["targets"])

@@ -299,6 +299,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.probe:
         return _probe_main(args)
+    from lib.lab import codestate
+
+    codestate.mark_start()  # the code state when the benchmark began, beside the one at its end
     if args.load_in_4bit and not args.no_memory:
         ap.error("--load-in-4bit needs --no-memory (the memory probes load the model in its dtype)")
     out = Path(args.out)

@@ -94,6 +94,9 @@ def main(argv=None) -> int:
     ap.add_argument("--anchor", default="", help="position-0 anchor token instead of the model's BOS policy (e.g. <|im_start|>)")
     ap.add_argument("--out", default=None, help="JSON path (default results/diagnostics/sinks_<model>[_anchor-<id>].json)")
     a = ap.parse_args(argv)
+    from lib.lab import codestate
+
+    codestate.mark_start()  # the code state when the profile began, beside the one at its end
     lm = load_model(a.model, attn_implementation="eager", anchor=a.anchor or None)
     data = load_samples(a.dataset, a.n, seed=a.seed)
     prefix = contamination.prefix_ids(lm.tokenizer, a.prefix)

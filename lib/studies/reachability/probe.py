@@ -35,6 +35,7 @@ def part1_long(*, model: str = "smollm2-135m-instruct", text: str = "synthetic",
     rerun with the same arguments resumes with the same numbers; other arguments for that store are refused."""
     from lib.data.jsonio import write_json_atomic
     from lib.kv.models import load_model
+    from lib.lab import codestate
     from lib.lab.records import provenance
     from lib.studies import reachability as R
     from lib.studies.reachability import report as RR
@@ -44,6 +45,7 @@ def part1_long(*, model: str = "smollm2-135m-instruct", text: str = "synthetic",
     bad = [k for k in report_steps if not 0 <= k <= steps]
     if bad:
         raise ValueError(f"report_steps {bad} outside 0..steps ({steps})")
+    codestate.mark_start()  # provenance then names the code that ran, not the tree at the end of a long run
     lm = load_model(model, dtype="float32")
     reader = R.ResidualReader(lm.model)
     texts, data = R.load_texts_recorded(text, n_texts, seed=seed)
