@@ -265,6 +265,8 @@ def test_probe_block_old_layout_and_best_of_restarts_layout():
                summary={**old["summary"], "restarts": 3},
                data={"name": "wiki", "n_texts": 1000, "provenance": {"package": "gensim==4.4.0", "sha256": "a53f4648dec4" + "0" * 52}})
     lines = blockkinds.probe("r.json", new)
-    assert "Best of 3 restarts per target" in lines[2]
+    assert lines[2].startswith("Best of 3 restarts per target: MSE")
+    lines_lr = blockkinds.probe("r.json", {**new, "provenance": {**new["provenance"], "args": {"lr": 0.003}}})
+    assert lines_lr[2].startswith("Best of 3 restarts per target, Adam lr 0.003: MSE")
     assert "| step | target 0 | target 1 | reached |" in lines and "| 90 | 0.020 | 0.005 | 1/2 |" in lines
     assert "Data: wiki (gensim==4.4.0, sha256 a53f4648dec4…), 1000 texts." in lines

@@ -116,8 +116,9 @@ def probe(run: str, r: dict) -> list[str]:
     else:
         restarts = (r.get("summary") or {}).get("restarts", "?")
         reached = r.get("reached_at_step", {})
-        out = [head, "", f"Best of {restarts} restarts per target: MSE at the step / the target's initial MSE "
-                         f"(mean over restarts); reached: relative MSE <= {reach}.", "",
+        lr = (prov.get("args") or {}).get("lr")
+        out = [head, "", f"Best of {restarts} restarts per target{f', Adam lr {lr:g}' if lr is not None else ''}: MSE at "
+                         f"the step / the target's initial MSE (mean over restarts); reached: relative MSE <= {reach}.", "",
                "| step | " + " | ".join(f"target {i}" for i in range(n)) + " | reached |", "|---|" + "---|" * (n + 1)]
         out += [f"| {step} | " + " | ".join(_f(v, '.3f') for v in vals) + f" | {reached.get(step, '?')}/{n} |"
                 for step, vals in sorted(at.items(), key=lambda kv: int(kv[0]))]
