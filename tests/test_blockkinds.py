@@ -263,10 +263,11 @@ def test_probe_block_old_layout_and_best_of_restarts_layout():
     new = dict(old, relative_mse_at_step={"10": [0.9] * 6, "90": [0.5] * 6},  # 2 targets x 3 restarts
                best_relative_mse_at_step={"10": [0.7, 0.6], "90": [0.02, 0.005]}, reached_at_step={"10": 0, "90": 1},
                summary={**old["summary"], "restarts": 3},
-               data={"name": "wiki", "n_texts": 1000, "provenance": {"package": "gensim==4.4.0", "sha256": "a53f4648dec4" + "0" * 52}})
+               data={"name": "wiki", "n_texts": 1000, "content_sha256": "127ddc08374a" + "0" * 52,
+                     "provenance": {"package": "gensim==4.4.0", "sha256": "a53f4648dec4" + "0" * 52}})
     lines = blockkinds.probe("r.json", new)
     assert lines[2].startswith("Best of 3 restarts per target: MSE")
     lines_lr = blockkinds.probe("r.json", {**new, "provenance": {**new["provenance"], "args": {"lr": 0.003}}})
     assert lines_lr[2].startswith("Best of 3 restarts per target, Adam lr 0.003: MSE")
     assert "| step | target 0 | target 1 | reached |" in lines and "| 90 | 0.020 | 0.005 | 1/2 |" in lines
-    assert "Data: wiki (gensim==4.4.0, sha256 a53f4648dec4…), 1000 texts." in lines
+    assert "Data: wiki (gensim==4.4.0, file sha256 a53f4648dec4, 1000 texts sha256 127ddc08374a)." in lines

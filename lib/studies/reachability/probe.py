@@ -61,7 +61,7 @@ def part1_long(*, model: str = "smollm2-135m-instruct", text: str = "synthetic",
                          store=chunks, part="1", progress=bar.update, on_checkpoint=on_checkpoint)
     summary = RR.summarize(fit, reach_frac=reach_frac, curve_every=10)
     rel = fit.curves / fit.curves[:, :1]                      # [targets x restarts, steps + 1], target-major
-    init = fit.curves[:, 0].reshape(n_targets, restarts).mean(1)   # summarize's initial MSE
+    init = np.array([t["initial_mse"] for t in summary["targets"]])  # mean over restarts at step 0
     best_rel = fit.curves.reshape(n_targets, restarts, -1).min(1) / init[:, None]  # [targets, steps + 1]: best restart at k
     result = {"what": f"exp08 part 1 only: the first {n_targets} real windows of {text} (n_texts={n_texts}, "
                       f"per_text={per_text}, seed {seed}: the notebook's part-1 targets under the same knobs), "

@@ -166,8 +166,9 @@ class BareCaches:
         """The caches of ``(index, example)`` items; the missing ones (two or more) in one batched forward
         (``bare_caches_batch``), so an optimizer step's first epoch does not run its bare forwards one by one."""
         missing = [(i, ex) for i, ex in dict(items).items() if i not in self.kept]
-        fresh = dict(zip((i for i, _ in missing), (bare_caches_batch(self.lm, [ex for _, ex in missing]) if len(missing) > 1
-                                                   else [bare_cache(self.lm, ex) for _, ex in missing])))
+        exs = [ex for _, ex in missing]
+        caches = bare_caches_batch(self.lm, exs) if len(exs) > 1 else [bare_cache(self.lm, ex) for ex in exs]
+        fresh = {i: c for (i, _), c in zip(missing, caches)}
         out = []
         for i, _ in items:  # an optimizer step across an epoch boundary may hold an example twice
             if i in self.kept:
