@@ -236,3 +236,51 @@ def test_sequence_dependent_rope_is_refused():
                                      rope_parameters=dict(rope_type="dynamic", rope_theta=1e4, factor=2.0)))
     with pytest.raises(ValueError, match="dynamic"):
         layer_ropes(m)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward_for_cache_stops_after_the_last_cache_write(kind):
+    """Every cache build stops right after the last layer writes its keys and values: the cache equals a
+    plain full forward's (the oracle: no stop), and that layer's MLP and the final norm never run."""
+    from lib.kv.encode import decoder_layers, forward_for_cache
+
+    m = build(kind)
+    ids = torch.tensor([[1] + list(range(10, 30))])
+    layers = decoder_layers(m)
+    calls = []
+    hooks = [layers[-1].mlp.register_forward_hook(lambda *_: calls.append("mlp")),
+             layers[0].mlp.register_forward_hook(lambda *_: calls.append("mlp0"))]
+    try:
+        with torch.no_grad():
+            ref = DynamicCache()
+            m.base_model(input_ids=ids, past_key_values=ref, use_cache=True)
+            assert calls == ["mlp0", "mlp"]
+            calls.clear()
+            past = DynamicCache()
+            forward_for_cache(m, past, lambda: m.base_model(input_ids=ids, past_key_values=past, use_cache=True))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == ["mlp0"]  # the last layer's MLP never ran
+    assert "update" not in vars(past)  # the cache's own method again
+    assert len(past.layers) == len(ref.layers) == len(layers)
+    for a, b in zip(past.layers, ref.layers):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_forward_for_cache_restores_the_cache_on_error_and_checks_the_layer_count():
+    from lib.kv.encode import forward_for_cache
+
+    m = build("llama")
+    past = DynamicCache()
+
+    def boom():
+        raise KeyError("inside the forward")
+
+    with pytest.raises(KeyError, match="inside the forward"):
+        forward_for_cache(m, past, boom)
+    assert "update" not in vars(past)
+    with pytest.raises(RuntimeError, match="cached layers"):
+        forward_for_cache(m, past, lambda: None)  # a forward that never writes the cache
+    with pytest.raises(ValueError, match="n_layers"):
+        forward_for_cache(m, past, lambda: None, n_layers=0)

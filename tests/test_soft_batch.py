@@ -150,7 +150,7 @@ def test_batched_training_on_gemma3_270m(gemma3):
     """The bundled Gemma 3 (sliding + global layers, per-layer RoPE): documents of different lengths,
     two optimizer steps of four examples, one forward per step against one per example."""
     from lib.data import load_samples
-    from real_env import EXACT
+    from real_env import EXACT, TOL
 
     lm = gemma3
     exs = soft.examples(lm, load_samples("synthetic", 8, seed=3).samples, 7)
@@ -160,7 +160,9 @@ def test_batched_training_on_gemma3_270m(gemma3):
     got = soft.train(lm, exs, cfg, examples_per_forward=4)
     rel = 1e-5 if EXACT else 5e-2
     assert len(ref.history) == 2
-    assert [h["loss"] for h in got.history] == pytest.approx([h["loss"] for h in ref.history], rel=rel)
+    # the batched path's one-pass LM head sums the 262k-token log-sum-exp in another order: float32 rounding of
+    # ~3e-5 nats on a 0.9-nat loss (the one pass is the closer to float64: tests/test_headloss.py), inside TOL
+    assert [h["loss"] for h in got.history] == pytest.approx([h["loss"] for h in ref.history], rel=rel, abs=TOL)
     with torch.no_grad():
         bares = [soft.bare_cache(lm, e) for e in exs[:4]]
         nll = batch.hybrid_nll_batch(lm, exs[:4], cfg.cutoff, bares, prefix_embeds=got.prefix)

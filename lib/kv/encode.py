@@ -88,7 +88,7 @@ def _embed(model, ids: torch.Tensor) -> torch.Tensor:
 
 
 class _StopForward(Exception):
-    """Raised by the hook ``encode_full(n_layers=...)`` puts after the last layer it needs."""
+    """Raised right after the last cache write a forward needs (``forward_for_cache``)."""
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -149,24 +149,38 @@ def encode_full(
 
 
 def _run_layers(model, n_layers: int | None, past, forward) -> None:
-    """Run ``forward()``; with ``n_layers``, stop it once decoder layer ``n_layers - 1`` has written its cache."""
-    hook = None
-    if n_layers is not None:
-        layers = decoder_layers(model)
-        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= len(layers):
-            raise ValueError(f"n_layers must be an int in [1, {len(layers)}], got {n_layers!r}")
-        if n_layers < len(layers):
-            def stop(*_):
-                raise _StopForward
-            hook = layers[n_layers - 1].register_forward_hook(stop)
+    """Run ``forward()`` and stop it once decoder layer ``n_layers - 1`` (every layer when None) has
+    written its cache entries (``forward_for_cache``)."""
+    forward_for_cache(model, past, forward, n_layers)
+
+
+def forward_for_cache(model, past, forward, n_layers: int | None = None) -> None:
+    """Run ``forward()`` (a forward of ``model`` writing into the ``DynamicCache`` ``past``) and stop it
+    right after decoder layer ``n_layers - 1`` (the last layer when None) has written its keys and
+    values: the rest of that layer (attention output, MLP), the layers above and the final norm feed
+    nothing a cache holds, so they are never computed. The cached tensors are those a full forward
+    writes (tested). ``past.update`` is wrapped for the call and restored after it."""
+    layers = decoder_layers(model)
+    if n_layers is None:
+        n_layers = len(layers)
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= len(layers):
+        raise ValueError(f"n_layers must be an int in [1, {len(layers)}], got {n_layers!r}")
+    last, real = n_layers - 1, past.update
+
+    def update(key_states, value_states, layer_idx, *args, **kwargs):
+        out = real(key_states, value_states, layer_idx, *args, **kwargs)
+        if layer_idx == last:
+            raise _StopForward
+        return out
+
+    past.update = update
     try:
         forward()
     except _StopForward:
         pass
     finally:
-        if hook is not None:
-            hook.remove()
-    if n_layers is not None and len(past.layers) != n_layers:
+        del past.update  # the class's method again
+    if len(past.layers) != n_layers:
         raise RuntimeError(f"expected {n_layers} cached layers after the early stop, got {len(past.layers)}")
 
 

@@ -208,7 +208,8 @@ class Engine:
             mask[r, : lens[r]] = 1
         pos = torch.arange(tmax, device=self.device)[None].expand(len(idx), tmax)
         past = DynamicCache()
-        self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
+        enc_mod.forward_for_cache(self.model, past, lambda: self.model.base_model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True))
         keys = [layer.keys for layer in past.layers]
         values = [layer.values for layer in past.layers]
         for r, i in enumerate(idx):

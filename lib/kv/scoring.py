@@ -134,7 +134,10 @@ def extend(model, caches: list[kv.DocCache], new_ids: list[list[int]], *, pad_id
     position_ids = torch.tensor([c.length for c in caches], device=dev)[:, None] + torch.arange(tmax, device=dev)[None]
     past = kv.to_dynamic(batched)
     with torch.no_grad():
-        model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=past, use_cache=True)
+        from lib.kv.encode import forward_for_cache
+
+        forward_for_cache(model, past, lambda: model.base_model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=past, use_cache=True))
     out = []
     for b, (c, x) in enumerate(zip(caches, new_ids)):
         sl = slice(lmax - c.length, lmax + len(x))  # (B, H, Lmax + Tmax, D) -> row b's real entries
@@ -157,9 +160,13 @@ def score_with_grad(model, cache: kv.DocCache, prompt_ids: list[int], answer_ids
 
 
 def score_with_grad_batch(model, caches: list[kv.DocCache], prompt_ids: list[list[int]], answer_ids: list[list[int]],
-                          *, pad_id: int = 0) -> list[torch.Tensor]:
+                          *, pad_id: int = 0, one_pass_head: bool = False) -> list[torch.Tensor]:
     """``score_with_grad`` of several items in ONE forward (``score``'s batching: caches left-padded with
-    zeros, new tokens right-padded with ``pad_id``, both masked); per-token NLL per item, autograd on."""
+    zeros, new tokens right-padded with ``pad_id``, both masked); per-token NLL per item, autograd on.
+
+    one_pass_head: the answer NLL and its gradient in one pass over the LM head's weight
+    (``lib.kv.headloss``; the same numbers up to float rounding, tested); False: logits, log-softmax
+    and autograd's backward (two passes)."""
     if not (len(caches) == len(prompt_ids) == len(answer_ids)) or not caches:
         raise ValueError(f"got {len(caches)} caches, {len(prompt_ids)} prompts, {len(answer_ids)} answers; "
                          f"need the same number, at least one")
@@ -170,10 +177,10 @@ def score_with_grad_batch(model, caches: list[kv.DocCache], prompt_ids: list[lis
         if int(c.next_position[0]) != c.length:
             raise ValueError(f"item {i}: cache holds {c.length} entries but its next position is "
                              f"{int(c.next_position[0])}; compact it first")
-    return _score_batch(model, caches, [list(p) for p in prompt_ids], [list(a) for a in answer_ids], pad_id)
+    return _score_batch(model, caches, [list(p) for p in prompt_ids], [list(a) for a in answer_ids], pad_id, one_pass_head)
 
 
-def _score_batch(model, caches, prompt_ids, answer_ids, pad_id) -> list[torch.Tensor]:
+def _score_batch(model, caches, prompt_ids, answer_ids, pad_id, one_pass_head: bool = False) -> list[torch.Tensor]:
     dev = caches[0].keys[0].device
     batched, cache_mask = kv.stack_left_padded(caches)
     new = [list(p) + list(a) for p, a in zip(prompt_ids, answer_ids)]
@@ -197,7 +204,12 @@ def _score_batch(model, caches, prompt_ids, answer_ids, pad_id) -> list[torch.Te
     cols = [len(p) - 1 + t for p, a in zip(prompt_ids, answer_ids) for t in range(len(a))]
     tgts = [tok for a in answer_ids for tok in a]
     rows_t, cols_t, tgts_t = (torch.tensor(x, device=dev) for x in (rows, cols, tgts))
-    nll = _answer_nll(model, hidden, rows_t, cols_t, tgts_t).cpu()
+    if one_pass_head:
+        from lib.kv import headloss
+
+        nll = headloss.answer_nll(model, hidden[rows_t, cols_t], tgts_t).cpu()
+    else:
+        nll = _answer_nll(model, hidden, rows_t, cols_t, tgts_t).cpu()
     res, k = [], 0
     for a in answer_ids:
         res.append(nll[k : k + len(a)])

@@ -112,8 +112,9 @@ def encode(model, arch, doc_ids: list[int], prefix_ids: list[int] | None = None,
     pos = torch.arange(n, device=dev)[None]
     past = DynamicCache()
     with torch.no_grad():
-        model.base_model(input_ids=ids, attention_mask=masks(model, enc.n_anchor, n - enc.n_anchor, mode, dtype, dev),
-                         position_ids=pos, past_key_values=past, use_cache=True)
+        enc_mod.forward_for_cache(model, past, lambda: model.base_model(
+            input_ids=ids, attention_mask=masks(model, enc.n_anchor, n - enc.n_anchor, mode, dtype, dev),
+            position_ids=pos, past_key_values=past, use_cache=True))
     full = kv.from_model_cache(past, pos, {"mode": mode, "n_anchor": enc.n_anchor, "n_prefix": enc.n_prefix, "n_doc": enc.n_doc})
     return enc_mod.shape(full, enc, arch, keep_prefix=keep_prefix)
 
@@ -144,7 +145,8 @@ def encode_batch(model, arch, pairs: list[tuple[list[int], list[int]]], *, mode:
     mask = batch_masks(model, n0, [len(e.input_ids) - n0 for e in encs], width, mode, dtype, dev)
     past = DynamicCache()
     with torch.no_grad():
-        model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True)
+        enc_mod.forward_for_cache(model, past, lambda: model.base_model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True))
     full = kv.from_model_cache(past, pos)
     out = []
     for b, e in enumerate(encs):

@@ -12,7 +12,8 @@ The batched fast path gives every example the numbers of the one-at-a-time path
   2. Each row's hybrid: its bare cache (keys everywhere, values above the cutoff) with those values
      spliced in below the cutoff (``hybrid_from_values``).
   3. Phase B, one forward for all rows (``scoring.score_with_grad_batch``): caches left-padded with
-     masked zeros, ``prompt + answer`` right-padded, per-row positions; per-token NLL per row.
+     masked zeros, ``prompt + answer`` right-padded, per-row positions; per-token NLL per row, the LM
+     head's loss and gradient in one pass over its weight (``lib.kv.headloss``).
 
 The loss of a micro-batch is the sum of the per-example mean NLLs over ``grad_accum``: its gradient
 is the sum the one-at-a-time path accumulates over the same examples.
@@ -64,4 +65,4 @@ def hybrid_nll_batch(lm, exs, cutoff: int, bares: list[kv.DocCache], *, prefix_e
     values = primed_values_batch(lm, exs, cutoff, prefix_embeds=prefix_embeds, prefix_ids=prefix_ids, pad_id=pad_id)
     caches = [hybrid_from_values(b, v) for b, v in zip(bares, values)]
     return scoring.score_with_grad_batch(lm.model, caches, [list(e.prompt_ids) for e in exs],
-                                         [list(e.answer_ids) for e in exs], pad_id=pad_id)
+                                         [list(e.answer_ids) for e in exs], pad_id=pad_id, one_pass_head=True)
