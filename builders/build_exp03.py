@@ -15,7 +15,7 @@ PARAMS = [
     *common.model_params("google/gemma-3-12b-it", "bfloat16", "ms_marco", 400),
     Param("CONDITIONS", str, CONDITIONS, "comma-separated condition names (lib/studies/conditions.py); the first is the reference"),
     Param("GEN_MAX_NEW_TOKENS", int, 32, "greedy tokens per model-generated surrogate (first line kept)"),
-    Param("GEN_BATCH", int, 32, "prompts per generation batch (every kind together, sorted by length)"),
+    Param("GEN_BATCH", int, 128, "prompts decoded together (every kind, sorted by length; prefilled 8 per forward)"),
     *common.RUNTIME,
     common.DISTRACTORS,
     Param("OUT_DIR", str, "results/exp03", "results folder, relative to the repo root"),

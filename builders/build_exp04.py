@@ -19,7 +19,7 @@ PARAMS = [
     Param("HARD_FRACTION", float, 0.4, "share of each data set called hard (held-out rule and naive top share)"),
     Param("CONDITIONS", str, build_exp03.CONDITIONS, "comma-separated condition names; must include bare (first) and random_tokens"),
     Param("GEN_MAX_NEW_TOKENS", int, 32, "greedy tokens per model-generated surrogate (first line kept)"),
-    Param("GEN_BATCH", int, 32, "prompts per generation batch (every kind together, sorted by length)"),
+    Param("GEN_BATCH", int, 128, "prompts decoded together (every kind, sorted by length; prefilled 8 per forward)"),
     *common.RUNTIME,
     common.DISTRACTORS,
     Param("OUT_DIR", str, "results/exp04", "results folder, relative to the repo root"),

@@ -108,7 +108,7 @@ def test_exp07train_bench_agrees_and_reports(monkeypatch):
 def test_generation_bench_compares_both_paths_on_the_same_prompts(smollm2):
     from lib.tools import bench_gen
 
-    res = bench_gen.bench_gen(smollm2, n=2, batch=2, fast_batch=4, max_new_tokens=6)
+    res = bench_gen.bench_gen(smollm2, n=2, batch=2, fast_batch=4, prefill_batch=3, max_new_tokens=6)
     assert res["prompts"] == 2 * len(bench_gen.KINDS) and res["texts_identical"] is True
     w = res["work"]  # the reference runs every row 6 steps (5 decode forwards); the batched path at most that
     assert w["reference"]["decode_row_steps"] == res["prompts"] * 5 >= w["fast"]["decode_row_steps"] > 0

@@ -178,6 +178,9 @@ def test_generation_and_exp08_bench_blocks(tmp_path):
     (tmp_path / "gen_m.json").write_text(json.dumps(new))
     g = logblocks.render("gen_m.json", tmp_path)
     assert "batched prompts/s (batch 32)" in g and "| 1.00 | 2.50 | 2.50x | 900 -> 700 | 248 -> 60 | yes |" in g
+    new.update(fast_batch=128, prefill_batch=8)
+    (tmp_path / "gen_m.json").write_text(json.dumps(new))
+    assert "batched prompts/s (decode batch 128, prefill 8 per forward)" in logblocks.render("gen_m.json", tmp_path)
     e = logblocks.render("exp08_m.json", tmp_path)
     assert "| 10.0 | 30.0 | 3.00x | 2.0e-07 | ok | 100.0 GFLOP/s | 55% (20%) |" in e
 

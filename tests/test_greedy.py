@@ -49,6 +49,19 @@ def test_greedy_equals_generate_one_prompt_at_a_time(kind):
     assert out == [_reference(model, p, 9) for p in prompts]
 
 
+@pytest.mark.parametrize("kind", ["llama", "mistral", "gemma3"])
+@pytest.mark.parametrize("batch_size,prefill_batch", [(11, 3), (5, 2), (11, 1)])
+def test_prefill_sub_batches_joined_into_one_decode_batch_change_nothing(kind, batch_size, prefill_batch):
+    """Prefill in sub-batches of other widths (left pads added when the caches are joined), decoded
+    together: the same tokens as model.generate one prompt at a time (prompts past the sliding window)."""
+    model = _model(kind)
+    prompts = _prompts(11, 3)
+    assert len({len(p) for p in prompts}) > 3
+    out = greedy.generate(model, prompts, max_new_tokens=9, pad_token_id=0, batch_size=batch_size,
+                          prefill_batch=prefill_batch)
+    assert out == [_reference(model, p, 9) for p in prompts]
+
+
 def test_rows_leave_the_batch_when_stop_says_so():
     """A row stopped early keeps exactly the reference's first tokens; the others run on unchanged."""
     model = _model("gemma3")
@@ -64,6 +77,8 @@ def test_bad_input_and_logits_processors_are_refused():
     model = tiny.build("llama")
     with pytest.raises(ValueError, match=r"prompts \[1\] are empty"):
         greedy.generate(model, [[9, 10], []], max_new_tokens=2, pad_token_id=0)
+    with pytest.raises(ValueError, match="prefill_batch must be an int >= 1"):
+        greedy.generate(model, [[9]], max_new_tokens=2, pad_token_id=0, prefill_batch=0)
     with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
         greedy.generate(model, [[9]], max_new_tokens=0, pad_token_id=0)
     model.generation_config.repetition_penalty = 1.3

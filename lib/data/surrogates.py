@@ -105,14 +105,15 @@ def _first_line(tok, tokens) -> str:
     return tok.decode(tokens, skip_special_tokens=True).strip().split("\n")[0].strip()
 
 
-def generate(lm, samples, kinds, cache: GeneratedCache, *, max_new_tokens: int = 32, batch_size: int = 32,
-             progress: bool = False, reference: bool = False) -> dict:
+def generate(lm, samples, kinds, cache: GeneratedCache, *, max_new_tokens: int = 32, batch_size: int = 128,
+             progress: bool = False, reference: bool = False, prefill_batch: int = 8) -> dict:
     """{kind: {sample_id: text}} for every sample, generating only what ``cache`` lacks (greedy); the
     text kept is the first line of what the model writes (stripped; kept even when empty: the
     condition builder refuses empty texts).
 
     The default path (``lib.kv.greedy``) puts the prompts of every kind together, sorted by length,
-    in batches of ``batch_size``; a row stops once its first line is complete or at end of sequence.
+    in decode batches of ``batch_size`` rows prefilled ``prefill_batch`` rows per forward; a row stops
+    once its first line is complete or at end of sequence.
     ``reference=True`` is the path it replaced and is checked against: ``model.generate`` per kind in
     batches of ``batch_size``, every row run to ``max_new_tokens`` or end of sequence. Both write the
     cache after every batch, so a killed run keeps what it generated. ``progress``: a bar over the
@@ -148,7 +149,7 @@ def generate(lm, samples, kinds, cache: GeneratedCache, *, max_new_tokens: int =
             bar.update(len(idx))
 
         greedy.generate(lm.model, ids, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                        batch_size=batch_size, stop=_first_line_done(tok), on_batch=keep)
+                        batch_size=batch_size, prefill_batch=prefill_batch, stop=_first_line_done(tok), on_batch=keep)
     bar.close()
     return {k: {s.id: cache.get(lm.name, k, s.id) for s in samples} for k in kinds}
 

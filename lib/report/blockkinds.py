@@ -260,7 +260,9 @@ def bench_gen(run: str, r: dict) -> list[str]:
                 f"| {_f(r['prompts_per_s']['reference'], '.2f')} | {_f(r['prompts_per_s']['fast'], '.2f')} | {_f(r['ratio'], '.2f')}x | "
                 f"{r['generated_tokens_incl_padding']['reference']} -> {r['generated_tokens_incl_padding']['fast']} | {same} |"]
     w = r["work"]
-    return [head, "", f"| reference prompts/s (batch {r['batch']}) | batched prompts/s (batch {r['fast_batch']}) | ratio | "
+    batched = (f"decode batch {r['fast_batch']}, prefill {r['prefill_batch']} per forward" if "prefill_batch" in r
+               else f"batch {r['fast_batch']}")  # before 2026-12-06 one prefill forward per decode batch
+    return [head, "", f"| reference prompts/s (batch {r['batch']}) | batched prompts/s ({batched}) | ratio | "
             "prefill tokens (with padding) | decode row-steps | texts identical |", "|---|---|---|---|---|---|",
             f"| {_f(r['prompts_per_s']['reference'], '.2f')} | {_f(r['prompts_per_s']['fast'], '.2f')} | {_f(r['ratio'], '.2f')}x | "
             f"{w['reference']['prefill_tokens']} -> {w['fast']['prefill_tokens']} | "

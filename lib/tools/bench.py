@@ -288,6 +288,8 @@ def main(argv=None) -> int:
     ap.add_argument("--examples-per-forward", type=int, nargs="+", default=[2, 4],
                     help="exp07train: the batched path's examples per forward, one timed path each")
     ap.add_argument("--n", type=int, default=None, help="samples (default: 10 for exp01, 4 for matched13)")
+    ap.add_argument("--fast-batch", type=int, default=128, help="gen: rows the batched path decodes together")
+    ap.add_argument("--prefill-batch", type=int, default=8, help="gen: rows per prefill forward of the batched path")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--mem-budget-gb", type=float, default=2.0)
     ap.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
@@ -332,7 +334,7 @@ def main(argv=None) -> int:
         elif design == "gen":
             from lib.tools import bench_gen
 
-            res = bench_gen.bench_gen(lm, n, repeats=args.repeats)
+            res = bench_gen.bench_gen(lm, n, repeats=args.repeats, fast_batch=args.fast_batch, prefill_batch=args.prefill_batch)
             print(bench_gen.report(res), flush=True)
         elif design == "exp07train":
             from lib.tools import bench_train

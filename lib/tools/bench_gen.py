@@ -5,8 +5,10 @@ one process on the same prompts.
 
 Reference: ``surrogates.generate(reference=True)``, ``model.generate`` per kind in batches of
 ``batch`` (8, the builders' earlier default), every row run to ``max_new_tokens`` or EOS. Batched:
-the default path (``lib.kv.greedy``): every kind's prompts together, sorted by length, in batches of
-``fast_batch``, a row leaving the batch once its first line (the only text kept) is complete. Both
+the default path (``lib.kv.greedy``): every kind's prompts together, sorted by length, decoded in
+batches of ``fast_batch`` (128) rows prefilled ``prefill_batch`` (8) per forward, a row leaving the
+batch once its first line (the only text kept) is complete. ``--fast-batch`` / ``--prefill-batch``
+set them (32 / 32 is the path before 2026-12-06: one prefill forward per decode batch of 32). Both
 generate the five kinds exp03 uses for the same real SQuAD v1.1 dev samples (the registry copy; the
 synthetic generator when it is absent); the agreement is whether every kept text is identical.
 Reported: prompts/s of each path, their ratio, the prompt tokens each prefill runs (padding
@@ -48,8 +50,8 @@ def _counting(model):
     return counts
 
 
-def bench_gen(lm, n: int = 16, batch: int = 8, fast_batch: int = 32, max_new_tokens: int = 32, repeats: int = 1,
-              seed: int = 42) -> dict:
+def bench_gen(lm, n: int = 16, batch: int = 8, fast_batch: int = 128, max_new_tokens: int = 32, repeats: int = 1,
+              seed: int = 42, prefill_batch: int = 8) -> dict:
     from lib.data import surrogates
 
     samples, data = _samples(n, seed)
@@ -62,7 +64,8 @@ def bench_gen(lm, n: int = 16, batch: int = 8, fast_batch: int = 32, max_new_tok
                     t0 = time.perf_counter()
                     texts[name] = surrogates.generate(lm, samples, KINDS, surrogates.GeneratedCache(Path(d) / "g.json"),
                                                       max_new_tokens=max_new_tokens, reference=name == "reference",
-                                                      batch_size=batch if name == "reference" else fast_batch)
+                                                      batch_size=batch if name == "reference" else fast_batch,
+                                                      prefill_batch=prefill_batch)
                     times[name].append(time.perf_counter() - t0)
                 del lm.model.forward  # back to the class method
                 work[name] = counts
@@ -72,7 +75,8 @@ def bench_gen(lm, n: int = 16, batch: int = 8, fast_batch: int = 32, max_new_tok
     best = {k: min(v) for k, v in times.items()}
     same = texts["reference"] == texts["fast"]
     return {"design": "gen", "model": lm.name, "data": data, "n_samples": len(samples), "kinds": list(KINDS),
-            "prompts": prompts, "batch": batch, "fast_batch": fast_batch, "max_new_tokens": max_new_tokens,
+            "prompts": prompts, "batch": batch, "fast_batch": fast_batch, "prefill_batch": prefill_batch,
+            "max_new_tokens": max_new_tokens,
             "repeats": repeats, "seconds": best, "prompts_per_s": {k: prompts / v for k, v in best.items()},
             "ratio": best["reference"] / best["fast"], "work": work, "texts_identical": same, "nll_agreement_ok": same}
 
@@ -81,6 +85,6 @@ def report(res: dict) -> str:
     w = res["work"]
     return (f"[gen] {res['model']}: {res['prompts']} prompts ({res['n_samples']} {res['data']} samples x {len(res['kinds'])} kinds, "
             f"max {res['max_new_tokens']} new tokens): reference (batch {res['batch']}) {res['prompts_per_s']['reference']:.2f} "
-            f"prompts/s, batched (batch {res['fast_batch']}) {res['prompts_per_s']['fast']:.2f} prompts/s, ratio {res['ratio']:.2f}x; "
+            f"prompts/s, batched (decode batch {res['fast_batch']}, prefill {res.get('prefill_batch', res['fast_batch'])} per forward) {res['prompts_per_s']['fast']:.2f} prompts/s, ratio {res['ratio']:.2f}x; "
             f"prefill tokens {w['reference']['prefill_tokens']} -> {w['fast']['prefill_tokens']}, decode row-steps "
             f"{w['reference']['decode_row_steps']} -> {w['fast']['decode_row_steps']}; texts identical: {res['texts_identical']}")
