@@ -114,14 +114,15 @@ def test_generation_bench_compares_both_paths_on_the_same_prompts(smollm2):
     assert w["reference"]["decode_row_steps"] == res["prompts"] * 5 >= w["fast"]["decode_row_steps"] > 0
     assert w["fast"]["prefill_tokens"] > 0 and w["reference"]["prefill_tokens"] > 0
     assert set(res["prompts_per_s"]) == {"reference", "fast"} and res["ratio"] > 0
-    assert "forward" not in vars(smollm2.model)  # the spy is removed
+    assert "forward" not in vars(smollm2.model.base_model) and "forward" not in vars(smollm2.model)  # the spy is removed
     import inspect
 
     from tests import tiny
 
     m = tiny.build("llama")
-    bench_gen._counting(m)  # generate() reads forward's signature to pass logits_to_keep=1: the spy must keep it
-    assert "logits_to_keep" in inspect.signature(m.forward).parameters
+    bench_gen._counting(m)  # generate() reads forward's signature to pass logits_to_keep=1: the outer one is untouched
+    assert "logits_to_keep" in inspect.signature(m.forward).parameters and "forward" not in vars(m)
+    assert "forward" in vars(m.base_model)
     assert "ratio" in bench_gen.report(res)
 
 

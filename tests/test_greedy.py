@@ -62,6 +62,57 @@ def test_prefill_sub_batches_joined_into_one_decode_batch_change_nothing(kind, b
     assert out == [_reference(model, p, 9) for p in prompts]
 
 
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "gemma3_softcap", "neox"])
+def test_head_taken_in_vocabulary_chunks_changes_nothing(kind, monkeypatch):
+    """The greedy token from the head in chunks of 5 token ids (the tiny vocabulary split unevenly,
+    soft-capping applied per chunk); neox is not a plain-head type and goes through its own forward."""
+    model = _model(kind) if kind != "neox" else tiny.build(kind)
+    model.generation_config.eos_token_id = EOS
+    monkeypatch.setattr(greedy, "HEAD_CHUNK", 5)
+    assert greedy._plain_head(model) == (kind != "neox")
+    prompts = _prompts(7, 4)
+    out = greedy.generate(model, prompts, max_new_tokens=6, pad_token_id=0, batch_size=7, prefill_batch=3)
+    assert out == [_reference(model, p, 6) for p in prompts]
+
+
+@pytest.mark.parametrize("screen", [True, False])
+def test_head_breaks_ties_toward_the_lowest_id(monkeypatch, screen):
+    model = tiny.build("llama")
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        head.weight[40] = head.weight[3]  # tokens 40 and 77 tie token 3 whatever the hidden state
+        head.weight[77] = head.weight[3]
+    h = head.weight[3][None].detach().clone() * 50  # token 3's own direction: the 3/40/77 tie is the maximum
+    monkeypatch.setattr(greedy, "HEAD_CHUNK", 16)
+    g = greedy._Head(model)
+    g.screen = screen
+    with torch.no_grad():
+        assert int(torch.nn.functional.linear(h, head.weight).argmax(-1)) == 3
+        assert g(h).tolist() == [3]
+
+
+def test_screened_head_equals_the_float32_argmax_and_checks_every_candidate():
+    """The bf16 screen keeps every token its bound cannot rule out: on hidden states built to sit near a
+    tie (two tokens 1e-5 apart, far below bf16's resolution), the float32 argmax still wins."""
+    model = tiny.build("qwen2")  # a head with a bias added below
+    head = model.get_output_embeddings()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        head.bias = torch.nn.Parameter(torch.randn(head.weight.shape[0], generator=g) * 0.1, requires_grad=False)
+        head.weight[11] = head.weight[10] * (1 + 1e-5)  # 11 beats 10 by 1e-5 relative along w_10
+        head.bias[11] = head.bias[10]
+    hs = torch.randn(64, model.config.hidden_size, generator=g) * 4
+    hs[:8] = head.weight[10].detach() * 30 + torch.randn(8, model.config.hidden_size, generator=g) * 0.01
+    with torch.no_grad():
+        want = torch.nn.functional.linear(hs, head.weight, head.bias).argmax(-1)
+        screened = greedy._Head(model)
+        assert screened.screen
+        got = screened(hs)
+        screened.screen = False
+        assert torch.equal(got, want) and torch.equal(screened(hs), want)
+    assert want[:8].tolist() == [11] * 8  # decided by the 1e-5, which bf16 (2^-8) cannot see
+
+
 def test_rows_leave_the_batch_when_stop_says_so():
     """A row stopped early keeps exactly the reference's first tokens; the others run on unchanged."""
     model = _model("gemma3")

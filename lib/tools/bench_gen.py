@@ -33,12 +33,15 @@ def _samples(n: int, seed: int):
 
 
 def _counting(model):
-    """Wrap ``model.forward``: counts prefill tokens (padding included) and decode row-steps."""
+    """Wrap the decoder's ``forward`` (``model.base_model``, which ``model.generate`` reaches through
+    ``model.forward`` and ``lib.kv.greedy`` calls directly): counts prefill tokens (padding included)
+    and decode row-steps."""
     import functools
 
+    model = model.base_model
     real, counts = model.forward, {"prefill_tokens": 0, "decode_row_steps": 0}
 
-    @functools.wraps(real)  # keeps forward's signature: generate() asks it whether logits_to_keep is accepted
+    @functools.wraps(real)  # keeps forward's signature (generate() reads the outer model's, left untouched)
     def spy(*a, **k):
         ids = k["input_ids"]
         past = k.get("past_key_values")
@@ -67,10 +70,10 @@ def bench_gen(lm, n: int = 16, batch: int = 8, fast_batch: int = 128, max_new_to
                                                       batch_size=batch if name == "reference" else fast_batch,
                                                       prefill_batch=prefill_batch)
                     times[name].append(time.perf_counter() - t0)
-                del lm.model.forward  # back to the class method
+                del lm.model.base_model.forward  # back to the class method
                 work[name] = counts
     finally:
-        vars(lm.model).pop("forward", None)
+        vars(lm.model.base_model).pop("forward", None)
     prompts = len(samples) * len(KINDS)
     best = {k: min(v) for k, v in times.items()}
     same = texts["reference"] == texts["fast"]
