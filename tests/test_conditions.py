@@ -115,23 +115,22 @@ def test_generation_keeps_finished_batches_when_interrupted(smollm2, tmp_path, m
     from lib.kv import greedy
 
     samples = synthetic_qa(5, 3)
-    real, calls = smollm2.model.forward, []
+    real, calls = greedy._prefill, []
 
-    def dies_in_second_batch(*a, **k):
-        if k.get("past_key_values") is None or k["past_key_values"].get_seq_length() == 0:  # a batch's prefill
-            calls.append(k["input_ids"].shape[0])
-            if len(calls) == 2:
-                raise KeyboardInterrupt("killed")
-        return real(*a, **k)
+    def dies_in_second_batch(model, head, prompts, *a, **k):  # one prefill per decode batch
+        calls.append(len(prompts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(model, head, prompts, *a, **k)
 
-    monkeypatch.setattr(smollm2.model, "forward", dies_in_second_batch)
+    monkeypatch.setattr(greedy, "_prefill", dies_in_second_batch)
     with pytest.raises(KeyboardInterrupt):
         surrogates.generate(smollm2, samples, ["llm_question"], surrogates.GeneratedCache(tmp_path / "gen.json"),
                             max_new_tokens=4, batch_size=2)
+    assert calls == [2, 2]
     kept = surrogates.GeneratedCache(tmp_path / "gen.json")
     assert sum(kept.get(smollm2.name, "llm_question", s.id) is not None for s in samples) == 2
-    calls.clear()
-    monkeypatch.setattr(smollm2.model, "forward", real)
+    monkeypatch.setattr(greedy, "_prefill", real)
     spy, real_gen = [], greedy.generate
     monkeypatch.setattr(greedy, "generate", lambda m, prompts, **k: (spy.append(len(prompts)), real_gen(m, prompts, **k))[1])
     out = surrogates.generate(smollm2, samples, ["llm_question"], kept, max_new_tokens=4, batch_size=2)

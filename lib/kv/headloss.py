@@ -21,7 +21,7 @@ instead of two, no ``(N, V)`` tensor. The head weight gets no gradient (the mode
 frozen; a head that requires one is refused by name).
 
 Shapes: ``hidden (N, H)``, ``weight (V, H)``, ``bias (V,)`` or None, ``targets (N,)``. Runs in the
-dtype ``scoring.head_dtype`` picks (float32, or float64 for float64 input), the weight upcast chunk
+dtype ``head_dtype`` picks (float32, or float64 for float64 input), the weight upcast chunk
 by chunk.
 """
 from __future__ import annotations
@@ -80,11 +80,14 @@ class _HeadNLL(torch.autograd.Function):
         return grad_nll[:, None] * d, None, None, None, None, None
 
 
+def head_dtype(hidden: torch.Tensor) -> torch.dtype:
+    """The dtype the LM head and log-softmax run in: float64 for float64 input, else float32."""
+    return torch.float64 if hidden.dtype == torch.float64 else torch.float32
+
+
 def answer_nll(model, hidden: torch.Tensor, targets: torch.Tensor, *, chunk: int = CHUNK) -> torch.Tensor:
     """Per-row NLL of ``targets`` under ``model``'s LM head applied to ``hidden`` (N, H): the numbers
     of ``cross_entropy(scoring.lm_logits(model, hidden), targets, reduction="none")``, one pass over the head."""
-    from lib.kv.scoring import head_dtype
-
     head = model.get_output_embeddings()
     if head.weight.requires_grad:
         raise ValueError("the LM head weight requires a gradient; headloss.answer_nll gives none "

@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 
 from lib.kv import cache as kv
+from lib.kv import headloss
+from lib.kv.headloss import head_dtype  # noqa: F401  (defined beside the one-pass head; scoring's name kept)
 
 
 def _check_item(i: int, prompt_ids, answer_ids) -> None:
@@ -34,11 +36,6 @@ def _check_item(i: int, prompt_ids, answer_ids) -> None:
         raise ValueError(f"item {i}: empty answer (no answer tokens to score)")
     if len(prompt_ids) == 0:
         raise ValueError(f"item {i}: empty prompt; the last prompt token must predict answer[0]")
-
-
-def head_dtype(hidden: torch.Tensor) -> torch.dtype:
-    """The dtype the LM head and log-softmax run in: float64 for float64 input, else float32."""
-    return torch.float64 if hidden.dtype == torch.float64 else torch.float32
 
 
 def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
@@ -205,8 +202,6 @@ def _score_batch(model, caches, prompt_ids, answer_ids, pad_id, one_pass_head: b
     tgts = [tok for a in answer_ids for tok in a]
     rows_t, cols_t, tgts_t = (torch.tensor(x, device=dev) for x in (rows, cols, tgts))
     if one_pass_head:
-        from lib.kv import headloss
-
         nll = headloss.answer_nll(model, hidden[rows_t, cols_t], tgts_t).cpu()
     else:
         nll = _answer_nll(model, hidden, rows_t, cols_t, tgts_t).cpu()
