@@ -28,7 +28,6 @@ import torch
 
 from lib.kv import cache as kv
 from lib.kv import headloss
-from lib.kv.headloss import head_dtype  # noqa: F401  (defined beside the one-pass head; scoring's name kept)
 
 
 def _check_item(i: int, prompt_ids, answer_ids) -> None:
@@ -48,7 +47,7 @@ def lm_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     keeps the autograd graph, so soft-prefix training still gets gradients.
     """
     head = model.get_output_embeddings()
-    dt = head_dtype(hidden)
+    dt = headloss.head_dtype(hidden)
     w = head.weight.to(dt)  # (V, hidden)
     bias = getattr(head, "bias", None)
     logits = torch.nn.functional.linear(hidden.to(dt), w, None if bias is None else bias.to(dt))
